@@ -1,0 +1,1 @@
+//! The Weft sidecar data plane (istio-proxy's counterpart).

@@ -1,0 +1,52 @@
+//! Weft's testbed: pods as Linux network namespaces on a private bridge.
+//!
+//! A [`Node`] is a dedicated "node" network namespace holding a Linux bridge
+//! (`br0`) and a private IPv4 /24 and IPv6 /64. Each [`Pod`] is its own network
+//! namespace attached to that bridge by a veth pair, with an address from the
+//! node's subnets and a default route via the bridge, so pods of one node reach
+//! each other. Nothing lives in the host's root namespace: no test packet can
+//! leave the machine.
+//!
+//! Code runs inside a pod either as a process ([`Pod::command`],
+//! [`Pod::command_as`], supervised by [`Pod::spawn`]) or as a closure on a
+//! thread that joined the pod's namespace ([`Pod::enter`]).
+//!
+//! Everything is torn down on drop, also while unwinding from a panic. Names
+//! carry a per-process unique prefix (`wtb-<pid>-<n>-`), so parallel test
+//! processes never collide and teardown never touches a namespace this
+//! process did not create. [`cleanup_prefix`] removes what a crashed run left
+//! behind.
+//!
+//! This crate needs root (it creates namespaces); [`require_root`] makes a
+//! test fail loudly when it is not.
+
+mod cleanup;
+mod error;
+mod ip;
+mod netns;
+mod node;
+mod pod;
+mod process;
+
+pub use cleanup::{DEFAULT_PREFIX, cleanup_prefix, cleanup_stale};
+pub use error::Error;
+pub use netns::Netns;
+pub use netns::run;
+pub use node::{Node, NodeBuilder};
+pub use pod::{POD_INTERFACE, Pod};
+pub use process::{PodProcess, RunAs};
+
+/// Panics with a clear message unless the effective uid is 0.
+///
+/// Tests that create namespaces call this first, so that running them
+/// without root fails loudly instead of skipping or failing obscurely.
+pub fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "this test needs root: run ./scripts/test as root \
+             (it creates network namespaces, veth pairs and iptables rules); \
+             current euid is {}",
+            nix::unistd::geteuid()
+        );
+    }
+}

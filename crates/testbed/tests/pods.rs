@@ -1,0 +1,221 @@
+//! The testbed in real network namespaces: pods reach each other over the
+//! node bridge, processes run with the requested credentials inside the pod,
+//! and everything is gone after drop, after a panic, and after
+//! `cleanup_prefix`. Needs root.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use weft_testbed::{Error, Node, RunAs, cleanup_prefix, require_root};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn netns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
+/// Accepts one connection on `listener`, answers with the peer address it
+/// saw, and returns that peer address.
+fn serve_one(listener: &TcpListener) -> SocketAddr {
+    let (mut conn, peer) = listener.accept().expect("accept");
+    conn.write_all(peer.ip().to_string().as_bytes())
+        .expect("write");
+    peer
+}
+
+fn connect_and_read(to: SocketAddr) -> String {
+    let mut conn = TcpStream::connect_timeout(&to, TIMEOUT).expect("connect");
+    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).expect("read");
+    reply
+}
+
+fn tcp_between(from: &weft_testbed::Pod, to: &weft_testbed::Pod, to_ip: IpAddr) {
+    let listener = to
+        .enter(|| TcpListener::bind(SocketAddr::new(to_ip, 0)))
+        .unwrap()
+        .expect("bind in pod");
+    let target = listener.local_addr().unwrap();
+    std::thread::scope(|s| {
+        let server = s.spawn(|| serve_one(&listener));
+        let reply = from.enter(|| connect_and_read(target)).unwrap();
+        let peer = server.join().unwrap();
+        let from_ip: IpAddr = match to_ip {
+            IpAddr::V4(_) => from.addr().into(),
+            IpAddr::V6(_) => from.addr_v6().into(),
+        };
+        assert_eq!(
+            peer.ip(),
+            from_ip,
+            "the server sees the client pod's address"
+        );
+        assert_eq!(reply, from_ip.to_string());
+    });
+}
+
+#[test]
+fn pods_reach_each_other_over_ipv4_and_ipv6() {
+    require_root();
+    let node = Node::new().unwrap();
+    let a = node.add_pod("a").unwrap();
+    let b = node.add_pod("b").unwrap();
+    assert_ne!(a.addr(), b.addr());
+    assert_eq!(node.gateway().octets()[..3], a.addr().octets()[..3]);
+    tcp_between(&a, &b, b.addr().into());
+    tcp_between(&b, &a, a.addr().into());
+    tcp_between(&a, &b, b.addr_v6().into());
+}
+
+#[test]
+fn a_pod_cannot_see_the_hosts_interfaces() {
+    require_root();
+    let node = Node::new().unwrap();
+    let a = node.add_pod("a").unwrap();
+    let out = weft_testbed::run(a.command("ip").unwrap().args(["-o", "link", "show"])).unwrap();
+    let names: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap())
+        .collect();
+    assert_eq!(names, ["lo", "eth0"], "ip link in the pod: {out}");
+    // The node namespace is not the host's.
+    let host = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let in_node = node
+        .netns()
+        .enter(|| std::fs::read_link("/proc/thread-self/ns/net").unwrap())
+        .unwrap();
+    assert_ne!(host, in_node);
+}
+
+#[test]
+fn processes_run_as_the_requested_user_inside_the_pod() {
+    require_root();
+    let node = Node::new().unwrap();
+    let a = node.add_pod("app").unwrap();
+    let out = weft_testbed::run(
+        a.command_as("sh", RunAs::user(4242, 4343))
+            .unwrap()
+            .args(["-c", "id -u; id -g; id -G; ip -o -4 addr show dev eth0"]),
+    )
+    .unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..3], ["4242", "4343", "4343"], "{out}");
+    assert!(
+        lines[3].contains(&format!("inet {}/24", a.addr())),
+        "the process sees the pod's address: {out}"
+    );
+    let root = weft_testbed::run(a.command("id").unwrap().arg("-u")).unwrap();
+    assert_eq!(root.trim(), "0");
+}
+
+#[test]
+fn drop_kills_processes_and_removes_namespaces_and_veths() {
+    require_root();
+    let node = Node::new().unwrap();
+    let node_ns = node.netns().name().to_owned();
+    let a = node.add_pod("a").unwrap();
+    let b = node.add_pod("b").unwrap();
+    let (a_ns, b_ns) = (a.netns().name().to_owned(), b.netns().name().to_owned());
+    // One raw child (only the pod's teardown can kill it) and one supervised.
+    let mut raw = a.command("sleep").unwrap().arg("600").spawn().unwrap();
+    let supervised = b.spawn(b.command("sleep").unwrap().arg("600")).unwrap();
+    assert_eq!(a.netns().pids().unwrap(), [raw.id() as i32]);
+    assert!(netns_exists(&a_ns) && netns_exists(&b_ns) && netns_exists(&node_ns));
+
+    drop(supervised);
+    drop(a);
+    let status = raw.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    assert!(!netns_exists(&a_ns));
+    let links = weft_testbed::run(
+        node.netns()
+            .command("ip", RunAs::Root)
+            .unwrap()
+            .args(["-o", "link"]),
+    )
+    .unwrap();
+    assert!(!links.contains("vp1"), "pod a's veth is gone: {links}");
+    assert!(links.contains("vp2"), "pod b's veth stays: {links}");
+
+    drop(node);
+    assert!(netns_exists(&node_ns), "the node lives while pod b does");
+    drop(b);
+    assert!(!netns_exists(&b_ns) && !netns_exists(&node_ns));
+}
+
+#[test]
+fn teardown_runs_after_a_panic() {
+    require_root();
+    let mut names = Vec::new();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let node = Node::new().unwrap();
+        let a = node.add_pod("a").unwrap();
+        names.push(node.netns().name().to_owned());
+        names.push(a.netns().name().to_owned());
+        a.enter(|| panic!("test body fails inside the pod"))
+            .unwrap();
+    }));
+    let panic = result.expect_err("the closure panics");
+    assert_eq!(
+        panic.downcast_ref::<&str>(),
+        Some(&"test body fails inside the pod")
+    );
+    assert_eq!(names.len(), 2);
+    for name in names {
+        assert!(!netns_exists(&name), "{name} was removed while unwinding");
+    }
+}
+
+#[test]
+fn cleanup_prefix_removes_what_a_crashed_run_left() {
+    require_root();
+    let prefix = format!("wtbc-{}-", std::process::id());
+    let node = Node::builder().prefix(&prefix).build().unwrap();
+    let a = node.add_pod("a").unwrap();
+    let mut sleeper = a.command("sleep").unwrap().arg("600").spawn().unwrap();
+    let names = [node.netns().name().to_owned(), a.netns().name().to_owned()];
+    // Simulate a crash: no destructor runs.
+    std::mem::forget(a);
+    std::mem::forget(node);
+
+    let mut removed = cleanup_prefix(&prefix).unwrap();
+    removed.sort();
+    let mut expected = names.to_vec();
+    expected.sort();
+    assert_eq!(removed, expected);
+    for name in &names {
+        assert!(!netns_exists(name), "{name}");
+    }
+    let status = sleeper.wait().unwrap();
+    assert!(!status.success(), "the leftover process was killed");
+    assert_eq!(cleanup_prefix(&prefix).unwrap(), Vec::<String>::new());
+}
+
+#[test]
+fn bad_names_are_refused_with_the_value() {
+    require_root();
+    let node = Node::new().unwrap();
+    let _a = node.add_pod("a").unwrap();
+    let dup = node.add_pod("a").unwrap_err();
+    assert!(matches!(dup, Error::DuplicatePod { .. }), "{dup}");
+    for bad in ["", "Upper", "node", "has space", "x".repeat(25).as_str()] {
+        let err = node.add_pod(bad).unwrap_err();
+        assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+    }
+    let err = Node::builder().prefix("x").build().unwrap_err();
+    assert!(err.to_string().contains("namespace prefix \"x\""), "{err}");
+    let err = Node::builder()
+        .subnet(std::net::Ipv4Addr::new(10, 1, 2, 3))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("10.1.2.3"), "{err}");
+    // A failed pod creation leaves its slot free.
+    let b = node.add_pod("b").unwrap();
+    assert_eq!(b.addr().octets()[3], 3);
+}

@@ -1,0 +1,289 @@
+//! Applying and removing the iptables rule set in the current network
+//! namespace.
+//!
+//! Per family, one `iptables-restore --noflush` payload holds, per table,
+//! first the removal of what we own (jumps from built-in chains into our
+//! `ISTIO_*` chains, our other built-in-chain rules that exist, then our
+//! chains) and then the new rules, so a second run replaces instead of
+//! duplicating. The payload is checked with `--test` first; if the real run
+//! still fails half-way (iptables commits table by table), the tables are
+//! restored from the snapshot taken before. Other rules are never touched.
+
+use crate::config::CaptureConfig;
+use crate::error::CaptureError;
+use crate::exec;
+use crate::iptables::{self, SavedTable, jumps_into_ours, parse_save, render_spec};
+use crate::plan;
+use crate::route;
+use crate::rules::{Chain, Family, Rule, Table, Target};
+
+/// The binaries of one family.
+pub(crate) struct Tools {
+    pub restore: &'static str,
+    pub save: &'static str,
+    pub iptables: &'static str,
+    pub nft_family: &'static str,
+}
+
+pub(crate) fn tools(family: Family) -> Tools {
+    match family {
+        Family::V4 => Tools {
+            restore: "iptables-restore",
+            save: "iptables-save",
+            iptables: "iptables",
+            nft_family: "ip",
+        },
+        Family::V6 => Tools {
+            restore: "ip6tables-restore",
+            save: "ip6tables-save",
+            iptables: "ip6tables",
+            nft_family: "ip6",
+        },
+    }
+}
+
+fn families(cfg: &CaptureConfig) -> Vec<Family> {
+    if cfg.enable_ipv6 {
+        vec![Family::V4, Family::V6]
+    } else {
+        vec![Family::V4]
+    }
+}
+
+/// Tools present and privileges held, before anything is changed.
+fn preflight(cfg: &CaptureConfig, action: &str) -> Result<(), CaptureError> {
+    for family in families(cfg) {
+        let t = tools(family);
+        for tool in [t.restore, t.save, t.iptables] {
+            exec::require_tool(tool, "iptables")?;
+        }
+    }
+    if cfg.needs_tproxy_route() || cfg.enable_ipv6 {
+        exec::require_tool("ip", "iproute2")?;
+    }
+    exec::require_net_admin(action)
+}
+
+/// The tables as `iptables-save` shows them now (only existing tables).
+fn snapshot(family: Family) -> Result<Vec<(String, SavedTable)>, CaptureError> {
+    let text = exec::run_ok(tools(family).save, &[], None)?;
+    Ok(parse_save(&text))
+}
+
+fn saved(snap: &[(String, SavedTable)], table: Table) -> Option<&SavedTable> {
+    snap.iter()
+        .find(|(name, _)| name == table.name())
+        .map(|(_, t)| t)
+}
+
+/// Lines that remove what we own from one table, given its saved state.
+fn removal_lines(
+    family: Family,
+    table: Table,
+    generated: &[Rule],
+    current: Option<&SavedTable>,
+) -> Result<Vec<String>, CaptureError> {
+    let Some(current) = current else {
+        return Ok(Vec::new());
+    };
+    let mut lines: Vec<String> = jumps_into_ours(current)
+        .into_iter()
+        .map(|(chain, spec)| format!("-D {chain} {spec}"))
+        .collect();
+    let mut seen = Vec::new();
+    for rule in generated {
+        if !rule.chain.is_builtin() || matches!(rule.target, Target::Jump(c) if !c.is_builtin()) {
+            continue;
+        }
+        let spec = render_spec(&rule.matches, &rule.target);
+        let chain = rule.chain.iptables_name();
+        if seen.contains(&(chain, spec.clone())) {
+            continue;
+        }
+        seen.push((chain, spec.clone()));
+        let mut args = vec!["-w", "-t", table.name(), "-C", chain];
+        args.extend(spec.split_whitespace());
+        if exec::run(tools(family).iptables, &args, None)?.success {
+            lines.push(format!("-D {chain} {spec}"));
+        }
+    }
+    let ours: Vec<&str> = Chain::OURS
+        .iter()
+        .map(|c| c.iptables_name())
+        .filter(|name| current.has_chain(name))
+        .collect();
+    lines.extend(ours.iter().map(|c| format!("-F {c}")));
+    lines.extend(ours.iter().map(|c| format!("-X {c}")));
+    Ok(lines)
+}
+
+/// The full payload for one family: per table, removal then (when
+/// `install`) the new rules.
+fn payload(
+    family: Family,
+    rules: &[Rule],
+    snap: &[(String, SavedTable)],
+    install: bool,
+) -> Result<String, CaptureError> {
+    let rendered = iptables::render_tables(rules);
+    let mut out = String::new();
+    for table in Table::ALL {
+        let in_table: Vec<Rule> = rules.iter().filter(|r| r.table == table).cloned().collect();
+        let mut lines = removal_lines(family, table, &in_table, saved(snap, table))?;
+        if install && let Some((_, new)) = rendered.tables.iter().find(|(t, _)| *t == table) {
+            lines.extend(new.iter().cloned());
+        }
+        if lines.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("* {}\n", table.name()));
+        for line in lines {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out.push_str("COMMIT\n");
+    }
+    Ok(out)
+}
+
+/// Extracts the failing line number from iptables-restore's stderr
+/// (`Error occurred at line: N` or `line N failed`).
+pub(crate) fn failed_line(stderr: &str) -> Option<usize> {
+    if let Some(pos) = stderr.find("Error occurred at line:") {
+        let rest = &stderr[pos + "Error occurred at line:".len()..];
+        return rest.split_whitespace().next()?.parse().ok();
+    }
+    let pos = stderr.find("line ")?;
+    let rest = &stderr[pos + 5..];
+    let (num, tail) = rest.split_once(' ')?;
+    tail.starts_with("failed").then(|| num.parse().ok())?
+}
+
+/// Runs the restore tool; maps a refused line back to its text.
+fn restore(family: Family, payload: &str, extra: &[&str]) -> Result<(), CaptureError> {
+    let tool = tools(family).restore;
+    let mut args = vec!["-w"];
+    args.extend_from_slice(extra);
+    let out = exec::run(tool, &args, Some(payload))?;
+    if out.success {
+        return Ok(());
+    }
+    if let Some(line) = failed_line(&out.stderr) {
+        let rule = payload
+            .lines()
+            .nth(line.saturating_sub(1))
+            .unwrap_or("")
+            .to_owned();
+        let detail = out
+            .stderr
+            .lines()
+            .find(|l| !l.starts_with("Error occurred") && !l.starts_with("Try `"))
+            .unwrap_or(&out.stderr)
+            .to_owned();
+        return Err(CaptureError::RuleRejected {
+            tool: tool.to_owned(),
+            line,
+            rule,
+            detail,
+        });
+    }
+    Err(exec::failure(tool, &args, &out))
+}
+
+/// Puts the tables back as they were in `snap`: existing tables restored
+/// verbatim, tables that did not exist flushed (and, on the nf_tables
+/// variant, deleted again).
+fn rollback(family: Family, snap: &[(String, SavedTable)]) {
+    let mut text = String::new();
+    let mut created = Vec::new();
+    for table in Table::ALL {
+        match saved(snap, table) {
+            Some(t) => text.push_str(&t.text),
+            None => {
+                text.push_str(&format!("*{}\nCOMMIT\n", table.name()));
+                created.push(table);
+            }
+        }
+    }
+    if let Err(e) = restore(family, &text, &[]) {
+        tracing::error!(error = %e, "rollback of the iptables tables failed");
+    }
+    drop_pristine(family, &created);
+}
+
+/// On the nf_tables variant, deletes the given tables if they hold nothing
+/// but empty built-in chains (as if they had never been used).
+fn drop_pristine(family: Family, tables: &[Table]) {
+    let t = tools(family);
+    let nft_variant = exec::run(t.iptables, &["--version"], None)
+        .map(|o| o.stdout.contains("nf_tables"))
+        .unwrap_or(false);
+    if !nft_variant || exec::find_tool("nft").is_none() {
+        return;
+    }
+    let Ok(now) = snapshot(family) else { return };
+    for table in tables {
+        if saved(&now, *table).is_some_and(SavedTable::is_pristine) {
+            let _ = exec::run(
+                "nft",
+                &["delete", "table", t.nft_family, table.name()],
+                None,
+            );
+        }
+    }
+}
+
+/// See [`crate::apply`].
+pub(crate) fn apply_iptables(cfg: &CaptureConfig) -> Result<(), CaptureError> {
+    preflight(cfg, "applying iptables rules")?;
+    let plan = plan::plan(cfg);
+    let mut done: Vec<(Family, Vec<(String, SavedTable)>)> = Vec::new();
+    let undo = |done: &[(Family, Vec<(String, SavedTable)>)]| {
+        for (family, snap) in done.iter().rev() {
+            rollback(*family, snap);
+        }
+    };
+    for family in families(cfg) {
+        let snap = snapshot(family)?;
+        let text = payload(family, plan.rules(family), &snap, true)?;
+        tracing::debug!(?family, payload = %text, "iptables-restore payload");
+        if let Err(e) = restore(family, &text, &["--noflush", "--test"]) {
+            undo(&done);
+            return Err(e);
+        }
+        let result = restore(family, &text, &["--noflush"]);
+        done.push((family, snap));
+        if let Err(e) = result {
+            undo(&done);
+            return Err(e);
+        }
+    }
+    if let Err(e) = route::add(cfg) {
+        let _ = route::remove(cfg);
+        undo(&done);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// See [`crate::clean`].
+pub(crate) fn clean_iptables(cfg: &CaptureConfig) -> Result<(), CaptureError> {
+    preflight(cfg, "removing iptables rules")?;
+    let plan = plan::plan(cfg);
+    for family in families(cfg) {
+        let snap = snapshot(family)?;
+        let text = payload(family, plan.rules(family), &snap, false)?;
+        if text.is_empty() {
+            continue;
+        }
+        tracing::debug!(?family, payload = %text, "iptables-restore removal payload");
+        restore(family, &text, &["--noflush", "--test"])?;
+        restore(family, &text, &["--noflush"])?;
+        let touched: Vec<Table> = Table::ALL
+            .into_iter()
+            .filter(|t| text.contains(&format!("* {}\n", t.name())))
+            .collect();
+        drop_pristine(family, &touched);
+    }
+    route::remove(cfg)
+}

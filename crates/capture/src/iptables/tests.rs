@@ -1,0 +1,1 @@
+//! Unit tests for rendering and save parsing.

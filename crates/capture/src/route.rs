@@ -1,0 +1,142 @@
+//! The routing side of capture, as Istio sets it up next to the rules:
+//! for TPROXY, `ip rule add fwmark <mark> lookup <table>` and
+//! `ip route add local default dev lo table <table>` per family; with IPv6,
+//! the `::6` address on `lo` that inbound passthrough traffic comes from.
+//! Adding is idempotent; removing touches only these exact entries.
+
+use crate::config::CaptureConfig;
+use crate::error::CaptureError;
+use crate::exec;
+use crate::rules::Family;
+
+fn flag(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "-4",
+        Family::V6 => "-6",
+    }
+}
+
+fn families(cfg: &CaptureConfig) -> Vec<Family> {
+    let mut out = vec![Family::V4];
+    if cfg.enable_ipv6 {
+        out.push(Family::V6);
+    }
+    out
+}
+
+/// The `ip` commands [`add`] runs, for logs and dry runs.
+pub fn add_commands(cfg: &CaptureConfig) -> Vec<Vec<String>> {
+    let mut cmds = Vec::new();
+    let (mark, table) = (
+        cfg.tproxy_mark.to_string(),
+        cfg.tproxy_route_table.to_string(),
+    );
+    if cfg.enable_ipv6 {
+        cmds.push(
+            ["-6", "addr", "replace", "::6/128", "dev", "lo"]
+                .map(String::from)
+                .to_vec(),
+        );
+    }
+    if cfg.needs_tproxy_route() {
+        for family in families(cfg) {
+            let f = flag(family).to_owned();
+            cmds.push(vec![
+                f.clone(),
+                "rule".into(),
+                "add".into(),
+                "fwmark".into(),
+                mark.clone(),
+                "lookup".into(),
+                table.clone(),
+            ]);
+            cmds.push(vec![
+                f,
+                "route".into(),
+                "replace".into(),
+                "local".into(),
+                "default".into(),
+                "dev".into(),
+                "lo".into(),
+                "table".into(),
+                table.clone(),
+            ]);
+        }
+    }
+    cmds
+}
+
+/// Deletes every `ip rule` with exactly our fwmark and table (so a re-run
+/// never leaves two copies). Missing rules are fine.
+fn delete_rules(family: Family, mark: &str, table: &str) -> Result<(), CaptureError> {
+    for _ in 0..64 {
+        let out = exec::run(
+            "ip",
+            &[flag(family), "rule", "del", "fwmark", mark, "lookup", table],
+            None,
+        )?;
+        if !out.success {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Adds the routing entries the configuration needs.
+pub fn add(cfg: &CaptureConfig) -> Result<(), CaptureError> {
+    if !cfg.enable_ipv6 && !cfg.needs_tproxy_route() {
+        return Ok(());
+    }
+    exec::require_tool("ip", "iproute2")?;
+    let (mark, table) = (
+        cfg.tproxy_mark.to_string(),
+        cfg.tproxy_route_table.to_string(),
+    );
+    if cfg.needs_tproxy_route() {
+        for family in families(cfg) {
+            delete_rules(family, &mark, &table)?;
+        }
+    }
+    for cmd in add_commands(cfg) {
+        let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        exec::run_ok("ip", &args, None)?;
+    }
+    Ok(())
+}
+
+/// Removes the routing entries [`add`] creates for this configuration.
+pub fn remove(cfg: &CaptureConfig) -> Result<(), CaptureError> {
+    if !cfg.enable_ipv6 && !cfg.needs_tproxy_route() {
+        return Ok(());
+    }
+    exec::require_tool("ip", "iproute2")?;
+    let (mark, table) = (
+        cfg.tproxy_mark.to_string(),
+        cfg.tproxy_route_table.to_string(),
+    );
+    if cfg.needs_tproxy_route() {
+        for family in families(cfg) {
+            delete_rules(family, &mark, &table)?;
+            // Absent already is fine: the goal is that it is gone.
+            let _ = exec::run(
+                "ip",
+                &[
+                    flag(family),
+                    "route",
+                    "del",
+                    "local",
+                    "default",
+                    "dev",
+                    "lo",
+                    "table",
+                    &table,
+                ],
+                None,
+            )?;
+        }
+    }
+    if cfg.enable_ipv6 {
+        let _ = exec::run("ip", &["-6", "addr", "del", "::6/128", "dev", "lo"], None)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,307 @@
+//! What a proxy should have: named, versioned resources grouped per type
+//! ([`ResourceSet`]), the proxy's identity as it introduced itself
+//! ([`NodeInfo`]) and the pluggable [`Generator`] that computes one from the
+//! other.
+//!
+//! Owns version hashing. Must not know how resources are translated from
+//! mesh configuration: that is the generator's job.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::{Any, Struct, value::Kind};
+
+use crate::error::XdsError;
+
+/// One named resource with a content version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    /// The resource name (listener, cluster, route configuration name; the
+    /// cluster name for a ClusterLoadAssignment).
+    pub name: String,
+    /// A version string that changes whenever the content changes.
+    pub version: String,
+    /// The encoded resource.
+    pub any: Any,
+}
+
+/// The desired resources of one type for one proxy, by name, with a
+/// version for the whole set derived from the names and per-resource
+/// versions (so an unchanged set keeps its version across pushes).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResourceSet {
+    resources: BTreeMap<String, Arc<Resource>>,
+}
+
+impl ResourceSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) `name`, versioned by a hash of its encoding.
+    pub fn insert(&mut self, name: impl Into<String>, any: Any) {
+        let version = hex(content_hash(&any));
+        self.insert_with_version(name, version, any);
+    }
+
+    /// Adds (or replaces) `name` with a version chosen by the caller.
+    pub fn insert_with_version(
+        &mut self,
+        name: impl Into<String>,
+        version: impl Into<String>,
+        any: Any,
+    ) {
+        let name = name.into();
+        let resource = Resource {
+            name: name.clone(),
+            version: version.into(),
+            any,
+        };
+        self.resources.insert(name, Arc::new(resource));
+    }
+
+    /// Removes `name`, returning whether it was present.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.resources.remove(name).is_some()
+    }
+
+    /// The resource called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Resource>> {
+        self.resources.get(name)
+    }
+
+    /// Resources in name order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Resource>> {
+        self.resources.values()
+    }
+
+    /// Resource names in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.resources.keys().map(String::as_str)
+    }
+
+    /// Number of resources.
+    pub fn len(&self) -> usize {
+        self.resources.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+
+    /// The subset whose names are in `names`.
+    pub fn filtered(&self, names: &BTreeSet<String>) -> ResourceSet {
+        let resources = names
+            .iter()
+            .filter_map(|n| self.resources.get(n).map(|r| (n.clone(), r.clone())))
+            .collect();
+        ResourceSet { resources }
+    }
+
+    /// The version of the whole set: a hash over every name and version.
+    /// Two sets with the same names and versions share it.
+    pub fn version(&self) -> String {
+        let mut h = Fnv::new();
+        for r in self.resources.values() {
+            h.write(r.name.as_bytes());
+            h.write(&[0]);
+            h.write(r.version.as_bytes());
+            h.write(&[0]);
+        }
+        hex(h.finish())
+    }
+}
+
+impl FromIterator<(String, Any)> for ResourceSet {
+    fn from_iter<I: IntoIterator<Item = (String, Any)>>(iter: I) -> Self {
+        let mut set = ResourceSet::new();
+        for (name, any) in iter {
+            set.insert(name, any);
+        }
+        set
+    }
+}
+
+/// Who a proxy says it is: the `node` of its first discovery request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeInfo {
+    /// `node.id`; Istio's form is `sidecar~IP~POD.NS~NS.svc.cluster.local`.
+    pub id: String,
+    /// `node.cluster`.
+    pub cluster: String,
+    /// The whole node message as sent.
+    pub node: Node,
+}
+
+impl NodeInfo {
+    /// Takes the identity from a request's node, which must carry an id.
+    pub fn from_node(node: Option<Node>) -> Result<NodeInfo, XdsError> {
+        let node = node.ok_or(XdsError::MissingNode)?;
+        if node.id.is_empty() {
+            return Err(XdsError::MissingNode);
+        }
+        Ok(NodeInfo {
+            id: node.id.clone(),
+            cluster: node.cluster.clone(),
+            node,
+        })
+    }
+
+    /// A string field of `node.metadata` (e.g. `NAMESPACE`, `WORKLOAD_NAME`).
+    pub fn metadata_str(&self, key: &str) -> Option<&str> {
+        let value = self.node.metadata.as_ref()?.fields.get(key)?;
+        match value.kind.as_ref()? {
+            Kind::StringValue(s) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+
+    /// A struct field of `node.metadata` (e.g. `LABELS`) as string pairs;
+    /// non-string values are skipped.
+    pub fn metadata_map(&self, key: &str) -> BTreeMap<String, String> {
+        let Some(Kind::StructValue(s)) = self
+            .node
+            .metadata
+            .as_ref()
+            .and_then(|m| m.fields.get(key))
+            .and_then(|v| v.kind.as_ref())
+        else {
+            return BTreeMap::new();
+        };
+        s.fields
+            .iter()
+            .filter_map(|(k, v)| match v.kind.as_ref()? {
+                Kind::StringValue(s) => Some((k.clone(), s.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Builds a `google.protobuf.Struct` of string values (for node metadata).
+pub fn string_struct<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Struct {
+    use envoy_types::pb::google::protobuf::Value;
+    Struct {
+        fields: pairs
+            .into_iter()
+            .map(|(k, v)| {
+                let value = Value {
+                    kind: Some(Kind::StringValue(v.to_string())),
+                };
+                (k.to_string(), value)
+            })
+            .collect(),
+    }
+}
+
+/// Computes the resources a proxy should have. weftd implements it with
+/// translation; tests implement it with fixed sets. It is called on the
+/// connection's task for each push, so it should be quick or cached.
+pub trait Generator: Send + Sync + 'static {
+    /// The full desired set of `type_url` for `node`. The server filters it
+    /// by the names the proxy subscribed to (for RDS, EDS and SDS).
+    fn generate(&self, node: &NodeInfo, type_url: &str) -> ResourceSet;
+}
+
+impl<F> Generator for F
+where
+    F: Fn(&NodeInfo, &str) -> ResourceSet + Send + Sync + 'static,
+{
+    fn generate(&self, node: &NodeInfo, type_url: &str) -> ResourceSet {
+        self(node, type_url)
+    }
+}
+
+// === hashing ===
+
+/// 64-bit FNV-1a: stable across processes and Rust versions, which the
+/// standard hasher does not promise.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+fn content_hash(any: &Any) -> u64 {
+    let mut h = Fnv::new();
+    h.write(any.type_url.as_bytes());
+    h.write(&[0]);
+    h.write(&any.value);
+    h.finish()
+}
+
+fn hex(v: u64) -> String {
+    let mut s = String::with_capacity(16);
+    let _ = write!(s, "{v:016x}");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any(v: &[u8]) -> Any {
+        Any {
+            type_url: "t".into(),
+            value: v.to_vec(),
+        }
+    }
+
+    #[test]
+    fn set_version_tracks_content() {
+        let a: ResourceSet = [("x".to_string(), any(b"1")), ("y".to_string(), any(b"2"))]
+            .into_iter()
+            .collect();
+        let b: ResourceSet = [("y".to_string(), any(b"2")), ("x".to_string(), any(b"1"))]
+            .into_iter()
+            .collect();
+        assert_eq!(a.version(), b.version());
+        let mut c = a.clone();
+        c.insert("x", any(b"changed"));
+        assert_ne!(a.version(), c.version());
+        assert_ne!(a.get("x").unwrap().version, c.get("x").unwrap().version);
+        assert_eq!(a.get("y").unwrap().version, c.get("y").unwrap().version);
+        let only_y = a.filtered(&BTreeSet::from(["y".to_string(), "z".to_string()]));
+        assert_eq!(only_y.names().collect::<Vec<_>>(), vec!["y"]);
+        assert_ne!(ResourceSet::new().version(), a.version());
+    }
+
+    #[test]
+    fn node_metadata() {
+        let mut md = string_struct([("NAMESPACE", "default")]);
+        md.fields.insert(
+            "LABELS".into(),
+            envoy_types::pb::google::protobuf::Value {
+                kind: Some(Kind::StructValue(string_struct([("app", "reviews")]))),
+            },
+        );
+        let node = Node {
+            id: "sidecar~10.0.0.1~reviews-1.default~default.svc.cluster.local".into(),
+            metadata: Some(md),
+            ..Default::default()
+        };
+        let info = NodeInfo::from_node(Some(node)).unwrap();
+        assert_eq!(info.metadata_str("NAMESPACE"), Some("default"));
+        assert_eq!(info.metadata_str("LABELS"), None);
+        assert_eq!(info.metadata_map("LABELS")["app"], "reviews");
+        assert!(NodeInfo::from_node(Some(Node::default())).is_err());
+        assert!(NodeInfo::from_node(None).is_err());
+    }
+}

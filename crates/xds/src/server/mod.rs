@@ -1,0 +1,291 @@
+//! The ADS gRPC service (`envoy.service.discovery.v3.AggregatedDiscoveryService`)
+//! that weftd serves on 15010: state of the world in [`sotw`], incremental
+//! in [`delta`]. Each stream runs on its own task, follows the
+//! [`Pusher`](crate::push::Pusher)'s state and asks the
+//! [`Generator`](crate::Generator) for the proxy's resources.
+//!
+//! Owns stream lifecycle, nonces and the per-stream bookkeeping; must not
+//! compute resources.
+
+mod delta;
+mod sotw;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::XdsError;
+use crate::metrics::XdsMetrics;
+use crate::push::{PushState, Pusher};
+use crate::resources::{Generator, NodeInfo};
+use crate::status::{ProxySyncStatus, StatusEntry, StreamKind, SyncRegistry};
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Responses queued per stream before the stream's task waits for the
+    /// proxy to read.
+    pub response_buffer: usize,
+    /// Largest request accepted, in bytes.
+    pub max_request_bytes: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            response_buffer: 16,
+            max_request_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// The ADS server: a cheap handle, clone it freely.
+#[derive(Clone)]
+pub struct AdsServer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AdsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdsServer")
+            .field("options", &self.shared.options)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Shared {
+    generator: Arc<dyn Generator>,
+    pushes: watch::Receiver<Arc<PushState>>,
+    metrics: Arc<XdsMetrics>,
+    status: SyncRegistry,
+    options: ServerOptions,
+    next_conn: AtomicU64,
+    closed: watch::Sender<bool>,
+}
+
+impl AdsServer {
+    /// A server computing resources with `generator` and pushing whenever
+    /// `pusher` publishes.
+    pub fn new(
+        generator: Arc<dyn Generator>,
+        pusher: &Pusher,
+        metrics: Arc<XdsMetrics>,
+        options: ServerOptions,
+    ) -> AdsServer {
+        let (closed, _) = watch::channel(false);
+        AdsServer {
+            shared: Arc::new(Shared {
+                generator,
+                pushes: pusher.subscribe(),
+                metrics,
+                status: SyncRegistry::default(),
+                options,
+                next_conn: AtomicU64::new(1),
+                closed,
+            }),
+        }
+    }
+
+    /// The tonic service, to add to a `tonic::transport::Server` next to
+    /// other services.
+    pub fn service(&self) -> AggregatedDiscoveryServiceServer<AdsServer> {
+        AggregatedDiscoveryServiceServer::new(self.clone())
+            .max_decoding_message_size(self.shared.options.max_request_bytes)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    /// Binds `addr` (e.g. `0.0.0.0:15010`) and serves until `shutdown`
+    /// resolves; then ends every stream and returns.
+    pub async fn serve_addr(
+        &self,
+        addr: SocketAddr,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), XdsError> {
+        let listener = bind(addr)?;
+        self.serve(listener, shutdown).await
+    }
+
+    /// Serves on an already bound listener until `shutdown` resolves; then
+    /// ends every stream and returns.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), XdsError> {
+        let shared = self.shared.clone();
+        let signal = async move {
+            shutdown.await;
+            shared.closed.send_replace(true);
+        };
+        tonic::transport::Server::builder()
+            .add_service(self.service())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+            .await
+            .map_err(XdsError::Serve)
+    }
+
+    /// Ends every open stream (proxies reconnect); new streams are refused.
+    pub fn close(&self) {
+        self.shared.closed.send_replace(true);
+    }
+
+    /// Sync status of every open stream, sorted by proxy id.
+    pub fn sync_status(&self) -> Vec<ProxySyncStatus> {
+        self.shared.status.snapshot()
+    }
+
+    /// The metrics this server updates.
+    pub fn metrics(&self) -> &Arc<XdsMetrics> {
+        &self.shared.metrics
+    }
+}
+
+/// Binds a TCP listener with `SO_REUSEADDR`, so a restarted weftd gets its
+/// port back at once.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, XdsError> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    };
+    let err = |source| XdsError::Bind { addr, source };
+    let socket = socket.map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(1024).map_err(err)
+}
+
+// === stream plumbing shared by both variants ===
+
+type ResponseTx<T> = mpsc::Sender<Result<T, Status>>;
+
+/// What every stream holds: identity, status entry, nonce counter.
+pub(crate) struct StreamCtx {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) node: NodeInfo,
+    pub(crate) status: StatusEntry,
+    pub(crate) conn_id: String,
+    nonces: u64,
+}
+
+impl StreamCtx {
+    fn open(shared: Arc<Shared>, node: NodeInfo, kind: StreamKind) -> StreamCtx {
+        let n = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let conn_id = format!("{}-{n}", node.id);
+        let status = shared.status.register(ProxySyncStatus {
+            proxy_id: node.id.clone(),
+            cluster: node.cluster.clone(),
+            connection_id: conn_id.clone(),
+            kind,
+            connected_at: std::time::SystemTime::now(),
+            types: Default::default(),
+        });
+        shared.metrics.connected();
+        tracing::info!(proxy = %node.id, conn = %conn_id, kind = kind.as_str(), "xDS stream opened");
+        StreamCtx {
+            shared,
+            node,
+            status,
+            conn_id,
+            nonces: 0,
+        }
+    }
+
+    pub(crate) fn next_nonce(&mut self) -> String {
+        self.nonces += 1;
+        format!("{}/{}", self.conn_id, self.nonces)
+    }
+
+    pub(crate) fn generator(&self) -> &dyn Generator {
+        self.shared.generator.as_ref()
+    }
+
+    pub(crate) fn metrics(&self) -> &XdsMetrics {
+        &self.shared.metrics
+    }
+}
+
+impl Drop for StreamCtx {
+    fn drop(&mut self) {
+        self.shared.metrics.disconnected();
+        tracing::info!(proxy = %self.node.id, conn = %self.conn_id, "xDS stream closed");
+    }
+}
+
+/// Reads the first request of a stream, waiting also for shutdown.
+async fn first_request<T: prost::Message + Default>(
+    requests: &mut Streaming<T>,
+    closed: &mut watch::Receiver<bool>,
+) -> Option<T> {
+    tokio::select! {
+        msg = requests.message() => match msg {
+            Ok(Some(req)) => Some(req),
+            Ok(None) => None,
+            Err(status) => {
+                tracing::debug!(%status, "xDS stream failed before its first request");
+                None
+            }
+        },
+        _ = closed.wait_for(|c| *c) => None,
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        if *self.shared.closed.borrow() {
+            return Err(Status::unavailable("xDS server is shutting down"));
+        }
+        let (tx, rx) = mpsc::channel(self.shared.options.response_buffer);
+        tokio::spawn(sotw::run(self.shared.clone(), request.into_inner(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        if *self.shared.closed.borrow() {
+            return Err(Status::unavailable("xDS server is shutting down"));
+        }
+        let (tx, rx) = mpsc::channel(self.shared.options.response_buffer);
+        tokio::spawn(delta::run(self.shared.clone(), request.into_inner(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Whether a NACK's `error_detail` is present (an ACK has none or code 0
+/// with no message).
+pub(crate) fn nack_message(
+    detail: &Option<envoy_types::pb::google::rpc::Status>,
+) -> Option<String> {
+    let d = detail.as_ref()?;
+    if d.code == 0 && d.message.is_empty() {
+        return None;
+    }
+    Some(if d.message.is_empty() {
+        format!("rejected with code {}", d.code)
+    } else {
+        d.message.clone()
+    })
+}

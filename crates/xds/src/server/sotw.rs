@@ -1,0 +1,327 @@
+//! State-of-the-world ADS (`StreamAggregatedResources`).
+//!
+//! Per type the stream keeps the subscription (wildcard for LDS/CDS, names
+//! for RDS/EDS/SDS), the last nonce and version sent, the per-resource
+//! versions the proxy holds and what it ACKed. Rules, as Envoy expects:
+//! a request without nonce (first on the stream, or after a reconnect) is
+//! always answered with the full current set; a request whose nonce is not
+//! the latest sent is stale and ignored; a NACK leaves the proxy on its last
+//! accepted version and the rejected version is not sent again until the
+//! generated set changes. LDS and CDS responses always carry the full set;
+//! RDS and EDS pushes carry only resources whose version changed (Envoy
+//! keeps named resources absent from a response).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use tokio::time::Instant;
+use tonic::{Status, Streaming};
+
+use super::{ResponseTx, Shared, StreamCtx, first_request, nack_message};
+use crate::push::PushState;
+use crate::resources::{NodeInfo, Resource};
+use crate::status::{Nack, StreamKind};
+use crate::types::{XdsType, short_name};
+
+/// The proxy went away; the stream's task ends.
+struct Closed;
+
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    mut requests: Streaming<DiscoveryRequest>,
+    tx: ResponseTx<DiscoveryResponse>,
+) {
+    let mut closed = shared.closed.subscribe();
+    let Some(first) = first_request(&mut requests, &mut closed).await else {
+        return;
+    };
+    let node = match NodeInfo::from_node(first.node.clone()) {
+        Ok(node) => node,
+        Err(e) => {
+            let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+            return;
+        }
+    };
+    let mut pushes = shared.pushes.clone();
+    let seen = pushes.borrow_and_update().version;
+    let ctx = StreamCtx::open(shared, node, StreamKind::StateOfTheWorld);
+    let mut conn = SotwStream {
+        ctx,
+        tx,
+        watches: BTreeMap::new(),
+        seen,
+    };
+    if conn.on_request(first).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            msg = requests.message() => match msg {
+                Ok(Some(req)) => {
+                    if conn.on_request(req).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(status) => {
+                    tracing::debug!(proxy = %conn.ctx.node.id, %status, "xDS stream ended");
+                    return;
+                }
+            },
+            changed = pushes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let state = pushes.borrow_and_update().clone();
+                if conn.on_push(&state).await.is_err() {
+                    return;
+                }
+            }
+            _ = closed.changed() => return,
+        }
+    }
+}
+
+/// One type's bookkeeping on one stream.
+#[derive(Default)]
+struct Watch {
+    /// `None`: wildcard.
+    names: Option<BTreeSet<String>>,
+    nonce: String,
+    sent_version: String,
+    /// Name → version the proxy holds if it accepts what was sent.
+    sent: BTreeMap<String, String>,
+    /// Name → version the proxy ACKed.
+    acked: BTreeMap<String, String>,
+    /// Trigger time of the oldest push not yet ACKed.
+    pending_trigger: Option<Instant>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Answer a fresh request: send the whole set even if unchanged.
+    Full,
+    /// Send only if something changed for this proxy.
+    Changed,
+}
+
+struct SotwStream {
+    ctx: StreamCtx,
+    tx: ResponseTx<DiscoveryResponse>,
+    watches: BTreeMap<String, Watch>,
+    seen: u64,
+}
+
+/// The subscription a request asks for: `None` for wildcard.
+fn subscription(type_url: &str, names: &[String]) -> Option<BTreeSet<String>> {
+    let wildcard_type = XdsType::from_type_url(type_url).is_some_and(|t| t.is_wildcard_type());
+    if (wildcard_type && names.is_empty()) || names.iter().any(|n| n == "*") {
+        return None;
+    }
+    Some(names.iter().cloned().collect())
+}
+
+fn subscribed_list(names: &Option<BTreeSet<String>>) -> Vec<String> {
+    match names {
+        None => vec!["*".to_string()],
+        Some(n) => n.iter().cloned().collect(),
+    }
+}
+
+impl SotwStream {
+    async fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), Closed> {
+        let type_url = req.type_url.clone();
+        if type_url.is_empty() {
+            tracing::warn!(proxy = %self.ctx.node.id, "discovery request without type_url ignored");
+            return Ok(());
+        }
+        let names = subscription(&type_url, &req.resource_names);
+        let known = self.watches.contains_key(&type_url);
+        if req.response_nonce.is_empty() || !known {
+            // First request of this type on this stream (possibly a proxy
+            // reconnecting with the version it kept): answer in full.
+            tracing::debug!(
+                proxy = %self.ctx.node.id,
+                r#type = short_name(&type_url),
+                version = %req.version_info,
+                "xDS subscribe"
+            );
+            let watch = Watch {
+                names,
+                ..Watch::default()
+            };
+            self.ctx.status.update(&type_url, |s| {
+                s.initial_version = req.version_info.clone();
+                s.subscribed = subscribed_list(&watch.names);
+            });
+            self.watches.insert(type_url.clone(), watch);
+            return self.respond(&type_url, Mode::Full, None).await;
+        }
+        let Some(watch) = self.watches.get_mut(&type_url) else {
+            return Ok(());
+        };
+        if req.response_nonce != watch.nonce {
+            tracing::debug!(
+                proxy = %self.ctx.node.id,
+                r#type = short_name(&type_url),
+                nonce = %req.response_nonce,
+                latest = %watch.nonce,
+                "stale xDS request ignored"
+            );
+            return Ok(());
+        }
+        match nack_message(&req.error_detail) {
+            Some(message) => {
+                tracing::warn!(
+                    proxy = %self.ctx.node.id,
+                    r#type = short_name(&type_url),
+                    version = %watch.sent_version,
+                    %message,
+                    "xDS NACK: proxy keeps its last accepted version"
+                );
+                self.ctx.shared.metrics.rejected(&type_url);
+                // The proxy still holds what it last accepted.
+                watch.sent = watch.acked.clone();
+                watch.pending_trigger = None;
+                let nack = Nack {
+                    version: watch.sent_version.clone(),
+                    nonce: req.response_nonce.clone(),
+                    message,
+                    at: std::time::SystemTime::now(),
+                };
+                self.ctx.status.update(&type_url, |s| {
+                    s.nacks += 1;
+                    s.last_nack = Some(nack);
+                    s.sent_resources = watch.sent.len();
+                });
+            }
+            None => {
+                watch.acked = watch.sent.clone();
+                if let Some(t) = watch.pending_trigger.take() {
+                    self.ctx.shared.metrics.converged(t.elapsed().as_secs_f64());
+                }
+                let version = watch.sent_version.clone();
+                self.ctx
+                    .status
+                    .update(&type_url, |s| s.acked_version = version);
+            }
+        }
+        if names != watch.names {
+            if let Some(n) = &names {
+                watch.sent.retain(|k, _| n.contains(k));
+                watch.acked.retain(|k, _| n.contains(k));
+            }
+            self.ctx
+                .status
+                .update(&type_url, |s| s.subscribed = subscribed_list(&names));
+            watch.names = names;
+            return self.respond(&type_url, Mode::Changed, None).await;
+        }
+        Ok(())
+    }
+
+    async fn on_push(&mut self, state: &PushState) -> Result<(), Closed> {
+        let changed = state.changed_since(self.seen);
+        let full = state.full_since(self.seen);
+        self.seen = state.version;
+        let mut order: Vec<String> = changed
+            .iter()
+            .map(|t| t.type_url().to_string())
+            .filter(|u| self.watches.contains_key(u))
+            .collect();
+        if full {
+            order.extend(
+                self.watches
+                    .keys()
+                    .filter(|u| XdsType::from_type_url(u).is_none())
+                    .cloned(),
+            );
+        }
+        for type_url in order {
+            self.respond(&type_url, Mode::Changed, Some(state.triggered_at))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn respond(
+        &mut self,
+        type_url: &str,
+        mode: Mode,
+        trigger: Option<Instant>,
+    ) -> Result<(), Closed> {
+        let all = self.ctx.generator().generate(&self.ctx.node, type_url);
+        let Some(watch) = self.watches.get(type_url) else {
+            return Ok(());
+        };
+        let desired = match &watch.names {
+            None => all,
+            Some(names) => all.filtered(names),
+        };
+        let version = desired.version();
+        let whole = mode == Mode::Full || watch.names.is_none();
+        let resources: Vec<&Arc<Resource>> = if whole {
+            if mode == Mode::Changed && version == watch.sent_version {
+                return Ok(());
+            }
+            desired.iter().collect()
+        } else {
+            if version == watch.sent_version {
+                return Ok(());
+            }
+            let changed: Vec<_> = desired
+                .iter()
+                .filter(|r| watch.sent.get(&r.name) != Some(&r.version))
+                .collect();
+            if changed.is_empty() {
+                // Only removals: state of the world cannot say so for
+                // named types; the proxy drops them when it unsubscribes.
+                return Ok(());
+            }
+            changed
+        };
+        let nonce = self.ctx.next_nonce();
+        let response = DiscoveryResponse {
+            version_info: version.clone(),
+            resources: resources.iter().map(|r| r.any.clone()).collect(),
+            type_url: type_url.to_string(),
+            nonce: nonce.clone(),
+            control_plane: Some(ControlPlane {
+                identifier: "weftd".to_string(),
+            }),
+            ..Default::default()
+        };
+        let sent_now: Vec<(String, String)> = resources
+            .iter()
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect();
+        let count = response.resources.len();
+        let watch = self.watches.get_mut(type_url).expect("watch checked above");
+        if whole {
+            watch.sent = sent_now.into_iter().collect();
+        } else {
+            watch.sent.extend(sent_now);
+        }
+        watch.nonce = nonce.clone();
+        watch.sent_version = version.clone();
+        watch.pending_trigger = watch.pending_trigger.or(trigger);
+        let held = watch.sent.len();
+        self.ctx.metrics().push_sent(type_url);
+        self.ctx.status.update(type_url, |s| {
+            s.sent_version = version.clone();
+            s.sent_nonce = nonce;
+            s.sent_resources = held;
+            s.responses += 1;
+        });
+        tracing::debug!(
+            proxy = %self.ctx.node.id,
+            r#type = short_name(type_url),
+            %version,
+            resources = count,
+            "xDS push"
+        );
+        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+    }
+}

@@ -1,0 +1,142 @@
+//! Per-proxy sync status for `/debug/syncz` and `weft proxy-status`: for
+//! each connected stream and each type, what was sent, what was ACKed and
+//! the last NACK.
+//!
+//! Connections write their own entry; readers take a [`ProxySyncStatus`]
+//! snapshot. Owns no protocol logic.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+/// Which ADS variant a stream speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    /// `StreamAggregatedResources`.
+    StateOfTheWorld,
+    /// `DeltaAggregatedResources`.
+    Delta,
+}
+
+impl StreamKind {
+    /// `sotw` or `delta`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamKind::StateOfTheWorld => "sotw",
+            StreamKind::Delta => "delta",
+        }
+    }
+}
+
+/// A rejected response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nack {
+    /// The version the proxy rejected.
+    pub version: String,
+    /// The nonce of the rejected response.
+    pub nonce: String,
+    /// `error_detail.message` as the proxy sent it.
+    pub message: String,
+    /// When it arrived.
+    pub at: SystemTime,
+}
+
+/// Sync state of one type on one stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TypeSyncStatus {
+    /// The version the proxy reported on its first request of this type on
+    /// this stream (what it kept from an earlier stream); empty when new.
+    pub initial_version: String,
+    /// Version of the last response sent.
+    pub sent_version: String,
+    /// Nonce of the last response sent.
+    pub sent_nonce: String,
+    /// Resources the proxy is believed to hold after the last response.
+    pub sent_resources: usize,
+    /// Version of the last ACKed response.
+    pub acked_version: String,
+    /// Names the proxy subscribed to; `["*"]` for a wildcard subscription.
+    pub subscribed: Vec<String>,
+    /// Responses sent.
+    pub responses: u64,
+    /// NACKs received.
+    pub nacks: u64,
+    /// The last NACK, kept after later ACKs for diagnosis.
+    pub last_nack: Option<Nack>,
+}
+
+impl TypeSyncStatus {
+    /// Whether the proxy ACKed everything sent.
+    pub fn synced(&self) -> bool {
+        !self.sent_version.is_empty() && self.sent_version == self.acked_version
+    }
+}
+
+/// Sync state of one ADS stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxySyncStatus {
+    /// `node.id`.
+    pub proxy_id: String,
+    /// `node.cluster`.
+    pub cluster: String,
+    /// Unique per stream, so a reconnecting proxy briefly shows twice.
+    pub connection_id: String,
+    /// ADS variant.
+    pub kind: StreamKind,
+    /// When the stream opened.
+    pub connected_at: SystemTime,
+    /// Per type URL.
+    pub types: BTreeMap<String, TypeSyncStatus>,
+}
+
+/// Live table of all streams.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SyncRegistry {
+    entries: Arc<Mutex<BTreeMap<String, Arc<Mutex<ProxySyncStatus>>>>>,
+}
+
+impl SyncRegistry {
+    pub(crate) fn register(&self, status: ProxySyncStatus) -> StatusEntry {
+        let id = status.connection_id.clone();
+        let entry = Arc::new(Mutex::new(status));
+        lock(&self.entries).insert(id.clone(), entry.clone());
+        StatusEntry {
+            registry: self.clone(),
+            id,
+            entry,
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<ProxySyncStatus> {
+        let entries: Vec<_> = lock(&self.entries).values().cloned().collect();
+        let mut out: Vec<ProxySyncStatus> = entries.iter().map(|e| lock(e).clone()).collect();
+        out.sort_by(|a, b| (&a.proxy_id, &a.connection_id).cmp(&(&b.proxy_id, &b.connection_id)));
+        out
+    }
+}
+
+/// A stream's own entry; removed from the table when dropped.
+#[derive(Debug)]
+pub(crate) struct StatusEntry {
+    registry: SyncRegistry,
+    id: String,
+    entry: Arc<Mutex<ProxySyncStatus>>,
+}
+
+impl StatusEntry {
+    pub(crate) fn update(&self, type_url: &str, f: impl FnOnce(&mut TypeSyncStatus)) {
+        let mut guard = lock(&self.entry);
+        f(guard.types.entry(type_url.to_string()).or_default());
+    }
+}
+
+impl Drop for StatusEntry {
+    fn drop(&mut self) {
+        lock(&self.registry.entries).remove(&self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep serving it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

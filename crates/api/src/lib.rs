@@ -1,5 +1,38 @@
 //! Istio-compatible resource types (`networking.istio.io`, `security.istio.io`),
-//! Kubernetes core objects Weft reads, MeshConfig, and validation that reports
+//! the Kubernetes objects Weft reads, MeshConfig, and validation that reports
 //! every invalid field with its path.
 //!
-//! Filled by the control-plane issue.
+//! Layers, from the bottom:
+//! - types: [`networking`], [`security`], [`k8s`], [`mesh`], [`duration`];
+//! - [`decode`]: multi-document YAML to typed [`Object`]s, recording where each
+//!   came from and every unknown or mistyped field;
+//! - [`validate`]: per-object rules like Istio's validating webhook, plus
+//!   cross-object checks (unknown subsets);
+//! - [`analyze`]: `analyze_dir`, the engine of `weft analyze DIR`;
+//! - [`store`]: the file config source (immutable [`store::Snapshot`]s, last good
+//!   version of each invalid object kept), and [`watch`] to follow a directory;
+//! - [`registry`]: services and endpoints from Kubernetes objects and
+//!   ServiceEntry/WorkloadEntry, with Istio's host resolution.
+//!
+//! Everything except `analyze::analyze_dir`, `store::Store::load`/`reload` and
+//! `watch` is pure: no I/O.
+
+pub mod analyze;
+pub mod decode;
+pub mod duration;
+pub mod k8s;
+pub mod mesh;
+pub mod meta;
+pub mod networking;
+pub mod registry;
+pub mod security;
+pub mod store;
+pub mod validate;
+pub mod watch;
+
+mod object;
+
+pub use analyze::{AnalysisReport, Problem, analyze_dir, analyze_files};
+pub use meta::{Kind, ObjectKey, ObjectMeta, Origin};
+pub use object::{Object, Resource};
+pub use validate::{FieldError, Severity};

@@ -17,6 +17,10 @@
 //! process did not create. [`cleanup_prefix`] removes what a crashed run left
 //! behind.
 //!
+//! For capture tests, [`probe`] has TCP responders and clients that report
+//! the original destination, and [`snapshot`] a normalized picture of a
+//! pod's iptables and routing state.
+//!
 //! This crate needs root (it creates namespaces); [`require_root`] makes a
 //! test fail loudly when it is not.
 
@@ -26,7 +30,9 @@ mod ip;
 mod netns;
 mod node;
 mod pod;
+pub mod probe;
 mod process;
+pub mod snapshot;
 
 pub use cleanup::{DEFAULT_PREFIX, cleanup_prefix, cleanup_stale};
 pub use error::Error;

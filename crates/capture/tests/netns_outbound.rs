@@ -1,0 +1,234 @@
+//! Outbound capture in real network namespaces, for REDIRECT and TPROXY:
+//! an app's TCP connection to another pod is redirected to the pod's 15001
+//! listener, which recovers the original destination with SO_ORIGINAL_DST;
+//! the proxy's own uid/gid (1337), excluded ports (-o) and CIDRs (-x), and
+//! destinations outside -i go straight to the peer. Needs root.
+
+use std::net::{IpAddr, SocketAddr};
+
+use weft_capture::cli::IptablesArgs;
+use weft_testbed::probe::{Answer, ListenMode, Responder, probe_as};
+use weft_testbed::{Node, Pod, RunAs, require_root};
+
+/// An application user: neither the proxy's uid nor its gid.
+const APP: RunAs = RunAs::User {
+    uid: 1000,
+    gid: 1000,
+};
+
+/// Node with pod `app` (captured; 15001 listeners) and two peers, `svc` and
+/// `other`, each answering on 8080 and 9090 over IPv4 and IPv6.
+struct Bed {
+    _responders: Vec<Responder>,
+    app: Pod,
+    svc: Pod,
+    other: Pod,
+    _node: Node,
+}
+
+fn bed() -> Bed {
+    require_root();
+    let node = Node::new().unwrap();
+    let app = node.add_pod("app").unwrap();
+    let svc = node.add_pod("svc").unwrap();
+    let other = node.add_pod("other").unwrap();
+    let any4: IpAddr = [0, 0, 0, 0].into();
+    let any6: IpAddr = std::net::Ipv6Addr::UNSPECIFIED.into();
+    let mut responders = vec![
+        Responder::start(&app, "outbound", (any4, 15001).into(), ListenMode::Plain).unwrap(),
+        Responder::start(&app, "outbound", (any6, 15001).into(), ListenMode::Plain).unwrap(),
+    ];
+    for pod in [&svc, &other] {
+        for port in [8080, 9090] {
+            for any in [any4, any6] {
+                let name = format!("{}-{port}", pod.name());
+                responders.push(
+                    Responder::start(pod, &name, (any, port).into(), ListenMode::Plain).unwrap(),
+                );
+            }
+        }
+    }
+    Bed {
+        _responders: responders,
+        app,
+        svc,
+        other,
+        _node: node,
+    }
+}
+
+/// Applies `weft-proxy iptables ARGS` inside `pod`.
+fn capture(pod: &Pod, args: &[&str]) {
+    let parsed = IptablesArgs::parse_from_iter(args.iter().copied())
+        .unwrap_or_else(|e| panic!("parsing {args:?}: {e}"));
+    pod.enter(|| parsed.run())
+        .unwrap()
+        .unwrap_or_else(|e| panic!("applying {args:?} in pod {}: {e}", pod.name()));
+}
+
+/// Istio's injector flags for a pod, plus `extra`.
+fn istio_args<'a>(mode: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "-p",
+        "15001",
+        "-z",
+        "15006",
+        "-u",
+        "1337",
+        "-m",
+        mode,
+        "-b",
+        "*",
+        "-d",
+        "15090,15021,15020",
+        "--ipv6",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn connect(from: &Pod, run_as: RunAs, to: SocketAddr) -> Answer {
+    probe_as(from, run_as, to)
+        .unwrap()
+        .unwrap_or_else(|e| panic!("from pod {} as {run_as:?}: {e}", from.name()))
+}
+
+#[track_caller]
+fn assert_captured(answer: &Answer, original: SocketAddr) {
+    assert_eq!(
+        answer.name, "outbound",
+        "connection to {original} was not captured: {answer:?}"
+    );
+    assert_eq!(answer.original_dst, Some(original), "{answer:?}");
+}
+
+#[track_caller]
+fn assert_direct(answer: &Answer, server: &str, from: IpAddr) {
+    assert_eq!(
+        answer.name, server,
+        "expected to reach {server} directly: {answer:?}"
+    );
+    assert_eq!(answer.peer.ip(), from, "{answer:?}");
+}
+
+fn v4(pod: &Pod, port: u16) -> SocketAddr {
+    (pod.addr(), port).into()
+}
+
+fn v6(pod: &Pod, port: u16) -> SocketAddr {
+    (pod.addr_v6(), port).into()
+}
+
+// === app traffic is captured, the proxy's is not ===
+
+fn app_traffic_is_captured_and_the_proxys_is_not(mode: &str) {
+    let bed = bed();
+    // Before capture, the app reaches the peer itself.
+    assert_direct(
+        &connect(&bed.app, APP, v4(&bed.svc, 8080)),
+        "svc-8080",
+        bed.app.addr().into(),
+    );
+
+    capture(&bed.app, &istio_args(mode, &["-i", "*", "-x", ""]));
+    for to in [v4(&bed.svc, 8080), v6(&bed.svc, 8080), v4(&bed.other, 9090)] {
+        assert_captured(&connect(&bed.app, APP, to), to);
+    }
+    // The proxy's uid, and its gid under any uid, are never captured.
+    for proxy in [RunAs::user(1337, 1337), RunAs::user(1000, 1337)] {
+        let a = connect(&bed.app, proxy, v4(&bed.svc, 8080));
+        assert_direct(&a, "svc-8080", bed.app.addr().into());
+        let a = connect(&bed.app, proxy, v6(&bed.svc, 8080));
+        assert_direct(&a, "svc-8080", bed.app.addr_v6().into());
+    }
+}
+
+#[test]
+fn redirect_app_traffic_is_captured_and_the_proxys_is_not() {
+    app_traffic_is_captured_and_the_proxys_is_not("REDIRECT");
+}
+
+#[test]
+fn tproxy_app_traffic_is_captured_and_the_proxys_is_not() {
+    app_traffic_is_captured_and_the_proxys_is_not("TPROXY");
+}
+
+// === excluded ports and CIDRs go direct ===
+
+fn excluded_ports_and_cidrs_are_not_captured(mode: &str) {
+    let bed = bed();
+    let other_cidr = format!("{}/32", bed.other.addr());
+    capture(
+        &bed.app,
+        &istio_args(mode, &["-i", "*", "-x", &other_cidr, "-o", "9090"]),
+    );
+    let from: IpAddr = bed.app.addr().into();
+    assert_direct(
+        &connect(&bed.app, APP, v4(&bed.svc, 9090)),
+        "svc-9090",
+        from,
+    );
+    assert_direct(
+        &connect(&bed.app, APP, v4(&bed.other, 8080)),
+        "other-8080",
+        from,
+    );
+    // -o applies to IPv6 too; -x is an IPv4 CIDR, so `other` stays captured there.
+    let from6: IpAddr = bed.app.addr_v6().into();
+    assert_direct(
+        &connect(&bed.app, APP, v6(&bed.svc, 9090)),
+        "svc-9090",
+        from6,
+    );
+    assert_captured(
+        &connect(&bed.app, APP, v6(&bed.other, 8080)),
+        v6(&bed.other, 8080),
+    );
+    // What is not excluded is still captured.
+    assert_captured(
+        &connect(&bed.app, APP, v4(&bed.svc, 8080)),
+        v4(&bed.svc, 8080),
+    );
+}
+
+#[test]
+fn redirect_excluded_ports_and_cidrs_are_not_captured() {
+    excluded_ports_and_cidrs_are_not_captured("REDIRECT");
+}
+
+#[test]
+fn tproxy_excluded_ports_and_cidrs_are_not_captured() {
+    excluded_ports_and_cidrs_are_not_captured("TPROXY");
+}
+
+// === -i captures only the listed CIDRs ===
+
+fn only_included_cidrs_are_captured(mode: &str) {
+    let bed = bed();
+    let svc_cidr = format!("{}/32", bed.svc.addr());
+    capture(&bed.app, &istio_args(mode, &["-i", &svc_cidr, "-x", ""]));
+    assert_captured(
+        &connect(&bed.app, APP, v4(&bed.svc, 8080)),
+        v4(&bed.svc, 8080),
+    );
+    assert_captured(
+        &connect(&bed.app, APP, v4(&bed.svc, 9090)),
+        v4(&bed.svc, 9090),
+    );
+    let from: IpAddr = bed.app.addr().into();
+    assert_direct(
+        &connect(&bed.app, APP, v4(&bed.other, 8080)),
+        "other-8080",
+        from,
+    );
+}
+
+#[test]
+fn redirect_only_included_cidrs_are_captured() {
+    only_included_cidrs_are_captured("REDIRECT");
+}
+
+#[test]
+fn tproxy_only_included_cidrs_are_captured() {
+    only_included_cidrs_are_captured("TPROXY");
+}

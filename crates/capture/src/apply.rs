@@ -146,17 +146,21 @@ fn payload(
     Ok(out)
 }
 
-/// Extracts the failing line number from iptables-restore's stderr
-/// (`Error occurred at line: N` or `line N failed`).
+/// Extracts the failing line number from iptables-restore's stderr:
+/// `Error occurred at line: N` (parse errors), `line N failed` (legacy
+/// commit errors) or `line N: ... failed` (nf_tables commit errors).
 pub(crate) fn failed_line(stderr: &str) -> Option<usize> {
     if let Some(pos) = stderr.find("Error occurred at line:") {
         let rest = &stderr[pos + "Error occurred at line:".len()..];
         return rest.split_whitespace().next()?.parse().ok();
     }
-    let pos = stderr.find("line ")?;
-    let rest = &stderr[pos + 5..];
-    let (num, tail) = rest.split_once(' ')?;
-    tail.starts_with("failed").then(|| num.parse().ok())?
+    stderr.match_indices("line ").find_map(|(pos, _)| {
+        let rest = &stderr[pos + 5..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let tail = &rest[digits.len()..];
+        let shaped = tail.starts_with(" failed") || tail.starts_with(':');
+        if shaped { digits.parse().ok() } else { None }
+    })
 }
 
 /// Runs the restore tool; maps a refused line back to its text.
@@ -177,9 +181,9 @@ fn restore(family: Family, payload: &str, extra: &[&str]) -> Result<(), CaptureE
         let detail = out
             .stderr
             .lines()
-            .find(|l| !l.starts_with("Error occurred") && !l.starts_with("Try `"))
-            .unwrap_or(&out.stderr)
-            .to_owned();
+            .filter(|l| !l.starts_with("Error occurred") && !l.starts_with("Try `"))
+            .collect::<Vec<_>>()
+            .join("; ");
         return Err(CaptureError::RuleRejected {
             tool: tool.to_owned(),
             line,
@@ -286,4 +290,22 @@ pub(crate) fn clean_iptables(cfg: &CaptureConfig) -> Result<(), CaptureError> {
         drop_pristine(family, &touched);
     }
     route::remove(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failed_line;
+
+    #[test]
+    fn failed_line_formats() {
+        let parse = "iptables-restore v1.8.9 (nf_tables): Chain 'X' does not exist\n\
+                     Error occurred at line: 8\nTry `iptables-restore -h' for more information.";
+        assert_eq!(failed_line(parse), Some(8));
+        assert_eq!(failed_line("iptables-restore: line 17 failed"), Some(17));
+        let commit = "iptables-restore v1.8.9 (nf_tables): \n\
+                      line 16: CHAIN_DEL failed (Device or resource busy): chain ISTIO_OUTPUT";
+        assert_eq!(failed_line(commit), Some(16));
+        assert_eq!(failed_line("no such thing"), None);
+        assert_eq!(failed_line("online 5 more"), None);
+    }
 }

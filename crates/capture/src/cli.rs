@@ -12,61 +12,118 @@ use crate::detect::{self, CaptureEnv};
 use crate::error::CaptureError;
 
 /// The capture settings shared by `iptables` and `clean-iptables`.
+///
+/// As with istio-iptables, the word after a flag is always its value (even
+/// if it starts with `-`), and a repeated flag keeps its last value; every
+/// value is validated before anything is applied.
 #[derive(Debug, Clone, Args, PartialEq, Eq)]
 #[command(args_override_self = true)]
 pub struct CaptureFlags {
     /// Port the proxy listens on for captured outbound TCP.
-    #[arg(short = 'p', long = "envoy-port", default_value = "15001")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'p',
+        long = "envoy-port",
+        default_value = "15001"
+    )]
     pub proxy_port: String,
     /// Port all captured inbound TCP is sent to.
-    #[arg(short = 'z', long = "inbound-capture-port", default_value = "15006")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'z',
+        long = "inbound-capture-port",
+        default_value = "15006"
+    )]
     pub inbound_capture_port: String,
     /// Inbound tunnel (HBONE) port, never captured.
-    #[arg(short = 'e', long = "inbound-tunnel-port", default_value = "15008")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'e',
+        long = "inbound-tunnel-port",
+        default_value = "15008"
+    )]
     pub inbound_tunnel_port: String,
     /// Comma list of uids whose traffic is not captured (the proxy's) [default: 1337].
-    #[arg(short = 'u', long = "proxy-uid")]
+    #[arg(allow_hyphen_values = true, short = 'u', long = "proxy-uid")]
     pub proxy_uid: Option<String>,
     /// Comma list of gids whose traffic is not captured [default: the -u value].
-    #[arg(short = 'g', long = "proxy-gid")]
+    #[arg(allow_hyphen_values = true, short = 'g', long = "proxy-gid")]
     pub proxy_gid: Option<String>,
     /// How inbound traffic is captured: REDIRECT or TPROXY.
     #[arg(
+        allow_hyphen_values = true,
         short = 'm',
         long = "istio-inbound-interception-mode",
         default_value = "REDIRECT"
     )]
     pub mode: String,
     /// Inbound ports to capture: comma list, '*' for all, empty for none.
-    #[arg(short = 'b', long = "istio-inbound-ports", default_value = "")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'b',
+        long = "istio-inbound-ports",
+        default_value = ""
+    )]
     pub inbound_ports: String,
     /// Inbound ports never captured (only with -b '*').
-    #[arg(short = 'd', long = "istio-local-exclude-ports", default_value = "")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'd',
+        long = "istio-local-exclude-ports",
+        default_value = ""
+    )]
     pub inbound_ports_exclude: String,
     /// Outbound CIDRs to capture: comma list, '*' for all, empty for none.
-    #[arg(short = 'i', long = "istio-service-cidr", default_value = "")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'i',
+        long = "istio-service-cidr",
+        default_value = ""
+    )]
     pub outbound_ranges: String,
     /// Outbound CIDRs never captured.
-    #[arg(short = 'x', long = "istio-service-exclude-cidr", default_value = "")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'x',
+        long = "istio-service-exclude-cidr",
+        default_value = ""
+    )]
     pub outbound_ranges_exclude: String,
     /// Outbound ports always captured.
-    #[arg(short = 'q', long = "istio-outbound-ports", default_value = "")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'q',
+        long = "istio-outbound-ports",
+        default_value = ""
+    )]
     pub outbound_ports: String,
     /// Outbound ports never captured.
     #[arg(
+        allow_hyphen_values = true,
         short = 'o',
         long = "istio-local-outbound-ports-exclude",
         default_value = ""
     )]
     pub outbound_ports_exclude: String,
     /// Interfaces whose traffic is never captured.
-    #[arg(short = 'c', long = "istio-exclude-interfaces", default_value = "")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'c',
+        long = "istio-exclude-interfaces",
+        default_value = ""
+    )]
     pub exclude_interfaces: String,
     /// Virtual interfaces whose inbound traffic is captured as outbound.
-    #[arg(short = 'k', long = "kube-virt-interfaces", default_value = "")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'k',
+        long = "kube-virt-interfaces",
+        default_value = ""
+    )]
     pub virtual_interfaces: String,
     /// Packet mark used by TPROXY.
     #[arg(
+        allow_hyphen_values = true,
         short = 't',
         long = "istio-inbound-tproxy-mark",
         default_value = "1337"
@@ -74,6 +131,7 @@ pub struct CaptureFlags {
     pub tproxy_mark: String,
     /// Policy routing table used by TPROXY.
     #[arg(
+        allow_hyphen_values = true,
         short = 'r',
         long = "istio-inbound-tproxy-route-table",
         default_value = "133"
@@ -98,7 +156,7 @@ pub struct CaptureFlags {
     pub ipv6: Option<bool>,
     /// Resolvers whose DNS is captured (comma list, may be empty);
     /// otherwise read from /etc/resolv.conf when --redirect-dns is on.
-    #[arg(long = "dns-servers", value_name = "LIST")]
+    #[arg(long = "dns-servers", value_name = "LIST", allow_hyphen_values = true)]
     pub dns_servers: Option<String>,
     /// Use native nftables (tables `ip weft`/`ip6 weft`) instead of iptables.
     #[arg(long = "native-nftables")]

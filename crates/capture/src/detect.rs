@@ -127,3 +127,43 @@ pub fn parse_resolv_conf(text: &str) -> Vec<DnsServer> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn first_usable_address_decides_unless_dual_stack() {
+        let pod = ips(&["127.0.0.1", "::1", "192.0.2.2", "fd00::2", "fe80::1"]);
+        assert!(!decide_ipv6(&pod, false));
+        assert!(decide_ipv6(&pod, true));
+        assert!(decide_ipv6(
+            &ips(&["::1", "fe80::1", "fd00::2", "10.0.0.1"]),
+            false
+        ));
+        assert!(!decide_ipv6(&ips(&["127.0.0.1", "::1"]), true));
+        assert!(!decide_ipv6(&ips(&["::ffff:10.0.0.1"]), false));
+    }
+
+    #[test]
+    fn resolv_conf_nameservers() {
+        let text = "# comment\nsearch svc.cluster.local\nnameserver 10.96.0.10\n\
+                    nameserver fe80::1%eth0\nnameserver ::127.0.0.53\nnameserver bogus\noptions ndots:5\n";
+        let servers: Vec<String> = parse_resolv_conf(text)
+            .into_iter()
+            .map(|s| s.text)
+            .collect();
+        assert_eq!(servers, vec!["10.96.0.10", "fe80::1", "::127.0.0.53"]);
+    }
+
+    #[test]
+    fn env_from_pairs_and_lookup() {
+        let env = CaptureEnv::from_pairs([("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "888")]);
+        assert_eq!(env.outbound_owner_groups_exclude.as_deref(), Some("888"));
+        assert_eq!(env.outbound_owner_groups, None);
+    }
+}

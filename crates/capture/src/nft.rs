@@ -303,3 +303,6 @@ pub fn clean(cfg: &CaptureConfig) -> Result<(), CaptureError> {
     run_script(&delete_script(), false)?;
     route::remove(cfg)
 }
+
+#[cfg(test)]
+mod tests;

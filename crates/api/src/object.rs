@@ -83,7 +83,10 @@ impl Object {
             }
             (Resource::Other(_), v) => return v,
             (Resource::MeshConfig(_), v) => {
-                doc.insert("mesh".into(), v);
+                // Istio keeps MeshConfig as YAML text in the `istio` ConfigMap.
+                doc.insert("kind".into(), "ConfigMap".into());
+                let text = serde_yaml::to_string(&v).unwrap_or_default();
+                doc.insert("data".into(), serde_json::json!({ "mesh": text }));
             }
             (_, v) => {
                 doc.insert("spec".into(), v);

@@ -20,7 +20,30 @@ pub const VERSIONS: &[&str] = &["v1", "v1beta1"];
 pub struct PeerAuthentication {
     pub selector: Option<LabelSelector>,
     pub mtls: Option<PeerMtls>,
-    pub port_level_mtls: BTreeMap<u32, PeerMtls>,
+    pub port_level_mtls: BTreeMap<PortKey, PeerMtls>,
+}
+
+/// A port number used as a map key; YAML may write it as `8080:` or `"8080":`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct PortKey(pub u32);
+
+impl<'de> Deserialize<'de> for PortKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u32),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(PortKey(n)),
+            Raw::Text(s) => s
+                .parse()
+                .map(PortKey)
+                .map_err(|_| serde::de::Error::custom(format!("port {s:?} is not a number"))),
+        }
+    }
 }
 
 /// `mtls: {mode}`.

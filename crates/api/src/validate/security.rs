@@ -31,8 +31,8 @@ pub(super) fn validate_peer_authentication(pa: &PeerAuthentication, e: &mut Errs
     }
     for port in pa.port_level_mtls.keys() {
         e.check(
-            at("spec.portLevelMtls", &port.to_string()),
-            validate_port(*port),
+            at("spec.portLevelMtls", &port.0.to_string()),
+            validate_port(port.0),
         );
     }
 }

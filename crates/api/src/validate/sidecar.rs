@@ -181,7 +181,7 @@ fn namespace_slash_host(h: &str, gateway: bool, p: &str, e: &mut Errs) {
     } else {
         ns.strip_prefix('~').unwrap_or(ns)
     };
-    if !matches!(ns_body, "*" | ".") && !is_dns1123_label(ns_body) {
+    if !ns_body.is_empty() && !matches!(ns_body, "*" | ".") && !is_dns1123_label(ns_body) {
         e.err(p, format!("invalid namespace value {ns:?} in host {h:?}"));
     }
     host_part(host, gateway, p, e);

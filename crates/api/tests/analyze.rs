@@ -1,0 +1,149 @@
+//! `analyze_dir` over a temporary directory of good and broken files, and
+//! the cross-object rules (unknown subsets, missing gateways).
+
+mod common;
+
+use common::{files, fixture};
+use weft_api::{analyze_dir, analyze_files};
+
+const REVIEWS_DR: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+";
+
+const BAD_VS: &str = "# two documents; the second one is broken
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - route:
+    - destination: {host: ratings}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 80
+    - destination: {host: reviews, subset: v3}
+      weight: 10
+";
+
+#[test]
+fn good_fixtures_are_clean() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in [
+        "bookinfo.yaml",
+        "routing.yaml",
+        "egress.yaml",
+        "security.yaml",
+        "mesh.yaml",
+    ] {
+        std::fs::write(dir.path().join(f), fixture(f)).expect("write");
+    }
+    let report = analyze_dir(dir.path()).expect("analyze");
+    assert_eq!(report.files, 5);
+    assert_eq!(report.objects, 25);
+    assert!(!report.has_errors(), "unexpected errors:\n{report}");
+}
+
+#[test]
+fn broken_files_are_reported_one_line_each() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("bad")).expect("mkdir");
+    std::fs::write(dir.path().join("dr.yaml"), REVIEWS_DR).expect("write");
+    std::fs::write(dir.path().join("bad/vs.yaml"), BAD_VS).expect("write");
+    std::fs::write(
+        dir.path().join("bad/syntax.yml"),
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: x\n   bad: indent\n",
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("notes.txt"), "not yaml: [").expect("write");
+    std::fs::write(dir.path().join(".hidden.yaml"), "not yaml: [").expect("write");
+
+    let report = analyze_dir(dir.path()).expect("analyze");
+    assert!(report.has_errors());
+    let d = dir.path().display();
+    let text = report.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines.contains(&format!("{d}/bad/vs.yaml[doc 2] VirtualService default/reviews: spec.http[0].route: weights sum to 90, must be 100").as_str()), "{text}");
+    assert!(lines.contains(&format!("{d}/bad/vs.yaml[doc 2] VirtualService default/reviews: spec.http[0].route[1].destination.subset: subset \"v3\" of host reviews.default.svc.cluster.local is not defined by DestinationRule default/reviews").as_str()), "{text}");
+    let syntax = lines
+        .iter()
+        .find(|l| l.contains("syntax.yml"))
+        .expect("syntax line");
+    assert!(
+        syntax.starts_with(&format!("{d}/bad/syntax.yml[doc 1]: invalid YAML (line 5)")),
+        "{syntax}"
+    );
+}
+
+#[test]
+fn missing_directory_is_an_error() {
+    let err = analyze_dir("/nonexistent/weft-config").expect_err("missing dir");
+    assert!(err.to_string().contains("/nonexistent/weft-config"));
+}
+
+#[test]
+fn unknown_subset_without_any_destination_rule() {
+    let report = analyze_files(&files(&[(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: shop}\nspec:\n  hosts: [r]\n  http:\n  - route:\n    - destination: {host: cart, subset: v9}\n    mirror: {host: cart.shop.svc.cluster.local, subset: v1}\n",
+    )]));
+    let errs: Vec<String> = report
+        .errors()
+        .map(|p| format!("{}: {}", p.error.path, p.error.message))
+        .collect();
+    assert_eq!(
+        errs,
+        [
+            "spec.http[0].mirror.subset: subset \"v1\" of host cart.shop.svc.cluster.local is not defined: no DestinationRule exists for that host",
+            "spec.http[0].route[0].destination.subset: subset \"v9\" of host cart.shop.svc.cluster.local is not defined: no DestinationRule exists for that host",
+        ]
+    );
+}
+
+#[test]
+fn subsets_resolve_across_namespaces_and_wildcards() {
+    let dr_other_ns = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: bookinfo}\nspec:\n  host: reviews\n  subsets: [{name: v1, labels: {version: v1}}]\n";
+    let dr_wild = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ext, namespace: default}\nspec:\n  host: \"*.example.com\"\n  subsets: [{name: eu, labels: {region: eu}}]\n";
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: front, namespace: web}\nspec:\n  hosts: [front.example.com]\n  http:\n  - route:\n    - destination: {host: reviews.bookinfo.svc.cluster.local, subset: v1}\n      weight: 50\n    - destination: {host: api.example.com, subset: eu}\n      weight: 50\n  - route:\n    - destination: {host: reviews, subset: v1}\n";
+    let report = analyze_files(&files(&[
+        ("a.yaml", dr_other_ns),
+        ("b.yaml", dr_wild),
+        ("c.yaml", vs),
+    ]));
+    let errs: Vec<String> = report.errors().map(|p| p.error.path.clone()).collect();
+    // `reviews` in namespace web means reviews.web.svc.cluster.local: no rule.
+    assert_eq!(
+        errs,
+        ["spec.http[1].route[0].destination.subset"],
+        "{report}"
+    );
+}
+
+#[test]
+fn missing_gateway_and_duplicate_objects() {
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: front, namespace: web}\nspec:\n  hosts: [front.example.com]\n  gateways: [mesh, istio-system/ingress, web-gw]\n  http:\n  - route:\n    - destination: {host: front}\n";
+    let gw = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: web-gw, namespace: web}\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n";
+    let report = analyze_files(&files(&[("a.yaml", vs), ("b.yaml", gw), ("c.yaml", gw)]));
+    let lines: Vec<String> = report.errors().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "a.yaml[doc 1] VirtualService web/front: spec.gateways[1]: gateway istio-system/ingress is not defined",
+            "c.yaml[doc 1] Gateway web/web-gw: metadata.name: duplicate object: already defined at b.yaml[doc 1]",
+        ]
+    );
+}

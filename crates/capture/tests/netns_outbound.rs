@@ -4,17 +4,14 @@
 //! the proxy's own uid/gid (1337), excluded ports (-o) and CIDRs (-x), and
 //! destinations outside -i go straight to the peer. Needs root.
 
+#[macro_use]
+mod netns_support;
+
 use std::net::{IpAddr, SocketAddr};
 
-use weft_capture::cli::IptablesArgs;
+use netns_support::{APP, capture, istio_flags};
 use weft_testbed::probe::{Answer, ListenMode, Responder, probe_as};
 use weft_testbed::{Node, Pod, RunAs, require_root};
-
-/// An application user: neither the proxy's uid nor its gid.
-const APP: RunAs = RunAs::User {
-    uid: 1000,
-    gid: 1000,
-};
 
 /// Node with pod `app` (captured; 15001 listeners) and two peers, `svc` and
 /// `other`, each answering on 8080 and 9090 over IPv4 and IPv6.
@@ -57,36 +54,6 @@ fn bed() -> Bed {
     }
 }
 
-/// Applies `weft-proxy iptables ARGS` inside `pod`.
-fn capture(pod: &Pod, args: &[&str]) {
-    let parsed = IptablesArgs::parse_from_iter(args.iter().copied())
-        .unwrap_or_else(|e| panic!("parsing {args:?}: {e}"));
-    pod.enter(|| parsed.run())
-        .unwrap()
-        .unwrap_or_else(|e| panic!("applying {args:?} in pod {}: {e}", pod.name()));
-}
-
-/// Istio's injector flags for a pod, plus `extra`.
-fn istio_args<'a>(mode: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "-p",
-        "15001",
-        "-z",
-        "15006",
-        "-u",
-        "1337",
-        "-m",
-        mode,
-        "-b",
-        "*",
-        "-d",
-        "15090,15021,15020",
-        "--ipv6",
-    ];
-    args.extend_from_slice(extra);
-    args
-}
-
 fn connect(from: &Pod, run_as: RunAs, to: SocketAddr) -> Answer {
     probe_as(from, run_as, to)
         .unwrap()
@@ -121,7 +88,7 @@ fn v6(pod: &Pod, port: u16) -> SocketAddr {
 
 // === app traffic is captured, the proxy's is not ===
 
-fn app_traffic_is_captured_and_the_proxys_is_not(mode: &str) {
+fn app_traffic_is_captured_and_the_proxys_is_not(mode: &str, backend: &str) {
     let bed = bed();
     // Before capture, the app reaches the peer itself.
     assert_direct(
@@ -130,7 +97,14 @@ fn app_traffic_is_captured_and_the_proxys_is_not(mode: &str) {
         bed.app.addr().into(),
     );
 
-    capture(&bed.app, &istio_args(mode, &["-i", "*", "-x", ""]));
+    capture(
+        &bed.app,
+        &istio_flags(
+            mode,
+            backend,
+            "-b * --ipv6 -i * --istio-service-exclude-cidr=",
+        ),
+    );
     for to in [v4(&bed.svc, 8080), v6(&bed.svc, 8080), v4(&bed.other, 9090)] {
         assert_captured(&connect(&bed.app, APP, to), to);
     }
@@ -143,24 +117,20 @@ fn app_traffic_is_captured_and_the_proxys_is_not(mode: &str) {
     }
 }
 
-#[test]
-fn redirect_app_traffic_is_captured_and_the_proxys_is_not() {
-    app_traffic_is_captured_and_the_proxys_is_not("REDIRECT");
-}
-
-#[test]
-fn tproxy_app_traffic_is_captured_and_the_proxys_is_not() {
-    app_traffic_is_captured_and_the_proxys_is_not("TPROXY");
-}
+for_each_mode_and_backend!(app_traffic_is_captured_and_the_proxys_is_not);
 
 // === excluded ports and CIDRs go direct ===
 
-fn excluded_ports_and_cidrs_are_not_captured(mode: &str) {
+fn excluded_ports_and_cidrs_are_not_captured(mode: &str, backend: &str) {
     let bed = bed();
     let other_cidr = format!("{}/32", bed.other.addr());
     capture(
         &bed.app,
-        &istio_args(mode, &["-i", "*", "-x", &other_cidr, "-o", "9090"]),
+        &istio_flags(
+            mode,
+            backend,
+            &format!("-b * --ipv6 -i * -x {other_cidr} -o 9090"),
+        ),
     );
     let from: IpAddr = bed.app.addr().into();
     assert_direct(
@@ -191,22 +161,17 @@ fn excluded_ports_and_cidrs_are_not_captured(mode: &str) {
     );
 }
 
-#[test]
-fn redirect_excluded_ports_and_cidrs_are_not_captured() {
-    excluded_ports_and_cidrs_are_not_captured("REDIRECT");
-}
-
-#[test]
-fn tproxy_excluded_ports_and_cidrs_are_not_captured() {
-    excluded_ports_and_cidrs_are_not_captured("TPROXY");
-}
+for_each_mode_and_backend!(excluded_ports_and_cidrs_are_not_captured);
 
 // === -i captures only the listed CIDRs ===
 
-fn only_included_cidrs_are_captured(mode: &str) {
+fn only_included_cidrs_are_captured(mode: &str, backend: &str) {
     let bed = bed();
     let svc_cidr = format!("{}/32", bed.svc.addr());
-    capture(&bed.app, &istio_args(mode, &["-i", &svc_cidr, "-x", ""]));
+    capture(
+        &bed.app,
+        &istio_flags(mode, backend, &format!("-b * --ipv6 -i {svc_cidr}")),
+    );
     assert_captured(
         &connect(&bed.app, APP, v4(&bed.svc, 8080)),
         v4(&bed.svc, 8080),
@@ -223,12 +188,4 @@ fn only_included_cidrs_are_captured(mode: &str) {
     );
 }
 
-#[test]
-fn redirect_only_included_cidrs_are_captured() {
-    only_included_cidrs_are_captured("REDIRECT");
-}
-
-#[test]
-fn tproxy_only_included_cidrs_are_captured() {
-    only_included_cidrs_are_captured("TPROXY");
-}
+for_each_mode_and_backend!(only_included_cidrs_are_captured);

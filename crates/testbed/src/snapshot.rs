@@ -1,7 +1,7 @@
 //! A comparable picture of a pod's packet-filter and routing state:
 //! `iptables-save` and `ip6tables-save` normalized (no comment lines, no
-//! counters, empty tables dropped), `ip rule`, all routing tables and the
-//! addresses. Used to check that applying and cleaning capture leaves a pod
+//! counters, empty tables dropped), the native nftables ruleset beside
+//! them, `ip rule`, all routing tables and the addresses. Used to check that applying and cleaning capture leaves a pod
 //! exactly as it was.
 
 use crate::error::Result;
@@ -15,6 +15,8 @@ pub struct Snapshot {
     pub iptables: String,
     /// `ip6tables-save`, normalized by [`normalize_save`].
     pub ip6tables: String,
+    /// `nft list ruleset`, normalized by [`normalize_nft`].
+    pub nft: String,
     /// `ip -4 rule` and `ip -6 rule`.
     pub rules: String,
     /// `ip -4 route show table all` and `ip -6 route show table all`.
@@ -32,6 +34,7 @@ impl Snapshot {
         Ok(Self {
             iptables: normalize_save(&out("iptables-save", &[])?),
             ip6tables: normalize_save(&out("ip6tables-save", &[])?),
+            nft: normalize_nft(&out("nft", &["list", "ruleset"])?),
             rules: out("ip", &["-4", "rule"])? + &out("ip", &["-6", "rule"])?,
             routes: out("ip", &["-4", "route", "show", "table", "all"])?
                 + &out("ip", &["-6", "route", "show", "table", "all"])?,
@@ -71,6 +74,48 @@ pub fn normalize_save(save: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The tables iptables-nft manages; `iptables-save` already covers them.
+const XTABLES: [&str; 5] = ["filter", "nat", "mangle", "raw", "security"];
+
+/// Normalizes `nft list ruleset` output for comparison: drops the tables
+/// iptables-nft manages (`ip`/`ip6` `filter`, `nat`, `mangle`, `raw`,
+/// `security`: compared through `iptables-save`) and counter values.
+pub fn normalize_nft(ruleset: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in ruleset.lines() {
+        if let Some(header) = line.strip_prefix("table ") {
+            let mut words = header.split_whitespace();
+            let (family, name) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            skipping = matches!(family, "ip" | "ip6") && XTABLES.contains(&name);
+        }
+        if !skipping {
+            out.push_str(&strip_nft_counter(line));
+            out.push('\n');
+        }
+        if line == "}" {
+            skipping = false;
+        }
+    }
+    out
+}
+
+/// `counter packets 3 bytes 180` becomes `counter`.
+fn strip_nft_counter(line: &str) -> String {
+    let words: Vec<&str> = line.split(' ').collect();
+    let mut kept = Vec::with_capacity(words.len());
+    let mut i = 0;
+    while i < words.len() {
+        kept.push(words[i]);
+        let is_counter = words[i] == "counter"
+            && words.get(i + 1) == Some(&"packets")
+            && words.get(i + 3) == Some(&"bytes")
+            && i + 4 < words.len();
+        i += if is_counter { 5 } else { 1 };
+    }
+    kept.join(" ")
 }
 
 /// `:CHAIN POLICY [p:b]` becomes `:CHAIN POLICY`; `[p:b] -A ...` becomes `-A ...`.
@@ -122,6 +167,16 @@ mod tests {
         assert_eq!(
             normalize_save(save),
             "*nat\n:OUTPUT ACCEPT\n:MINE -\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn nft_drops_xtables_tables_and_counters() {
+        let ruleset = "table ip nat {\n\tchain OUTPUT {\n\t\tcounter packets 1 bytes 60 return\n\t}\n}\n\
+            table ip weft {\n\tchain nat_output {\n\t\tmeta l4proto tcp counter packets 12 bytes 720 redirect to :15001\n\t}\n}\n";
+        assert_eq!(
+            normalize_nft(ruleset),
+            "table ip weft {\n\tchain nat_output {\n\t\tmeta l4proto tcp counter redirect to :15001\n\t}\n}\n"
         );
     }
 

@@ -1,0 +1,103 @@
+//! Shared by the `netns_*` tests: applying and cleaning capture inside a
+//! testbed pod through the library form of `weft-proxy iptables` /
+//! `clean-iptables`, the flags Istio's injector passes, and a macro that runs
+//! one scenario for both inbound modes and both backends.
+
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use weft_capture::cli::{CleanArgs, IptablesArgs};
+use weft_testbed::probe::ListenMode;
+use weft_testbed::{Pod, RunAs};
+
+/// An application user: neither the proxy's uid nor its gid (1337).
+pub const APP: RunAs = RunAs::User {
+    uid: 1000,
+    gid: 1000,
+};
+
+/// The flag that selects the native nftables backend.
+pub const NFTABLES: &str = "--native-nftables";
+
+/// The flags Istio's injector passes for a pod (`-d 15090,15021,15020`),
+/// with `mode`, `backend` (`""` or [`NFTABLES`]) and `extra` flags.
+pub fn istio_flags(mode: &str, backend: &str, extra: &str) -> String {
+    format!("-p 15001 -z 15006 -u 1337 -m {mode} -d 15090,15021,15020 {backend} {extra}")
+}
+
+/// How the 15006 listener must be set up for `mode`: TPROXY delivers to a
+/// listener only if it has IP_TRANSPARENT.
+pub fn inbound_listen_mode(mode: &str) -> ListenMode {
+    if mode == "TPROXY" {
+        ListenMode::Transparent
+    } else {
+        ListenMode::Plain
+    }
+}
+
+fn argv(flags: &str) -> Vec<&str> {
+    flags.split_whitespace().collect()
+}
+
+/// Applies `weft-proxy iptables FLAGS` (split on whitespace) inside `pod`,
+/// and checks the rules landed in the backend the flags chose.
+pub fn capture(pod: &Pod, flags: &str) {
+    let parsed = IptablesArgs::parse_from_iter(argv(flags))
+        .unwrap_or_else(|e| panic!("parsing {flags:?}: {e}"));
+    pod.enter(|| parsed.run())
+        .unwrap()
+        .unwrap_or_else(|e| panic!("applying {flags:?} in pod {}: {e}", pod.name()));
+    let iptables = weft_testbed::run(&mut pod.command("iptables-save").unwrap()).unwrap();
+    let nft_tables =
+        weft_testbed::run(pod.command("nft").unwrap().args(["list", "tables"])).unwrap();
+    if flags.contains(NFTABLES) {
+        assert!(
+            nft_tables.contains("table ip weft"),
+            "no nft table: {nft_tables}"
+        );
+        assert!(
+            !iptables.contains("ISTIO_"),
+            "iptables rules with {NFTABLES}: {iptables}"
+        );
+    } else {
+        assert!(iptables.contains(":ISTIO_"), "no ISTIO chains: {iptables}");
+        assert!(
+            !nft_tables.contains("weft"),
+            "nft table without {NFTABLES}: {nft_tables}"
+        );
+    }
+}
+
+/// Runs `weft-proxy clean-iptables FLAGS` inside `pod`.
+pub fn clean(pod: &Pod, flags: &str) {
+    let parsed = CleanArgs::parse_from_iter(argv(flags))
+        .unwrap_or_else(|e| panic!("parsing {flags:?}: {e}"));
+    pod.enter(|| parsed.run())
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cleaning {flags:?} in pod {}: {e}", pod.name()));
+}
+
+/// Defines `mod SCENARIO` with one test per inbound mode and backend, each
+/// calling `SCENARIO(mode, backend)`.
+macro_rules! for_each_mode_and_backend {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[test]
+            fn iptables_redirect() {
+                super::$scenario("REDIRECT", "");
+            }
+            #[test]
+            fn iptables_tproxy() {
+                super::$scenario("TPROXY", "");
+            }
+            #[test]
+            fn nftables_redirect() {
+                super::$scenario("REDIRECT", $crate::netns_support::NFTABLES);
+            }
+            #[test]
+            fn nftables_tproxy() {
+                super::$scenario("TPROXY", $crate::netns_support::NFTABLES);
+            }
+        }
+    };
+}

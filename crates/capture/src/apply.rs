@@ -9,7 +9,7 @@
 //! still fails half-way (iptables commits table by table), the tables are
 //! restored from the snapshot taken before. Other rules are never touched.
 
-use crate::config::CaptureConfig;
+use crate::config::{CaptureConfig, InboundPorts, InterceptionMode};
 use crate::error::CaptureError;
 use crate::exec;
 use crate::iptables::{self, SavedTable, jumps_into_ours, parse_save, render_spec};
@@ -263,33 +263,75 @@ pub(crate) fn apply_iptables(cfg: &CaptureConfig) -> Result<(), CaptureError> {
         }
     }
     if let Err(e) = route::add(cfg) {
-        let _ = route::remove(cfg);
+        let _ = route::remove(cfg, cfg.enable_ipv6);
         undo(&done);
         return Err(e);
     }
     Ok(())
 }
 
-/// See [`crate::clean`].
+/// The configurations whose rules `clean` looks for: the given one with
+/// IPv6 on, and the same with the other interception mode (capturing all
+/// inbound ports, so every TPROXY rule appears). Removing is by exact rule
+/// specification, so looking for more variants only finds our own rules.
+fn cleanup_variants(cfg: &CaptureConfig) -> Vec<CaptureConfig> {
+    let base = CaptureConfig {
+        enable_ipv6: true,
+        ..cfg.clone()
+    };
+    let other = CaptureConfig {
+        mode: match base.mode {
+            InterceptionMode::Redirect => InterceptionMode::Tproxy,
+            InterceptionMode::Tproxy => InterceptionMode::Redirect,
+        },
+        inbound_ports: InboundPorts::All,
+        ..base.clone()
+    };
+    let tproxy_all = CaptureConfig {
+        inbound_ports: InboundPorts::All,
+        ..base.clone()
+    };
+    vec![base, other, tproxy_all]
+}
+
+/// Whether this family's tools are installed (IPv6 ones may be absent).
+fn family_available(family: Family) -> bool {
+    let t = tools(family);
+    [t.restore, t.save, t.iptables]
+        .iter()
+        .all(|tool| exec::find_tool(tool).is_some())
+}
+
+/// See [`crate::clean`]. Both families are cleaned whenever their tools
+/// exist, whatever IPv6 detection says now.
 pub(crate) fn clean_iptables(cfg: &CaptureConfig) -> Result<(), CaptureError> {
     preflight(cfg, "removing iptables rules")?;
-    let plan = plan::plan(cfg);
-    for family in families(cfg) {
+    let plans: Vec<_> = cleanup_variants(cfg).iter().map(plan::plan).collect();
+    let mut removed_v6 = false;
+    for family in [Family::V4, Family::V6] {
+        if family == Family::V6 && !family_available(family) {
+            continue;
+        }
+        let rules: Vec<Rule> = plans
+            .iter()
+            .flat_map(|p| p.rules(family).iter().cloned())
+            .collect();
         let snap = snapshot(family)?;
-        let text = payload(family, plan.rules(family), &snap, false)?;
+        let text = payload(family, &rules, &snap, false)?;
         if text.is_empty() {
             continue;
         }
         tracing::debug!(?family, payload = %text, "iptables-restore removal payload");
         restore(family, &text, &["--noflush", "--test"])?;
         restore(family, &text, &["--noflush"])?;
+        removed_v6 |= family == Family::V6;
         let touched: Vec<Table> = Table::ALL
             .into_iter()
             .filter(|t| text.contains(&format!("* {}\n", t.name())))
             .collect();
         drop_pristine(family, &touched);
     }
-    route::remove(cfg)
+    route::remove(cfg, cfg.enable_ipv6 || removed_v6)
 }
 
 #[cfg(test)]

@@ -284,7 +284,7 @@ pub fn apply(cfg: &CaptureConfig) -> Result<(), CaptureError> {
     let before = snapshot();
     run_script(&script, false)?;
     if let Err(e) = route::add(cfg) {
-        let _ = route::remove(cfg);
+        let _ = route::remove(cfg, cfg.enable_ipv6);
         let mut restore = delete_script();
         for (_, text) in before {
             restore.push_str(&text);
@@ -301,7 +301,7 @@ pub fn apply(cfg: &CaptureConfig) -> Result<(), CaptureError> {
 pub fn clean(cfg: &CaptureConfig) -> Result<(), CaptureError> {
     preflight("removing nftables rules")?;
     run_script(&delete_script(), false)?;
-    route::remove(cfg)
+    route::remove(cfg, cfg.enable_ipv6)
 }
 
 #[cfg(test)]

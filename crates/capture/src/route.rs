@@ -104,38 +104,35 @@ pub fn add(cfg: &CaptureConfig) -> Result<(), CaptureError> {
     Ok(())
 }
 
-/// Removes the routing entries [`add`] creates for this configuration.
-pub fn remove(cfg: &CaptureConfig) -> Result<(), CaptureError> {
-    if !cfg.enable_ipv6 && !cfg.needs_tproxy_route() {
-        return Ok(());
-    }
+/// Removes the routing entries [`add`] creates: the fwmark rule and the
+/// local route of our table in both families (whatever the mode: they are
+/// ours by mark and table number), and `::6` on `lo` when `ipv6`.
+/// Entries that are already gone are fine.
+pub fn remove(cfg: &CaptureConfig, ipv6: bool) -> Result<(), CaptureError> {
     exec::require_tool("ip", "iproute2")?;
     let (mark, table) = (
         cfg.tproxy_mark.to_string(),
         cfg.tproxy_route_table.to_string(),
     );
-    if cfg.needs_tproxy_route() {
-        for family in families(cfg) {
-            delete_rules(family, &mark, &table)?;
-            // Absent already is fine: the goal is that it is gone.
-            let _ = exec::run(
-                "ip",
-                &[
-                    flag(family),
-                    "route",
-                    "del",
-                    "local",
-                    "default",
-                    "dev",
-                    "lo",
-                    "table",
-                    &table,
-                ],
-                None,
-            )?;
-        }
+    for family in [Family::V4, Family::V6] {
+        delete_rules(family, &mark, &table)?;
+        let _ = exec::run(
+            "ip",
+            &[
+                flag(family),
+                "route",
+                "del",
+                "local",
+                "default",
+                "dev",
+                "lo",
+                "table",
+                &table,
+            ],
+            None,
+        )?;
     }
-    if cfg.enable_ipv6 {
+    if ipv6 {
         let _ = exec::run("ip", &["-6", "addr", "del", "::6/128", "dev", "lo"], None)?;
     }
     Ok(())

@@ -307,3 +307,33 @@ fn nftables_refused_rule_is_named_and_nothing_is_left_behind() {
     }
     pretty_assertions::assert_eq!(before, ns.state());
 }
+
+#[test]
+fn clean_with_default_flags_removes_tproxy_and_ipv6_rules_too() {
+    let ns = NetNs::new();
+    add_foreign_rules(&ns);
+    let before = ns.state();
+    let cfg = config(
+        &[
+            "-m",
+            "TPROXY",
+            "-b",
+            "*",
+            "-i",
+            "*",
+            "--ipv6",
+            "--drop-invalid",
+            "--redirect-dns",
+            "--dns-servers",
+            "10.96.0.10,fd00::10",
+        ],
+        &[],
+    );
+    ns.run_in(move || weft_capture::apply(&cfg)).expect("apply");
+    // Plain `clean-iptables`: REDIRECT, IPv6 not detected in this namespace.
+    let plain = config(&[], &[]);
+    assert!(!plain.enable_ipv6);
+    ns.run_in(move || weft_capture::clean(&plain))
+        .expect("clean");
+    pretty_assertions::assert_eq!(before, ns.state());
+}

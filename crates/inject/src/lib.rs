@@ -26,6 +26,7 @@ pub mod probes;
 pub mod resources;
 pub mod selector;
 pub mod template;
+pub mod webhook_config;
 pub mod workload;
 
 pub use config::{InjectionConfig, Policy, Settings};
@@ -38,4 +39,5 @@ pub use objects::{
 pub use pod::{PodOutcome, inject_pod};
 pub use postprocess::append_multus_network;
 pub use selector::{LabelSelector, Operator, Requirement};
+pub use webhook_config::{WebhookTarget, mutating_webhook_configuration};
 pub use workload::Workload;

@@ -1,0 +1,42 @@
+//! `weft`, the command-line tool (istioctl's counterpart). This file only
+//! parses the command line and dispatches; each subcommand lives in its own
+//! module.
+
+mod kube_inject;
+mod manifest;
+mod output;
+mod version;
+
+use clap::{Parser, Subcommand};
+
+/// Weft: an Istio-compatible service mesh. `weft` injects sidecars into
+/// manifests, renders installation manifests and reports versions.
+#[derive(Parser)]
+#[command(name = "weft", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inject the Weft sidecar into Kubernetes manifests (istioctl kube-inject).
+    #[command(name = "kube-inject")]
+    KubeInject(kube_inject::Args),
+    /// Render installation manifests.
+    Manifest {
+        #[command(subcommand)]
+        command: manifest::Command,
+    },
+    /// Print the version of this client.
+    Version(version::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::KubeInject(args) => kube_inject::run(&args),
+        Command::Manifest { command } => manifest::run(&command),
+        Command::Version(args) => version::run(&args),
+    }
+}

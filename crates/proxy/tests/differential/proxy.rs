@@ -1,0 +1,247 @@
+//! Starting and stopping the proxy under test (Envoy 1.40 or weft-proxy) on
+//! a rendered bootstrap, waiting until it is ready, and reading its access
+//! log. Owns the child processes; they die with the `Running` handle.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::scenario::Bindings;
+
+/// Which proxy runs the bootstrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Envoy,
+    Weft,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Envoy => "envoy",
+            Kind::Weft => "weft",
+        }
+    }
+}
+
+/// How long a proxy may take to become ready (the machine is shared with
+/// compiles, so this is generous; it bounds a hang, it is not asserted).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running proxy process.
+pub struct Running {
+    child: Child,
+    kind: Kind,
+    pub stderr: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+static BASE_ID: AtomicU32 = AtomicU32::new(0);
+
+/// Starts `kind` on `config` and waits until every listener port is bound
+/// and the admin `/ready` answers 200.
+pub async fn start(kind: Kind, config: &Path, dir: &Path, b: &Bindings) -> Result<Running, String> {
+    let stderr = dir.join(format!("{}.stderr", kind.label()));
+    let stdout = dir.join(format!("{}.stdout", kind.label()));
+    let mut cmd = match kind {
+        Kind::Envoy => {
+            let base_id =
+                (std::process::id() % 100_000) * 40 + BASE_ID.fetch_add(1, Ordering::Relaxed) % 40;
+            let mut c = Command::new("envoy");
+            c.arg("-c")
+                .arg(config)
+                .args([
+                    "--concurrency",
+                    "1",
+                    "--disable-hot-restart",
+                    "--log-level",
+                    "warn",
+                ])
+                .args(["--file-flush-interval-msec", "50"])
+                .arg("--base-id")
+                .arg(base_id.to_string());
+            c
+        }
+        Kind::Weft => {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_weft-proxy"));
+            c.arg("--config").arg(config).args(["--concurrency", "1"]);
+            c.env("RUST_LOG", "warn");
+            c
+        }
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(
+            std::fs::File::create(&stdout)
+                .map_err(|e| format!("creating {}: {e}", stdout.display()))?,
+        )
+        .stderr(
+            std::fs::File::create(&stderr)
+                .map_err(|e| format!("creating {}: {e}", stderr.display()))?,
+        );
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("spawning {}: {e} (is it installed?)", kind.label()))?;
+    let mut running = Running {
+        child,
+        kind,
+        stderr,
+    };
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = running.child.try_wait() {
+            return Err(format!(
+                "{} exited before ready ({status}):\n{}",
+                kind.label(),
+                running.stderr_tail()
+            ));
+        }
+        let listening = b.listener_ports.values().all(|p| port_listening(*p));
+        if listening && admin_ready(b.admin_port).await {
+            return Ok(running);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} not ready within {READY_TIMEOUT:?} (listeners bound: {listening}, admin port {}):\n{}",
+                kind.label(),
+                b.admin_port,
+                running.stderr_tail()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Running {
+    /// The last lines the process wrote to stderr.
+    pub fn stderr_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(25)..].join("\n")
+    }
+
+    /// True while the process has not exited.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Which proxy this is.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+}
+
+/// True when 127.0.0.1:`port` (or [::]:`port`) is in LISTEN state. Reading
+/// /proc avoids probe connections that would show up in access logs.
+fn port_listening(port: u16) -> bool {
+    let want = format!(":{port:04X} ");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.len() > 3 && format!("{} ", cols[1]).ends_with(&want) && cols[3] == "0A"
+            })
+    })
+}
+
+/// GET /ready on the admin port answers 200.
+async fn admin_ready(port: u16) -> bool {
+    matches!(admin_get(port, "/ready").await, Some((200, _)))
+}
+
+/// A bare HTTP/1.1 GET (Connection: close) against the admin port.
+pub async fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let code = text.lines().next()?.split(' ').nth(1)?.parse().ok()?;
+        Some((code, text))
+    };
+    tokio::time::timeout(Duration::from_secs(2), fut)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// One parsed access-log line (see `scenario::ACCESS_LOG_FORMAT`).
+#[derive(Debug, Clone, Default)]
+pub struct LogLine {
+    pub test_id: String,
+    pub code: String,
+    pub flags: String,
+    pub cluster: String,
+    pub route: String,
+    pub upstream_host: String,
+    pub bytes_received: String,
+    pub bytes_sent: String,
+    pub protocol: String,
+}
+
+/// Parses the access log; lines that do not have the fixed format are
+/// returned as errors so a wrong format is visible.
+pub fn read_log(path: &Path) -> (Vec<LogLine>, Vec<String>) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut lines = Vec::new();
+    let mut bad = Vec::new();
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = l.split('|').collect();
+        if f.len() != 9 {
+            bad.push(l.to_string());
+            continue;
+        }
+        lines.push(LogLine {
+            test_id: f[0].into(),
+            code: f[1].into(),
+            flags: f[2].into(),
+            cluster: f[3].into(),
+            route: f[4].into(),
+            upstream_host: f[5].into(),
+            bytes_received: f[6].into(),
+            bytes_sent: f[7].into(),
+            protocol: f[8].into(),
+        });
+    }
+    (lines, bad)
+}
+
+/// Waits (bounded) until the log holds every id in `ids` and at least
+/// `anonymous` lines without a test id.
+pub async fn wait_log(
+    path: &Path,
+    ids: &[String],
+    anonymous: usize,
+) -> (Vec<LogLine>, Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (lines, bad) = read_log(path);
+        let have_ids = ids.iter().all(|id| lines.iter().any(|l| &l.test_id == id));
+        let anon = lines.iter().filter(|l| l.test_id == "-").count();
+        if (have_ids && anon >= anonymous) || Instant::now() > deadline {
+            return (lines, bad);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

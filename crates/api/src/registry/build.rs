@@ -1,6 +1,6 @@
 //! Builds a [`Registry`] from objects.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::*;
 use crate::k8s::{IntOrString, Pod, ServiceSpec};
@@ -59,22 +59,32 @@ impl Registry {
             ..Registry::default()
         };
         let workloads: Vec<Workload<'_>> = objects.iter().filter_map(|o| workload(o)).collect();
-        let pods: BTreeMap<(&str, &str), &Workload<'_>> = workloads
-            .iter()
-            .filter(|w| matches!(w.kind, WorkloadKind::Pod(_)))
-            .map(|w| ((w.namespace, w.name), w))
-            .collect();
+        let index = WorkloadIndex::new(&workloads);
+        let mut slices: HashMap<(&str, &str), Vec<&crate::k8s::EndpointSlice>> = HashMap::new();
+        for o in &objects {
+            if let (Some(es), Some(svc)) =
+                (o.as_endpoint_slice(), o.meta.labels.get(LABEL_SERVICE_NAME))
+            {
+                slices
+                    .entry((o.namespace(), svc.as_str()))
+                    .or_default()
+                    .push(es);
+            }
+        }
 
         // Kubernetes services first: they win hostname conflicts.
         for o in &objects {
             if let Resource::Service(spec) = &o.spec {
-                let (svc, eps) = kube_service(o, spec, &objects, &pods, &workloads, &opts.domain);
+                let svc_slices = slices
+                    .get(&(o.namespace(), o.name()))
+                    .map_or(&[][..], Vec::as_slice);
+                let (svc, eps) = kube_service(o, spec, svc_slices, &index, &opts.domain);
                 reg.insert(svc, eps);
             }
         }
         for o in &objects {
             if let Resource::ServiceEntry(se) = &o.spec {
-                for (svc, eps) in service_entry(o, se, &workloads) {
+                for (svc, eps) in service_entry(o, se, &index) {
                     reg.insert(svc, eps);
                 }
             }
@@ -98,6 +108,58 @@ impl Registry {
         }
         self.endpoints.insert(svc.hostname.clone(), eps);
         self.services.insert(svc.hostname.clone(), svc);
+    }
+}
+
+/// Workloads indexed by namespace and by `(namespace, label, value)`, so a
+/// selector only looks at workloads carrying its first label.
+struct WorkloadIndex<'w, 'a> {
+    all: &'w [Workload<'a>],
+    by_ns: HashMap<&'a str, Vec<usize>>,
+    by_label: HashMap<(&'a str, &'a str, &'a str), Vec<usize>>,
+    pods: HashMap<(&'a str, &'a str), usize>,
+}
+
+impl<'w, 'a> WorkloadIndex<'w, 'a> {
+    fn new(all: &'w [Workload<'a>]) -> Self {
+        let mut idx = WorkloadIndex {
+            all,
+            by_ns: HashMap::new(),
+            by_label: HashMap::new(),
+            pods: HashMap::new(),
+        };
+        for (i, w) in all.iter().enumerate() {
+            idx.by_ns.entry(w.namespace).or_default().push(i);
+            for (k, v) in w.labels {
+                idx.by_label
+                    .entry((w.namespace, k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(i);
+            }
+            if matches!(w.kind, WorkloadKind::Pod(_)) {
+                idx.pods.insert((w.namespace, w.name), i);
+            }
+        }
+        idx
+    }
+
+    /// Workloads in `ns` whose labels include `selector` (all of `ns` for an
+    /// empty selector).
+    fn select(&self, ns: &str, selector: &BTreeMap<String, String>) -> Vec<&'w Workload<'a>> {
+        let candidates = match selector.iter().next() {
+            None => self.by_ns.get(ns),
+            Some((k, v)) => self.by_label.get(&(ns, k.as_str(), v.as_str())),
+        };
+        candidates
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.all[i])
+            .filter(|w| labels_match(selector, w.labels))
+            .collect()
+    }
+
+    fn pod(&self, ns: &str, name: &str) -> Option<&'w Workload<'a>> {
+        self.pods.get(&(ns, name)).map(|&i| &self.all[i])
     }
 }
 
@@ -165,12 +227,11 @@ fn locality_from_labels(labels: &BTreeMap<String, String>) -> Locality {
     }
 }
 
-fn kube_service<'a>(
-    o: &'a Object,
-    spec: &'a ServiceSpec,
-    objects: &[&'a Object],
-    pods: &BTreeMap<(&str, &str), &Workload<'a>>,
-    workloads: &[Workload<'a>],
+fn kube_service(
+    o: &Object,
+    spec: &ServiceSpec,
+    slices: &[&crate::k8s::EndpointSlice],
+    index: &WorkloadIndex<'_, '_>,
     domain: &str,
 ) -> (Service, Vec<Endpoint>) {
     let ns = o.namespace();
@@ -240,14 +301,6 @@ fn kube_service<'a>(
         return (svc, eps);
     }
 
-    let slices: Vec<&crate::k8s::EndpointSlice> = objects
-        .iter()
-        .filter(|s| {
-            s.namespace() == ns
-                && s.meta.labels.get(LABEL_SERVICE_NAME).map(String::as_str) == Some(o.name())
-        })
-        .filter_map(|s| s.as_endpoint_slice())
-        .collect();
     if !slices.is_empty() {
         for slice in slices {
             for sp in &spec.ports {
@@ -264,7 +317,7 @@ fn kube_service<'a>(
                         .as_ref()
                         .filter(|r| r.kind.as_deref().is_none_or(|k| k == "Pod"))
                         .and_then(|r| {
-                            pods.get(&(r.namespace.as_deref().unwrap_or(ns), r.name.as_str()))
+                            index.pod(r.namespace.as_deref().unwrap_or(ns), r.name.as_str())
                         });
                     for addr in &ep.addresses {
                         let mut locality = pod.map(|w| w.locality.clone()).unwrap_or_default();
@@ -299,10 +352,7 @@ fn kube_service<'a>(
     // select Pods and WorkloadEntries by the service selector, as the
     // endpoints controller and Istio's WorkloadEntry support would.
     if let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) {
-        for w in workloads
-            .iter()
-            .filter(|w| w.namespace == ns && labels_match(selector, w.labels))
-        {
+        for w in index.select(ns, selector) {
             for sp in &spec.ports {
                 let target = match (&w.kind, &sp.target_port) {
                     (WorkloadKind::Entry(we), _) => sp
@@ -351,7 +401,7 @@ fn endpoint_of(w: &Workload<'_>, addr: &str, port: u32, service_port: u32) -> En
 fn service_entry(
     o: &Object,
     se: &net::ServiceEntry,
-    workloads: &[Workload<'_>],
+    index: &WorkloadIndex<'_, '_>,
 ) -> Vec<(Service, Vec<Endpoint>)> {
     let ns = o.namespace();
     let resolution = match se.resolution.unwrap_or(net::Resolution::None) {
@@ -413,10 +463,7 @@ fn service_entry(
                     });
                 }
             } else if let Some(sel) = &se.workload_selector {
-                for w in workloads
-                    .iter()
-                    .filter(|w| w.namespace == ns && labels_match(&sel.labels, w.labels))
-                {
+                for w in index.select(ns, &sel.labels) {
                     let target = match &w.kind {
                         WorkloadKind::Entry(we) => {
                             we.ports.get(&p.name).copied().unwrap_or(default_target)

@@ -8,12 +8,15 @@ use crate::networking::{Destination, VirtualService};
 use crate::registry::{host_matches, resolve_config_host};
 use crate::{Object, Resource};
 
+/// A DestinationRule (`ns/name`) and the subset names it defines.
+type RuleSubsets<'a> = (String, BTreeSet<&'a str>);
+
 /// Checks references between objects. Returns `(index into objects, problem)`.
 /// `domain` is the cluster domain (`cluster.local`) used to resolve short
 /// host names relative to each object's namespace.
 pub fn validate_cross(objects: &[&Object], domain: &str) -> Vec<(usize, FieldError)> {
     // host (resolved) -> [(rule "ns/name", subsets)]
-    let mut rules: BTreeMap<String, Vec<(String, BTreeSet<&str>)>> = BTreeMap::new();
+    let mut rules: BTreeMap<String, Vec<RuleSubsets<'_>>> = BTreeMap::new();
     let mut gateways = BTreeSet::new();
     for o in objects {
         match &o.spec {
@@ -31,6 +34,8 @@ pub fn validate_cross(objects: &[&Object], domain: &str) -> Vec<(usize, FieldErr
             _ => {}
         }
     }
+    let wildcard_rules: Vec<(&String, &Vec<RuleSubsets<'_>>)> =
+        rules.iter().filter(|(h, _)| h.starts_with('*')).collect();
     let mut out = Vec::new();
     for (i, o) in objects.iter().enumerate() {
         let Resource::VirtualService(vs) = &o.spec else {
@@ -42,10 +47,17 @@ pub fn validate_cross(objects: &[&Object], domain: &str) -> Vec<(usize, FieldErr
                 continue;
             };
             let host = resolve_config_host(&dest.host, o.namespace(), domain);
-            let matching: Vec<&(String, BTreeSet<&str>)> = rules
-                .iter()
-                .filter(|(h, _)| host_matches(h, &host))
-                .flat_map(|(_, v)| v)
+            // Exact host first, then wildcard rule hosts covering it.
+            let matching: Vec<&RuleSubsets<'_>> = rules
+                .get(&host)
+                .into_iter()
+                .chain(
+                    wildcard_rules
+                        .iter()
+                        .filter(|(h, _)| host_matches(h, &host))
+                        .map(|(_, v)| *v),
+                )
+                .flatten()
                 .collect();
             let subset_path = at(&path, "subset");
             if matching.is_empty() {

@@ -9,6 +9,7 @@
 mod common;
 mod cross;
 mod destination_rule;
+mod http_route;
 mod kube;
 mod security;
 mod service_entry;

@@ -215,3 +215,40 @@ async fn reconnect_with_initial_versions_sends_only_differences() {
     assert_eq!(r.removed_resources, ["b"]);
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn changed_eds_cluster_gets_its_unchanged_endpoints_again() {
+    let srv = TestServer::start(debounce_ms(0)).await;
+    let g = &srv.generator;
+    g.set_all(CLUSTER, set([eds_cluster("a"), eds_cluster("b")]));
+    g.set_all(ENDPOINT, set([cla("a", "1"), cla("b", "1")]));
+    let mut d = RawDelta::connect(&srv.url()).await;
+    d.send(first("p1", CLUSTER, &[]));
+    let cds = d.recv().await;
+    d.ack(&cds);
+    d.send(DeltaDiscoveryRequest {
+        type_url: ENDPOINT.into(),
+        resource_names_subscribe: vec!["a".into(), "b".into()],
+        ..Default::default()
+    });
+    let eds = d.recv().await;
+    d.ack(&eds);
+
+    g.set_all(
+        CLUSTER,
+        set([eds_cluster("a"), eds_cluster_marked("b", "x")]),
+    );
+    srv.pusher.trigger(PushRequest::full("cluster b changed"));
+    let cds2 = d.recv().await;
+    assert_eq!(versions(&cds2).keys().collect::<Vec<_>>(), ["b"]);
+    d.ack(&cds2);
+    let eds2 = d.recv().await;
+    assert_eq!(eds2.type_url, ENDPOINT);
+    assert_eq!(versions(&eds2).keys().collect::<Vec<_>>(), ["b"]);
+    assert_eq!(
+        versions(&eds2)["b"],
+        versions(&eds)["b"],
+        "same endpoints, resent"
+    );
+    srv.stop().await;
+}

@@ -319,3 +319,41 @@ async fn stale_nonce_is_ignored_and_missing_node_rejected() {
     assert!(err.message().contains("node.id"), "{}", err.message());
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn changed_eds_cluster_gets_its_unchanged_endpoints_again() {
+    let srv = TestServer::start(debounce_ms(0)).await;
+    let g = &srv.generator;
+    g.set_all(CLUSTER, set([eds_cluster("a"), eds_cluster("b")]));
+    g.set_all(ENDPOINT, set([cla("a", "1"), cla("b", "1")]));
+    g.set_all(LISTENER, set([rds_listener("l", "80")]));
+    let mut s = RawSotw::connect(&srv.url()).await;
+    s.subscribe("p1", CLUSTER, &[]);
+    let cds = s.recv().await;
+    s.ack(&cds, &[]);
+    s.subscribe("p1", ENDPOINT, &["a", "b"]);
+    let eds = s.recv().await;
+    s.ack(&eds, &["a", "b"]);
+
+    // Cluster a's definition changes (Envoy re-warms it); its endpoints do not.
+    g.set_all(
+        CLUSTER,
+        set([eds_cluster_marked("a", "x"), eds_cluster("b")]),
+    );
+    srv.pusher.trigger(PushRequest::full("cluster a changed"));
+    let cds2 = s.recv().await;
+    assert_eq!(cds2.type_url, CLUSTER);
+    s.ack(&cds2, &[]);
+    let eds2 = s.recv().await;
+    assert_eq!(eds2.type_url, ENDPOINT);
+    assert_eq!(
+        names(&eds2),
+        ["a"],
+        "only the re-warming cluster's assignment"
+    );
+    assert_eq!(
+        eds2.version_info, eds.version_info,
+        "endpoints themselves unchanged"
+    );
+    srv.stop().await;
+}

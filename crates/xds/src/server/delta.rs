@@ -4,7 +4,9 @@
 //! per-resource versions the proxy is believed to hold (`sent`), those it
 //! ACKed, the responses in flight by nonce, and the resource versions the
 //! proxy rejected (not sent again until they change). Each response carries
-//! only added or changed resources and the names removed.
+//! only added or changed resources and the names removed; after a CDS push
+//! the load assignments of changed EDS clusters are sent again, because
+//! Envoy re-warms those clusters and waits for their endpoints.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -17,8 +19,9 @@ use tokio::time::Instant;
 use tonic::{Status, Streaming};
 
 use super::{ResponseTx, Shared, StreamCtx, first_request, nack_message};
+use crate::names::eds_names;
 use crate::push::PushState;
-use crate::resources::NodeInfo;
+use crate::resources::{NodeInfo, Resource};
 use crate::status::{Nack, StreamKind};
 use crate::types::{XdsType, short_name};
 
@@ -171,7 +174,9 @@ impl DeltaStream {
             });
             let announce: Vec<String> = watch.names.iter().cloned().collect();
             self.watches.insert(type_url.clone(), watch);
-            return self.respond(&type_url, Mode::Full, None, &announce).await;
+            self.respond(&type_url, Mode::Full, None, &announce, &[])
+                .await?;
+            return Ok(());
         }
         let watch = self.watches.get_mut(&type_url).expect("checked above");
         if !req.response_nonce.is_empty() {
@@ -268,46 +273,66 @@ impl DeltaStream {
         self.ctx
             .status
             .update(&type_url, |s| s.subscribed = subscribed);
-        self.respond(&type_url, Mode::Changed, None, &added).await
+        self.respond(&type_url, Mode::Changed, None, &added, &[])
+            .await?;
+        Ok(())
     }
 
     async fn on_push(&mut self, state: &PushState) -> Result<(), Closed> {
         let changed = state.changed_since(self.seen);
         let full = state.full_since(self.seen);
         self.seen = state.version;
-        let mut order: Vec<String> = changed
-            .iter()
-            .map(|t| t.type_url().to_string())
-            .filter(|u| self.watches.contains_key(u))
-            .collect();
-        if full {
-            order.extend(
-                self.watches
-                    .keys()
-                    .filter(|u| XdsType::from_type_url(u).is_none())
-                    .cloned(),
-            );
-        }
-        for type_url in order {
-            self.respond(&type_url, Mode::Changed, Some(state.triggered_at), &[])
+        // Clusters whose definition changed re-warm in Envoy and wait for
+        // their load assignment again, even when it did not change.
+        let mut rewarm = BTreeSet::new();
+        for t in XdsType::ALL {
+            let url = t.type_url();
+            let forced = t == XdsType::Endpoint && !rewarm.is_empty();
+            if !(changed.contains(&t) || forced) || !self.watches.contains_key(url) {
+                continue;
+            }
+            let force: Vec<String> = if t == XdsType::Endpoint {
+                std::mem::take(&mut rewarm).into_iter().collect()
+            } else {
+                Vec::new()
+            };
+            let updated = self
+                .respond(url, Mode::Changed, Some(state.triggered_at), &[], &force)
                 .await?;
+            if t == XdsType::Cluster {
+                rewarm = eds_names(updated.iter().map(|r| &r.any));
+            }
+        }
+        if full {
+            let unknown: Vec<String> = self
+                .watches
+                .keys()
+                .filter(|u| XdsType::from_type_url(u).is_none())
+                .cloned()
+                .collect();
+            for url in unknown {
+                self.respond(&url, Mode::Changed, Some(state.triggered_at), &[], &[])
+                    .await?;
+            }
         }
         Ok(())
     }
 
     /// Sends what changed. `announce` are names just subscribed to: those
     /// the generator does not have are listed as removed, so the proxy
-    /// stops waiting for them.
+    /// stops waiting for them. `force` names resources to send even if the
+    /// proxy has their version. Returns the resources sent.
     async fn respond(
         &mut self,
         type_url: &str,
         mode: Mode,
         trigger: Option<Instant>,
         announce: &[String],
-    ) -> Result<(), Closed> {
+        force: &[String],
+    ) -> Result<Vec<Arc<Resource>>, Closed> {
         let all = self.ctx.generator().generate(&self.ctx.node, type_url);
         let Some(watch) = self.watches.get_mut(type_url) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let desired = if watch.wildcard {
             all
@@ -321,7 +346,7 @@ impl DeltaStream {
         let updated: Vec<_> = desired
             .iter()
             .filter(|r| {
-                watch.sent.get(&r.name) != Some(&r.version)
+                (watch.sent.get(&r.name) != Some(&r.version) || force.contains(&r.name))
                     && watch.rejected.get(&r.name) != Some(&r.version)
             })
             .cloned()
@@ -338,7 +363,7 @@ impl DeltaStream {
             }
         }
         if mode == Mode::Changed && updated.is_empty() && removed.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let version = desired.version();
         let nonce = self.ctx.next_nonce();
@@ -361,7 +386,8 @@ impl DeltaStream {
             }),
             ..Default::default()
         };
-        let updated: Vec<(String, String)> = updated
+        let sent_resources = updated;
+        let updated: Vec<(String, String)> = sent_resources
             .iter()
             .map(|r| (r.name.clone(), r.version.clone()))
             .collect();
@@ -397,6 +423,7 @@ impl DeltaStream {
             resources = count,
             "delta xDS push"
         );
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+        self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
+        Ok(sent_resources)
     }
 }

@@ -9,7 +9,9 @@
 //! accepted version and the rejected version is not sent again until the
 //! generated set changes. LDS and CDS responses always carry the full set;
 //! RDS and EDS pushes carry only resources whose version changed (Envoy
-//! keeps named resources absent from a response).
+//! keeps named resources absent from a response), plus the load assignments
+//! of EDS clusters whose definition just changed: Envoy re-warms such a
+//! cluster and waits for its endpoints again (checked against Envoy 1.40).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use tokio::time::Instant;
 use tonic::{Status, Streaming};
 
 use super::{ResponseTx, Shared, StreamCtx, first_request, nack_message};
+use crate::names::eds_names;
 use crate::push::PushState;
 use crate::resources::{NodeInfo, Resource};
 use crate::status::{Nack, StreamKind};
@@ -157,7 +160,9 @@ impl SotwStream {
                 s.subscribed = subscribed_list(&watch.names);
             });
             self.watches.insert(type_url.clone(), watch);
-            return self.respond(&type_url, Mode::Full, None).await;
+            self.respond(&type_url, Mode::Full, None, &BTreeSet::new())
+                .await?;
+            return Ok(());
         }
         let Some(watch) = self.watches.get_mut(&type_url) else {
             return Ok(());
@@ -217,7 +222,9 @@ impl SotwStream {
                 .status
                 .update(&type_url, |s| s.subscribed = subscribed_list(&names));
             watch.names = names;
-            return self.respond(&type_url, Mode::Changed, None).await;
+            self.respond(&type_url, Mode::Changed, None, &BTreeSet::new())
+                .await?;
+            return Ok(());
         }
         Ok(())
     }
@@ -226,35 +233,60 @@ impl SotwStream {
         let changed = state.changed_since(self.seen);
         let full = state.full_since(self.seen);
         self.seen = state.version;
-        let mut order: Vec<String> = changed
-            .iter()
-            .map(|t| t.type_url().to_string())
-            .filter(|u| self.watches.contains_key(u))
-            .collect();
-        if full {
-            order.extend(
-                self.watches
-                    .keys()
-                    .filter(|u| XdsType::from_type_url(u).is_none())
-                    .cloned(),
-            );
-        }
-        for type_url in order {
-            self.respond(&type_url, Mode::Changed, Some(state.triggered_at))
+        // Clusters whose definition changed re-warm in Envoy and wait for
+        // their load assignment again, even when it did not change.
+        let mut rewarm = BTreeSet::new();
+        for t in XdsType::ALL {
+            let url = t.type_url();
+            let forced = t == XdsType::Endpoint && !rewarm.is_empty();
+            if !(changed.contains(&t) || forced) || !self.watches.contains_key(url) {
+                continue;
+            }
+            let force = if t == XdsType::Endpoint {
+                std::mem::take(&mut rewarm)
+            } else {
+                BTreeSet::new()
+            };
+            let updated = self
+                .respond(url, Mode::Changed, Some(state.triggered_at), &force)
                 .await?;
+            if t == XdsType::Cluster {
+                rewarm = eds_names(updated.iter().map(|r| &r.any));
+            }
+        }
+        if full {
+            let unknown: Vec<String> = self
+                .watches
+                .keys()
+                .filter(|u| XdsType::from_type_url(u).is_none())
+                .cloned()
+                .collect();
+            for url in unknown {
+                self.respond(
+                    &url,
+                    Mode::Changed,
+                    Some(state.triggered_at),
+                    &BTreeSet::new(),
+                )
+                .await?;
+            }
         }
         Ok(())
     }
 
+    /// Sends the type's current state if the proxy needs it. `force` names
+    /// resources to include even if unchanged. Returns the resources whose
+    /// version changed for the proxy (empty when nothing was sent).
     async fn respond(
         &mut self,
         type_url: &str,
         mode: Mode,
         trigger: Option<Instant>,
-    ) -> Result<(), Closed> {
+        force: &BTreeSet<String>,
+    ) -> Result<Vec<Arc<Resource>>, Closed> {
         let all = self.ctx.generator().generate(&self.ctx.node, type_url);
         let Some(watch) = self.watches.get(type_url) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let desired = match &watch.names {
             None => all,
@@ -262,26 +294,27 @@ impl SotwStream {
         };
         let version = desired.version();
         let whole = mode == Mode::Full || watch.names.is_none();
-        let resources: Vec<&Arc<Resource>> = if whole {
-            if mode == Mode::Changed && version == watch.sent_version {
-                return Ok(());
-            }
-            desired.iter().collect()
+        let is_new = |r: &Arc<Resource>| watch.sent.get(&r.name) != Some(&r.version);
+        let forced = desired.iter().any(|r| force.contains(&r.name));
+        if mode == Mode::Changed && version == watch.sent_version && !forced {
+            return Ok(Vec::new());
+        }
+        let resources: Vec<Arc<Resource>> = if whole {
+            desired.iter().cloned().collect()
         } else {
-            if version == watch.sent_version {
-                return Ok(());
-            }
-            let changed: Vec<_> = desired
+            let picked: Vec<_> = desired
                 .iter()
-                .filter(|r| watch.sent.get(&r.name) != Some(&r.version))
+                .filter(|r| is_new(r) || force.contains(&r.name))
+                .cloned()
                 .collect();
-            if changed.is_empty() {
+            if picked.is_empty() {
                 // Only removals: state of the world cannot say so for
                 // named types; the proxy drops them when it unsubscribes.
-                return Ok(());
+                return Ok(Vec::new());
             }
-            changed
+            picked
         };
+        let updated: Vec<Arc<Resource>> = resources.iter().filter(|r| is_new(r)).cloned().collect();
         let nonce = self.ctx.next_nonce();
         let response = DiscoveryResponse {
             version_info: version.clone(),
@@ -322,6 +355,7 @@ impl SotwStream {
             resources = count,
             "xDS push"
         );
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+        self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
+        Ok(updated)
     }
 }

@@ -73,8 +73,14 @@ impl Generator for TestGenerator {
 // === resources ===
 
 pub fn eds_cluster(name: &str) -> (String, Any) {
+    eds_cluster_marked(name, "")
+}
+
+/// An EDS cluster whose definition differs by `marker` (its alt_stat_name).
+pub fn eds_cluster_marked(name: &str, marker: &str) -> (String, Any) {
     let c = Cluster {
         name: name.to_string(),
+        alt_stat_name: marker.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
         ..Default::default()
     };
@@ -217,6 +223,20 @@ impl TestServer {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).unwrap();
         out
+    }
+
+    /// Polls until no stream is open.
+    pub async fn wait_no_streams(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self.server.sync_status().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "streams still open: {:#?}",
+                self.server.sync_status()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(self.server.metrics().connected_proxies(), 0);
     }
 
     /// Polls sync status until `pred` holds for the stream of `proxy`.

@@ -10,9 +10,10 @@
 mod netns_support;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 use netns_support::{NFTABLES, capture, inbound_listen_mode, istio_flags};
-use weft_testbed::probe::{Answer, ListenMode, Responder, probe};
+use weft_testbed::probe::{Answer, ListenMode, Responder, probe, probe_within};
 use weft_testbed::{Node, Pod, require_root};
 
 /// The ports Istio's injector passes in -d: never captured inbound.
@@ -181,4 +182,42 @@ fn iptables_tproxy_sets_up_the_fwmark_policy_route() {
 #[test]
 fn nftables_tproxy_sets_up_the_fwmark_policy_route() {
     tproxy_sets_up_the_fwmark_policy_route(NFTABLES);
+}
+
+// === TPROXY needs an IP_TRANSPARENT listener ===
+
+/// Without IP_TRANSPARENT on the 15006 listener, TPROXY cannot hand it the
+/// connection: the 15006 listener never sees it.
+fn tproxy_skips_a_listener_without_ip_transparent(backend: &str) -> Result<Answer, String> {
+    require_root();
+    let node = Node::new().unwrap();
+    let app = node.add_pod("app").unwrap();
+    let client = node.add_pod("client").unwrap();
+    let any: IpAddr = [0, 0, 0, 0].into();
+    let _responders = [
+        Responder::start(&app, "inbound", (any, 15006).into(), ListenMode::Plain).unwrap(),
+        Responder::start(&app, "app-8080", (any, 8080).into(), ListenMode::Plain).unwrap(),
+    ];
+    capture(
+        &app,
+        &istio_flags("TPROXY", backend, "-b * -i * --ipv6=false"),
+    );
+    let dialled: SocketAddr = (app.addr(), 8080).into();
+    probe_within(&client, dialled, Duration::from_secs(1)).unwrap()
+}
+
+#[test]
+fn iptables_tproxy_drops_what_no_transparent_listener_takes() {
+    let result = tproxy_skips_a_listener_without_ip_transparent("");
+    // xt_TPROXY drops a packet it cannot assign to a transparent socket.
+    assert!(result.is_err(), "{result:?}");
+}
+
+#[test]
+fn nftables_tproxy_never_hands_a_plain_listener_the_connection() {
+    let result = tproxy_skips_a_listener_without_ip_transparent(NFTABLES);
+    // nft's `tproxy` statement does not match when no transparent socket
+    // takes the packet, so evaluation goes on (today: to the app itself).
+    // Either way the plain 15006 listener must not get it.
+    assert_ne!(result.map(|a| a.name), Ok("inbound".to_owned()));
 }

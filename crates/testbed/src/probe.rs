@@ -197,10 +197,20 @@ pub fn original_dst(conn: &TcpStream) -> io::Result<SocketAddr> {
 /// Connects to `target` from inside `pod` (as this process's user, root)
 /// and returns the answer line, or the I/O error as text.
 pub fn probe(pod: &Pod, target: SocketAddr) -> Result<Result<Answer, String>> {
+    probe_within(pod, target, PROBE_TIMEOUT)
+}
+
+/// [`probe`] with its own connect and read timeout, for probes that are
+/// expected to go unanswered.
+pub fn probe_within(
+    pod: &Pod,
+    target: SocketAddr,
+    timeout: Duration,
+) -> Result<Result<Answer, String>> {
     pod.enter(|| {
         let read = || -> io::Result<String> {
-            let mut conn = TcpStream::connect_timeout(&target, PROBE_TIMEOUT)?;
-            conn.set_read_timeout(Some(PROBE_TIMEOUT))?;
+            let mut conn = TcpStream::connect_timeout(&target, timeout)?;
+            conn.set_read_timeout(Some(timeout))?;
             let mut reply = String::new();
             conn.read_to_string(&mut reply)?;
             Ok(reply)

@@ -2,6 +2,7 @@
 //! ([`PodProcess`]) that is killed and reaped when dropped.
 
 use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -70,6 +71,21 @@ impl PodProcess {
     /// Waits for it to exit on its own.
     pub fn wait(&mut self) -> Result<ExitStatus> {
         self.child.wait().map_err(|source| self.io_error(source))
+    }
+
+    /// Waits up to `timeout` for it to exit on its own; `None` if it still
+    /// runs then.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// SIGKILLs it (if still running) and reaps it.

@@ -219,3 +219,85 @@ fn bad_names_are_refused_with_the_value() {
     let b = node.add_pod("b").unwrap();
     assert_eq!(b.addr().octets()[3], 3);
 }
+
+#[test]
+fn probes_report_what_the_server_saw_and_never_hang() {
+    use weft_testbed::probe::{ListenMode, Responder, probe, probe_as, probe_within};
+    require_root();
+    let node = Node::new().unwrap();
+    let a = node.add_pod("a").unwrap();
+    let b = node.add_pod("b").unwrap();
+    let server =
+        Responder::start(&b, "server", (b.addr(), 7000).into(), ListenMode::Plain).unwrap();
+    let server6 = Responder::start(
+        &b,
+        "server6",
+        (b.addr_v6(), 7000).into(),
+        ListenMode::Transparent,
+    )
+    .unwrap();
+
+    let answer = probe(&a, server.addr()).unwrap().unwrap();
+    assert_eq!(answer.name, "server");
+    assert_eq!(answer.local, server.addr());
+    assert_eq!(answer.peer.ip(), IpAddr::from(a.addr()));
+    // No NAT (no conntrack) in this namespace: no original destination.
+    assert_eq!(answer.original_dst, None);
+
+    let answer = probe_as(&a, RunAs::user(2000, 2000), server6.addr())
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.name, "server6");
+    assert_eq!(answer.peer.ip(), IpAddr::from(a.addr_v6()));
+
+    // Nobody listens on 7001: the probe reports the failure, it does not hang.
+    let refused = probe_within(&a, (b.addr(), 7001).into(), TIMEOUT).unwrap();
+    assert!(refused.unwrap_err().contains("refused"));
+    let refused = probe_as(&a, RunAs::user(2000, 2000), (b.addr(), 7001).into()).unwrap();
+    assert!(refused.is_err());
+}
+
+#[test]
+fn nodes_and_pods_can_be_created_from_many_threads() {
+    require_root();
+    let nodes: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let node = Node::new().unwrap();
+                    let pods: Vec<_> = std::thread::scope(|s| {
+                        let hs: Vec<_> = ["p1", "p2", "p3"]
+                            .map(|name| s.spawn(|| node.add_pod(name).unwrap()))
+                            .into_iter()
+                            .collect();
+                        hs.into_iter().map(|h| h.join().unwrap()).collect()
+                    });
+                    (node, pods)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_ne!(nodes[0].0.prefix(), nodes[1].0.prefix());
+    for (_, pods) in &nodes {
+        let mut addrs: Vec<_> = pods.iter().map(|p| p.addr()).collect();
+        addrs.sort();
+        addrs.dedup();
+        assert_eq!(addrs.len(), 3, "distinct addresses: {addrs:?}");
+        tcp_between(&pods[0], &pods[2], pods[2].addr().into());
+    }
+}
+
+#[test]
+fn supervised_processes_can_be_waited_for_with_a_bound() {
+    require_root();
+    let node = Node::new().unwrap();
+    let a = node.add_pod("a").unwrap();
+    let mut quick = a.spawn(&mut a.command("true").unwrap()).unwrap();
+    let status = quick.wait_timeout(TIMEOUT).unwrap().expect("`true` exits");
+    assert!(status.success());
+    let mut slow = a.spawn(a.command("sleep").unwrap().arg("600")).unwrap();
+    assert_eq!(slow.wait_timeout(Duration::from_millis(50)).unwrap(), None);
+    let status = slow.kill().unwrap();
+    assert!(!status.success());
+}

@@ -80,7 +80,12 @@ async fn run_with(
         let ids: Vec<String> = (0..spec.repeat)
             .map(|i| format!("{name}-{}-{ri}-{i}", kind.label()))
             .collect();
-        let clients = if spec.concurrent {
+        if spec.pause_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(spec.pause_ms)).await;
+        }
+        let clients = if spec.keepalive {
+            client::send_keepalive(spec, port, &ids).await
+        } else if spec.concurrent {
             let tasks: Vec<_> = ids
                 .iter()
                 .map(|id| {
@@ -267,6 +272,7 @@ scenarios!(
     hash_policy_source_ip,
     headers_request,
     headers_response,
+    http1_keepalive,
     http_inspector,
     idle_timeout_route,
     lb_endpoint_weights,
@@ -301,6 +307,7 @@ scenarios!(
     route_query_params,
     route_safe_regex,
     tcp_proxy,
+    tcp_proxy_idle_timeout,
     tcp_proxy_unreachable,
     tcp_proxy_weighted,
     timeout_per_try,

@@ -76,13 +76,78 @@ pub async fn send(spec: &RequestSpec, port: u16, test_id: &str) -> ClientResult 
     }
 }
 
-async fn http(spec: &RequestSpec, port: u16, test_id: &str) -> Result<ClientResult, String> {
+/// An HTTP connection to the proxy.
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+async fn connect(spec: &RequestSpec, port: u16) -> Result<Sender, String> {
     let stream = TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let io = TokioIo::new(stream);
+    if spec.protocol == Protocol::H2c {
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(conn);
+        Ok(Sender::H2(sender))
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("h1 handshake: {e}"))?;
+        tokio::spawn(conn);
+        Ok(Sender::H1(sender))
+    }
+}
+
+async fn http(spec: &RequestSpec, port: u16, test_id: &str) -> Result<ClientResult, String> {
+    let mut sender = connect(spec, port).await?;
+    exchange(&mut sender, spec, test_id).await
+}
+
+/// Sends one request per id, one after the other, on a single connection
+/// (HTTP/1.1 keep-alive, or streams of one h2c connection).
+pub async fn send_keepalive(spec: &RequestSpec, port: u16, ids: &[String]) -> Vec<ClientResult> {
+    let failed = |e: String| -> Vec<ClientResult> {
+        ids.iter()
+            .map(|_| ClientResult {
+                error: Some(e.clone()),
+                ..Default::default()
+            })
+            .collect()
+    };
+    let mut sender = match tokio::time::timeout(CLIENT_TIMEOUT, connect(spec, port)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return failed(e),
+        Err(_) => return failed("client timeout".into()),
+    };
+    let mut out = Vec::new();
+    for id in ids {
+        let r = match tokio::time::timeout(CLIENT_TIMEOUT, exchange(&mut sender, spec, id)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => ClientResult {
+                error: Some(e),
+                ..Default::default()
+            },
+            Err(_) => ClientResult {
+                error: Some("client timeout".into()),
+                ..Default::default()
+            },
+        };
+        out.push(r);
+    }
+    out
+}
+
+async fn exchange(
+    sender: &mut Sender,
+    spec: &RequestSpec,
+    test_id: &str,
+) -> Result<ClientResult, String> {
     let body = Full::new(Bytes::from(spec.body.clone().unwrap_or_default()));
-    let h2 = spec.protocol == Protocol::H2c;
+    let h2 = matches!(sender, Sender::H2(_));
     let uri = if h2 {
         format!("http://{}{}", spec.host, spec.path)
     } else {
@@ -99,24 +164,19 @@ async fn http(spec: &RequestSpec, port: u16, test_id: &str) -> Result<ClientResu
     let req = builder
         .body(body)
         .map_err(|e| format!("building request: {e}"))?;
-    let resp = if h2 {
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-            .await
-            .map_err(|e| format!("h2 handshake: {e}"))?;
-        tokio::spawn(conn);
-        sender
+    let resp = match sender {
+        Sender::H2(s) => s
             .send_request(req)
             .await
-            .map_err(|e| format!("h2 request: {e}"))?
-    } else {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| format!("h1 handshake: {e}"))?;
-        tokio::spawn(conn);
-        sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("h1 request: {e}"))?
+            .map_err(|e| format!("h2 request: {e}"))?,
+        Sender::H1(s) => {
+            s.ready()
+                .await
+                .map_err(|e| format!("h1 connection not reusable: {e}"))?;
+            s.send_request(req)
+                .await
+                .map_err(|e| format!("h1 request: {e}"))?
+        }
     };
     let status = resp.status().as_u16();
     let headers = pairs(resp.headers());

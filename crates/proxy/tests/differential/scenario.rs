@@ -137,6 +137,14 @@ pub struct RequestSpec {
     /// Send this many instances (each with its own test id).
     #[serde(default = "one")]
     pub repeat: u32,
+    /// Wait this long before sending (lets asynchronous effects such as an
+    /// outlier ejection settle; a bound, not a measurement).
+    #[serde(default)]
+    pub pause_ms: u64,
+    /// Send the instances one after the other on a single connection
+    /// (http1 / h2c only) instead of one connection each.
+    #[serde(default)]
+    pub keepalive: bool,
     /// Send the instances of the group concurrently instead of one by one.
     #[serde(default)]
     pub concurrent: bool,

@@ -7,6 +7,8 @@
 //! - [`server`]: the ADS gRPC service, state of the world and delta, with
 //!   per-proxy ACK/NACK tracking ([`status`]) and pilot metrics ([`metrics`]).
 //! - [`client`]: the state-of-the-world ADS client loop used by weft-proxy.
+//! - [`proxy_node`]: the Istio-style `node` a proxy introduces itself with.
+//! - [`names`]: resource names and the EDS/RDS names clusters and listeners need.
 //!
 //! This crate knows the protocol, not the mesh: it never decides what a
 //! resource contains.
@@ -15,6 +17,7 @@ pub mod client;
 pub mod error;
 pub mod metrics;
 pub mod names;
+pub mod proxy_node;
 pub mod push;
 pub mod resources;
 pub mod server;
@@ -30,6 +33,7 @@ pub use envoy_types::pb::google::protobuf::Any;
 pub use client::{AdsClient, ClientConfig, ClientHandle, ClientState, ConfigHandler};
 pub use error::XdsError;
 pub use metrics::XdsMetrics;
+pub use proxy_node::{ProxyKind, ProxyMetadata};
 pub use push::{DebounceConfig, PushRequest, PushScope, PushState, Pusher};
 pub use resources::{Generator, NodeInfo, Resource, ResourceSet, string_struct};
 pub use server::{AdsServer, ServerOptions};

@@ -452,11 +452,50 @@ async fn scenario(delta: bool) {
     srv.pusher.trigger(PushRequest::endpoints("backend moved"));
     wait_body(listen, "/", "from-b").await;
 
+    // A valid listener change replaces the rejected one; the route it
+    // names is unchanged and needs no re-send.
+    g.set_all(LISTENER, set([http_listener(listen, "ingress2")]));
+    srv.pusher
+        .trigger(PushRequest::types([XdsType::Listener], "listener fixed"));
+    let lds_version = g.get(id, LISTENER).version();
+    srv.wait_status(id, |s| s.types[LISTENER].acked_version == lds_version)
+        .await;
+    let deadline = tokio::time::Instant::now() + ENVOY_WAIT;
+    while envoy.stat("listener_manager.total_listeners_warming").await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listener stuck warming: {}",
+            envoy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_body(listen, "/direct", "gen-2").await;
+
     let rejected = envoy.rejected_counters().await;
     assert!(
         rejected.iter().all(|l| l.contains("listener_manager.lds")),
         "only the bad listener may be rejected: {rejected:?}"
     );
+
+    // weftd restarts: Envoy keeps serving, reconnects, tells the new
+    // server what it holds, and converges to the new state.
+    let addr = srv.addr;
+    let held_cds = g.get(id, CLUSTER).version();
+    srv.stop().await;
+    assert_eq!(get(listen, "/direct").await, Ok((200, "gen-2".to_string())));
+    let g = std::sync::Arc::new(TestGenerator::default());
+    g.set_all(CLUSTER, set([backend_cluster(2000)]));
+    g.set_all(ENDPOINT, set([backend_endpoints(port_b)]));
+    g.set_all(LISTENER, set([http_listener(listen, "ingress2")]));
+    g.set_all(ROUTE, set([routes("gen-3")]));
+    let srv = TestServer::start_at(addr, debounce_ms(10), g).await;
+    wait_body(listen, "/direct", "gen-3").await;
+    let st = srv.wait_status(id, all_synced).await;
+    if !delta {
+        assert_eq!(st.types[CLUSTER].initial_version, held_cds);
+    }
+    wait_body(listen, "/", "from-b").await;
+
     envoy.child.kill().await.unwrap();
     srv.wait_no_streams().await;
     srv.stop().await;

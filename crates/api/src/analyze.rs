@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::decode::decode_file;
 use crate::meta::{ObjectKey, Origin};
@@ -89,12 +90,54 @@ pub enum LoadError {
     },
 }
 
+/// Decoding and per-object validation of one file. It depends only on the
+/// file's text, so it is reused across reloads while the text is unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileCheck {
+    pub path: String,
+    pub text: String,
+    /// Decoded objects with their own problems (decode + validation).
+    pub objects: Vec<(Arc<Object>, Vec<FieldError>)>,
+    /// Documents that did not decode to an object.
+    pub problems: Vec<Problem>,
+}
+
+/// Decodes and validates one file.
+pub fn check_file(path: &str, text: &str) -> FileCheck {
+    let decoded = decode_file(path, text);
+    let problems = decoded
+        .problems
+        .into_iter()
+        .map(|p| Problem {
+            origin: p.origin,
+            object: p.object,
+            error: p.error,
+        })
+        .collect();
+    let objects = decoded
+        .objects
+        .into_iter()
+        .map(|(obj, mut errs)| {
+            if !matches!(obj.kind, Kind::Other(..)) {
+                errs.extend(validate_object(&obj));
+            }
+            (Arc::new(obj), errs)
+        })
+        .collect();
+    FileCheck {
+        path: path.to_string(),
+        text: text.to_string(),
+        objects,
+        problems,
+    }
+}
+
 /// Objects with the problems of each, plus problems tied to no object.
 #[derive(Debug, Clone, Default)]
 pub struct Checked {
     /// Each decoded object (first definition of each key) with its own
     /// problems (decode + validation; errors make it invalid).
-    pub objects: Vec<(Object, Vec<FieldError>)>,
+    pub objects: Vec<(Arc<Object>, Vec<FieldError>)>,
     /// Cross-object problems `(index into objects, problem)`; reported, but
     /// they do not make the object invalid (Istio accepts such objects too).
     pub cross: Vec<(usize, FieldError)>,
@@ -129,24 +172,17 @@ impl Checked {
     }
 }
 
-/// The pure core: decodes and validates a set of files (`path → contents`).
-/// `domain` is the cluster domain for host resolution.
-pub fn check_files(files: &BTreeMap<String, String>, domain: &str) -> Checked {
+/// Merges per-file checks (in path order): drops duplicate definitions of
+/// an object (reported on the later one) and runs the cross-object rules.
+pub fn merge_checks<'a>(checks: impl IntoIterator<Item = &'a FileCheck>, domain: &str) -> Checked {
     let mut checked = Checked::default();
     let mut seen: BTreeMap<ObjectKey, Origin> = BTreeMap::new();
-    for (path, text) in files {
-        let decoded = decode_file(path, text);
-        if !decoded.problems.is_empty() {
-            checked.broken_files.insert(path.clone());
+    for fc in checks {
+        if !fc.problems.is_empty() {
+            checked.broken_files.insert(fc.path.clone());
         }
-        checked
-            .orphans
-            .extend(decoded.problems.into_iter().map(|p| Problem {
-                origin: p.origin,
-                object: p.object,
-                error: p.error,
-            }));
-        for (obj, mut errs) in decoded.objects {
+        checked.orphans.extend(fc.problems.iter().cloned());
+        for (obj, errs) in &fc.objects {
             let key = obj.key();
             if let Some(first) = seen.get(&key) {
                 checked.orphans.push(Problem {
@@ -160,15 +196,19 @@ pub fn check_files(files: &BTreeMap<String, String>, domain: &str) -> Checked {
                 continue;
             }
             seen.insert(key, obj.origin.clone());
-            if !matches!(obj.kind, Kind::Other(..)) {
-                errs.extend(validate_object(&obj));
-            }
-            checked.objects.push((obj, errs));
+            checked.objects.push((Arc::clone(obj), errs.clone()));
         }
     }
-    let refs: Vec<&Object> = checked.objects.iter().map(|(o, _)| o).collect();
+    let refs: Vec<&Object> = checked.objects.iter().map(|(o, _)| o.as_ref()).collect();
     checked.cross = validate_cross(&refs, domain);
     checked
+}
+
+/// The pure core: decodes and validates a set of files (`path → contents`).
+/// `domain` is the cluster domain for host resolution.
+pub fn check_files(files: &BTreeMap<String, String>, domain: &str) -> Checked {
+    let checks: Vec<FileCheck> = files.iter().map(|(p, t)| check_file(p, t)).collect();
+    merge_checks(&checks, domain)
 }
 
 /// Analyzes in-memory files (`path → contents`).

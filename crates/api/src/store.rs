@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::analyze::{LoadError, Problem, check_files, read_yaml_files};
+use crate::analyze::{FileCheck, LoadError, Problem, check_file, merge_checks, read_yaml_files};
 use crate::mesh::MeshConfig;
 use crate::registry::{DEFAULT_DOMAIN, Registry, RegistryOptions};
 use crate::{Kind, Object, ObjectKey};
@@ -47,6 +47,8 @@ pub struct Snapshot {
     pub stale: BTreeSet<ObjectKey>,
     /// Every current problem (errors and warnings), for the debug endpoint.
     pub problems: Vec<Problem>,
+    /// Per-file decode results, reused by the next build for unchanged files.
+    files: BTreeMap<String, Arc<FileCheck>>,
 }
 
 impl Snapshot {
@@ -126,7 +128,21 @@ pub fn build_snapshot(
     previous: Option<&Snapshot>,
     opts: &StoreOptions,
 ) -> Snapshot {
-    let checked = check_files(files, &opts.domain);
+    // Re-decode only files whose text changed since the previous snapshot.
+    let checks: BTreeMap<String, Arc<FileCheck>> = files
+        .iter()
+        .map(|(path, text)| {
+            let reused = previous
+                .and_then(|p| p.files.get(path))
+                .filter(|fc| fc.text == *text)
+                .map(Arc::clone);
+            (
+                path.clone(),
+                reused.unwrap_or_else(|| Arc::new(check_file(path, text))),
+            )
+        })
+        .collect();
+    let checked = merge_checks(checks.values().map(Arc::as_ref), &opts.domain);
     let mut problems = checked.problems();
     let mut broken_files = checked.broken_files.clone();
     for p in &unreadable {
@@ -152,8 +168,8 @@ pub fn build_snapshot(
         // Reuse the previous Arc when nothing changed, so consumers can
         // compare by pointer.
         let arc = match prev.get(&key) {
-            Some(p) if **p == obj => Arc::clone(p),
-            _ => Arc::new(obj),
+            Some(p) if Arc::ptr_eq(p, &obj) || **p == *obj => Arc::clone(p),
+            _ => obj,
         };
         objects.insert(key, arc);
     }
@@ -170,6 +186,7 @@ pub fn build_snapshot(
         objects,
         stale,
         problems,
+        files: checks,
     };
     if let Some(p) = previous
         && !p.same_content(&next)
@@ -234,8 +251,10 @@ impl Store {
         let changed = next.version != current.version;
         if changed {
             log_problems(&next);
-            *current = Arc::new(next);
         }
+        // Installed even when unchanged, so its per-file cache stays current
+        // (e.g. after an edit to a comment).
+        *current = Arc::new(next);
         Ok(Reload {
             snapshot: Arc::clone(&current),
             changed,

@@ -101,6 +101,12 @@ fn invalid_object_keeps_last_good_version_and_file_keeps_valid_objects() {
         v2.get(&key(Kind::Service, "a")).expect("a")
     ));
 
+    // Objects of files whose text did not change are reused as is.
+    assert!(Arc::ptr_eq(
+        v1.get(&key(Kind::DestinationRule, "reviews")).expect("dr"),
+        v2.get(&key(Kind::DestinationRule, "reviews")).expect("dr")
+    ));
+
     // Same input again: no new version.
     let v3 = build_snapshot(
         &files(&[("dr.yaml", &dr(SUBSETS)), ("app.yaml", &broken)]),

@@ -1,2 +1,8 @@
 //! weftd, the control plane: config store, service registry, translation of
 //! Istio resources into xDS, push, the CA and the admission webhooks.
+//!
+//! Today it holds the namespace view of the file config source
+//! ([`namespaces`]) and the sidecar-injection webhook ([`webhook`]).
+
+pub mod namespaces;
+pub mod webhook;

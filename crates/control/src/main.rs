@@ -1,0 +1,133 @@
+//! `weftd`, the control plane (istiod's counterpart). For now it serves the
+//! sidecar-injection webhook: namespaces come from `--config file://DIR`.
+
+use anyhow::Context;
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use weft_control::namespaces::{NamespaceStore, parse_source};
+use weft_control::webhook::{self, WebhookState, tls};
+use weft_inject::{InjectionConfig, Settings};
+
+/// weftd: Weft's control plane. Serves the `/inject` admission webhook over
+/// HTTPS (AdmissionReview v1 in, JSON Patch out) and `/ready`.
+#[derive(Parser)]
+#[command(name = "weftd", version, about)]
+struct Args {
+    /// Config source: file://DIR (Namespace objects in DIR's YAML files).
+    #[arg(long, value_name = "file://DIR")]
+    config: String,
+    /// Address of the HTTPS webhook server.
+    #[arg(long = "webhook-addr", default_value = "0.0.0.0:15017")]
+    webhook_addr: SocketAddr,
+    /// Address of the plain-HTTP readiness endpoint (`/ready`).
+    #[arg(long = "ready-addr", default_value = "0.0.0.0:8080")]
+    ready_addr: SocketAddr,
+    /// Serving certificate chain (PEM). Without it a CA and certificate are generated.
+    #[arg(long = "tls-cert", requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long = "tls-key", requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Write the CA bundle (PEM) that signs the serving certificate here, for
+    /// the MutatingWebhookConfiguration's caBundle (`weft manifest generate --ca-bundle-file`).
+    #[arg(long = "ca-bundle-out", value_name = "FILE")]
+    ca_bundle_out: Option<PathBuf>,
+    /// Extra DNS names / IPs for a generated certificate.
+    #[arg(long = "tls-san", value_name = "NAME")]
+    tls_san: Vec<String>,
+    /// Injection config (policy, selectors, templates).
+    #[arg(long = "injectConfigFile", value_name = "FILE")]
+    inject_config_file: Option<PathBuf>,
+    /// Istio MeshConfig YAML merged over the defaults.
+    #[arg(long = "meshConfigFile", value_name = "FILE")]
+    mesh_config_file: Option<PathBuf>,
+    /// Values (Helm values or IstioOperator) merged over the defaults.
+    #[arg(long = "valuesFile", value_name = "FILE")]
+    values_file: Option<PathBuf>,
+    /// Revision this control plane serves.
+    #[arg(long, default_value = "default")]
+    revision: String,
+}
+
+fn read(p: &PathBuf) -> anyhow::Result<(String, String)> {
+    let text =
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+    Ok((p.display().to_string(), text))
+}
+
+fn settings(args: &Args) -> anyhow::Result<Settings> {
+    let mut s = Settings::default();
+    if let Some(p) = &args.inject_config_file {
+        let (n, t) = read(p)?;
+        s.config = InjectionConfig::parse(&n, &t)?;
+    }
+    if let Some(p) = &args.values_file {
+        let (n, t) = read(p)?;
+        s.merge_values(&n, &t)?;
+    }
+    if let Some(p) = &args.mesh_config_file {
+        let (n, t) = read(p)?;
+        s.merge_mesh(&n, &t)?;
+    }
+    s.revision = args.revision.clone();
+    Ok(s)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let dir = parse_source(&args.config)?;
+    let namespaces = NamespaceStore::load_dir(&dir)?;
+    let settings = settings(&args)?;
+    let cert = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => tls::load(c, k)?,
+        _ => {
+            let mut names = tls::default_names("weftd", "istio-system");
+            names.extend(args.tls_san.iter().cloned());
+            tls::generate(&names)?
+        }
+    };
+    if let Some(out) = &args.ca_bundle_out {
+        std::fs::write(out, &cert.ca_bundle_pem)
+            .with_context(|| format!("--ca-bundle-out {}", out.display()))?;
+    }
+    let tls_config = tls::server_config(cert)?;
+    let https = tokio::net::TcpListener::bind(args.webhook_addr)
+        .await
+        .with_context(|| format!("--webhook-addr {}", args.webhook_addr))?;
+    let http = tokio::net::TcpListener::bind(args.ready_addr)
+        .await
+        .with_context(|| format!("--ready-addr {}", args.ready_addr))?;
+    let state = Arc::new(WebhookState {
+        settings,
+        namespaces,
+    });
+    tracing::info!(
+        webhook = %https.local_addr()?,
+        ready = %http.local_addr()?,
+        namespaces = state.namespaces.len(),
+        revision = %state.settings.revision,
+        "weftd serving"
+    );
+    // Machine-readable line for scripts that start weftd on port 0.
+    println!(
+        "webhook-addr={} ready-addr={}",
+        https.local_addr()?,
+        http.local_addr()?
+    );
+    tokio::select! {
+        _ = webhook::serve_https(https, tls_config, state.clone()) => {}
+        _ = webhook::serve_http(http, state) => {}
+        r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; tracing::info!("shutting down"); }
+    }
+    Ok(())
+}

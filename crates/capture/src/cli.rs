@@ -11,6 +11,15 @@ use crate::config::{self, Backend, CaptureConfig};
 use crate::detect::{self, CaptureEnv};
 use crate::error::CaptureError;
 
+const ENV_HELP: &str = "Environment (as istio-iptables reads it):
+  ISTIO_OUTBOUND_OWNER_GROUPS          groups whose outbound traffic is captured ('*' = all, default)
+  ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE  groups never captured (with '*')
+  ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR    loopback range treated as the pod itself (127.0.0.1/32)
+  ISTIO_META_DNS_CAPTURE=true          same as --redirect-dns
+
+Applying is one atomic iptables-restore per family (or one nft -f), idempotent;
+`weft-proxy clean-iptables` with the same flags removes it again.";
+
 /// The capture settings shared by `iptables` and `clean-iptables`.
 ///
 /// As with istio-iptables, the word after a flag is always its value (even
@@ -301,7 +310,7 @@ impl CaptureFlags {
 ///
 /// A flag given twice takes its last value, as with istio-iptables.
 #[derive(Debug, Clone, Args, PartialEq, Eq)]
-#[command(args_override_self = true)]
+#[command(args_override_self = true, after_help = ENV_HELP)]
 pub struct IptablesArgs {
     #[command(flatten)]
     pub flags: CaptureFlags,
@@ -351,6 +360,9 @@ impl IptablesArgs {
         let cfg = self.to_config(&CaptureEnv::from_process())?;
         if self.dry_run {
             tracing::info!("dry run: printing the rules, changing nothing");
+            for cmd in crate::route::add_commands(&cfg) {
+                tracing::info!(command = %format!("ip {}", cmd.join(" ")), "would also run");
+            }
             let mut out = std::io::stdout().lock();
             out.write_all(Self::render(&cfg).as_bytes())
                 .and_then(|()| out.flush())

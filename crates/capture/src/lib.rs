@@ -25,7 +25,7 @@ mod exec;
 mod iptables;
 pub mod nft;
 mod plan;
-mod route;
+pub(crate) mod route;
 mod rules;
 
 mod apply;

@@ -99,7 +99,18 @@ pub fn add(cfg: &CaptureConfig) -> Result<(), CaptureError> {
     }
     for cmd in add_commands(cfg) {
         let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
-        exec::run_ok("ip", &args, None)?;
+        exec::run_ok("ip", &args, None).map_err(|e| match e {
+            CaptureError::CommandFailed {
+                command,
+                status,
+                stderr,
+            } if stderr.contains("not up") => CaptureError::CommandFailed {
+                command,
+                status,
+                stderr: format!("{stderr} (hint: bring loopback up: ip link set lo up)"),
+            },
+            other => other,
+        })?;
     }
     Ok(())
 }

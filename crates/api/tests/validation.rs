@@ -517,3 +517,28 @@ fn warnings_do_not_make_objects_invalid() {
     );
     assert!(errors_of(&y).is_empty());
 }
+
+#[test]
+fn header_manipulation_names_and_values() {
+    let y = vs(
+        "hosts: [reviews]\nhttp:\n- route:\n  - destination: {host: reviews}\n    headers:\n      response:\n        set: {host: x}\n  headers:\n    request:\n      set: {\":path\": /x, x-ok: \"%HOSTNAME% 100%%\"}\n      add: {x-bad: \"abc%123\"}\n      remove: [\"\"]\n",
+    );
+    assert_error(
+        &y,
+        "spec.http[0].headers.request.set.:path",
+        "pseudo-headers",
+    );
+    assert_error(&y, "spec.http[0].headers.request.add.x-bad", "un-escaped %");
+    assert_error(
+        &y,
+        "spec.http[0].headers.request.remove[0]",
+        "must not be empty",
+    );
+    assert_error(
+        &y,
+        "spec.http[0].route[0].headers.response.set.host",
+        "cannot be modified",
+    );
+    let errs = errors_of(&y);
+    assert!(!errs.iter().any(|(p, _)| p.ends_with("x-ok")), "{errs:?}");
+}

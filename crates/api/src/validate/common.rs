@@ -525,3 +525,49 @@ pub(crate) fn check_gateway_names(gws: &[String], path: &str, e: &mut Errs) {
         }
     }
 }
+
+/// A header value for header manipulation: no control characters, and
+/// every `%` either escaped (`%%`) or opening a `%VARIABLE%` / `%VAR(args)%`
+/// that is closed, as Envoy's header formatter requires.
+pub(crate) fn validate_header_value(value: &str) -> Result<(), String> {
+    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(format!(
+            "header value {value:?} contains control characters"
+        ));
+    }
+    let b = value.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'%' {
+            i += 1;
+            continue;
+        }
+        if b.get(i + 1) == Some(&b'%') {
+            i += 2;
+            continue;
+        }
+        // %VAR% or %VAR(...)%: find the closing '%' outside parentheses.
+        let mut depth = 0usize;
+        let mut j = i + 1;
+        let mut closed = false;
+        while j < b.len() {
+            match b[j] {
+                b'(' => depth += 1,
+                b')' => depth = depth.saturating_sub(1),
+                b'%' if depth == 0 => {
+                    closed = true;
+                    break;
+                }
+                _ => {}
+            }
+            j += 1;
+        }
+        if !closed || j == i + 1 {
+            return Err(format!(
+                "header value {value:?}: un-escaped % (write %% for a literal percent sign)"
+            ));
+        }
+        i = j + 1;
+    }
+    Ok(())
+}

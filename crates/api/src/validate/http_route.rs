@@ -214,9 +214,7 @@ pub(super) fn headers(h: &Option<Headers>, p: &str, e: &mut Errs) {
             for (name, value) in map {
                 let hp = at(&at(&dp, op), name);
                 e.check(&hp, validate_header_op_name(name, allow_authority));
-                if value.contains(['\r', '\n']) || value.contains('\0') {
-                    e.err(&hp, "header value must not contain CR, LF or NUL");
-                }
+                e.check(&hp, validate_header_value(value));
             }
         }
         for (i, name) in ops.remove.iter().enumerate() {

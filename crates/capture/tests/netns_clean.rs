@@ -8,88 +8,30 @@
 #[macro_use]
 mod netns_support;
 
-use std::net::SocketAddr;
-
-use netns_support::{APP, capture, clean, inbound_listen_mode, istio_flags};
+use netns_support::{TwoWay, capture, captured, clean, direct, istio_flags};
 use weft_capture::cli::IptablesArgs;
-use weft_testbed::probe::{Answer, ListenMode, Responder, probe, probe_as};
+use weft_testbed::Pod;
 use weft_testbed::snapshot::Snapshot;
-use weft_testbed::{Node, Pod, require_root};
 
 /// Rules of another component of the pod, which capture must not touch.
-const FOREIGN: &[(&str, &[&str])] = &[
-    (
-        "iptables",
-        &[
-            "-t", "nat", "-A", "OUTPUT", "-p", "udp", "--dport", "9999", "-j", "RETURN",
-        ],
-    ),
-    (
-        "iptables",
-        &[
-            "-t",
-            "mangle",
-            "-A",
-            "PREROUTING",
-            "-p",
-            "udp",
-            "--dport",
-            "9999",
-            "-j",
-            "RETURN",
-        ],
-    ),
-    ("iptables", &["-t", "filter", "-N", "FOREIGN"]),
-    (
-        "ip6tables",
-        &[
-            "-t", "nat", "-A", "OUTPUT", "-p", "udp", "--dport", "9999", "-j", "RETURN",
-        ],
-    ),
-    ("nft", &["add", "table", "inet", "foreign"]),
-    ("ip", &["rule", "add", "fwmark", "7", "lookup", "77"]),
+const FOREIGN: &[&str] = &[
+    "iptables -t nat -A OUTPUT -p udp --dport 9999 -j RETURN",
+    "iptables -t mangle -A PREROUTING -p udp --dport 9999 -j RETURN",
+    "iptables -t filter -N FOREIGN",
+    "ip6tables -t nat -A OUTPUT -p udp --dport 9999 -j RETURN",
+    "nft add table inet foreign",
+    "ip rule add fwmark 7 lookup 77",
 ];
 
-struct Bed {
-    _responders: Vec<Responder>,
-    app: Pod,
-    peer: Pod,
-    _node: Node,
-}
-
-/// Pod `app` with capture listeners (15001, 15006) and an app on 8080;
-/// pod `peer` with a server on 8080.
-fn bed(mode: &str) -> Bed {
-    require_root();
-    let node = Node::new().unwrap();
-    let app = node.add_pod("app").unwrap();
-    let peer = node.add_pod("peer").unwrap();
-    let inbound = inbound_listen_mode(mode);
-    let any: SocketAddr = ([0, 0, 0, 0], 0).into();
-    let at = |port| SocketAddr::new(any.ip(), port);
-    let responders = vec![
-        Responder::start(&app, "outbound", at(15001), ListenMode::Plain).unwrap(),
-        Responder::start(&app, "inbound", at(15006), inbound).unwrap(),
-        Responder::start(&app, "app-8080", at(8080), ListenMode::Plain).unwrap(),
-        Responder::start(&peer, "peer-8080", at(8080), ListenMode::Plain).unwrap(),
-    ];
-    for (program, args) in FOREIGN {
-        weft_testbed::run(app.command(program).unwrap().args(*args)).unwrap();
+/// A [`TwoWay`] bed whose app pod already has someone else's rules.
+fn bed(mode: &str) -> TwoWay {
+    let bed = TwoWay::new(mode);
+    for line in FOREIGN {
+        let mut words = line.split_whitespace();
+        let program = words.next().unwrap();
+        weft_testbed::run(bed.app.command(program).unwrap().args(words)).unwrap();
     }
-    Bed {
-        _responders: responders,
-        app,
-        peer,
-        _node: node,
-    }
-}
-
-/// Who answers the app's outbound connection and the peer's inbound one.
-fn who_answers(bed: &Bed) -> (String, String) {
-    let out = probe_as(&bed.app, APP, (bed.peer.addr(), 8080).into()).unwrap();
-    let inb = probe(&bed.peer, (bed.app.addr(), 8080).into()).unwrap();
-    let name = |a: Result<Answer, String>| a.unwrap_or_else(|e| panic!("{e}")).name;
-    (name(out), name(inb))
+    bed
 }
 
 fn snapshot(pod: &Pod) -> Snapshot {
@@ -107,14 +49,14 @@ fn clean_restores_the_pod_exactly(mode: &str, backend: &str) {
         "{}",
         before.iptables
     );
-    assert_eq!(who_answers(&bed), ("peer-8080".into(), "app-8080".into()));
+    assert_eq!(bed.who_answers(), direct());
 
     capture(&bed.app, &flags);
     assert_ne!(snapshot(&bed.app), before, "applying changed nothing");
-    assert_eq!(who_answers(&bed), ("outbound".into(), "inbound".into()));
+    assert_eq!(bed.who_answers(), captured());
 
     clean(&bed.app, &flags);
-    assert_eq!(who_answers(&bed), ("peer-8080".into(), "app-8080".into()));
+    assert_eq!(bed.who_answers(), direct());
     pretty_assertions::assert_eq!(snapshot(&bed.app), before);
 }
 
@@ -130,7 +72,7 @@ fn applying_twice_leaves_one_copy(mode: &str, backend: &str) {
     let once = snapshot(&bed.app);
     capture(&bed.app, &flags);
     pretty_assertions::assert_eq!(snapshot(&bed.app), once);
-    assert_eq!(who_answers(&bed), ("outbound".into(), "inbound".into()));
+    assert_eq!(bed.who_answers(), captured());
     clean(&bed.app, &flags);
     pretty_assertions::assert_eq!(snapshot(&bed.app), before);
 }
@@ -179,7 +121,7 @@ fn bad_flags_are_refused_and_change_nothing(mode: &str, backend: &str) {
         );
         assert_eq!(snapshot(&bed.app), applied, "{bad:?} changed the pod");
     }
-    assert_eq!(who_answers(&bed), ("outbound".into(), "inbound".into()));
+    assert_eq!(bed.who_answers(), captured());
 }
 
 for_each_mode_and_backend!(bad_flags_are_refused_and_change_nothing);

@@ -189,3 +189,29 @@ fn only_included_cidrs_are_captured(mode: &str, backend: &str) {
 }
 
 for_each_mode_and_backend!(only_included_cidrs_are_captured);
+
+// === -q captures listed ports even with no CIDR captured ===
+
+fn included_ports_are_captured_without_any_cidr(mode: &str, backend: &str) {
+    let bed = bed();
+    capture(
+        &bed.app,
+        &istio_flags(mode, backend, "-b * --ipv6 --istio-service-cidr= -q 9090"),
+    );
+    assert_captured(
+        &connect(&bed.app, APP, v4(&bed.svc, 9090)),
+        v4(&bed.svc, 9090),
+    );
+    assert_captured(
+        &connect(&bed.app, APP, v6(&bed.other, 9090)),
+        v6(&bed.other, 9090),
+    );
+    let from: IpAddr = bed.app.addr().into();
+    assert_direct(
+        &connect(&bed.app, APP, v4(&bed.svc, 8080)),
+        "svc-8080",
+        from,
+    );
+}
+
+for_each_mode_and_backend!(included_ports_are_captured_without_any_cidr);

@@ -46,6 +46,7 @@ pub use process::{PodProcess, RunAs};
 ///
 /// Tests that create namespaces call this first, so that running them
 /// without root fails loudly instead of skipping or failing obscurely.
+#[track_caller]
 pub fn require_root() {
     if !nix::unistd::geteuid().is_root() {
         panic!(

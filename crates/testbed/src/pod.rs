@@ -107,6 +107,42 @@ impl Pod {
             .expect("a pod's namespace is only taken while the pod is dropped")
     }
 
+    /// Connects this pod directly to `other` with a veth pair that bypasses
+    /// the node bridge (for example a VM's tap-like interface, as `-k`
+    /// expects): `here` gets `here_addr/prefix_len` in this pod, `there`
+    /// gets `there_addr/prefix_len` in `other`. Both ends go away with the
+    /// pods.
+    pub fn link_to(
+        &self,
+        other: &Pod,
+        (here, here_addr): (&str, Ipv4Addr),
+        (there, there_addr): (&str, Ipv4Addr),
+        prefix_len: u8,
+    ) -> Result<()> {
+        for name in [here, there] {
+            validate_interface(name)?;
+        }
+        let ns = self.netns();
+        ns.ip(&[
+            "link",
+            "add",
+            here,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            there,
+            "netns",
+            other.netns().name(),
+        ])?;
+        for (pod, name, addr) in [(self, here, here_addr), (other, there, there_addr)] {
+            let cidr = format!("{addr}/{prefix_len}");
+            pod.netns().ip(&["addr", "add", &cidr, "dev", name])?;
+            pod.netns().ip(&["link", "set", name, "up"])?;
+        }
+        Ok(())
+    }
+
     /// The veth end that sits in the node namespace, on the bridge.
     pub fn host_veth(&self) -> String {
         format!("vp{}", self.index)
@@ -149,6 +185,25 @@ impl Drop for Pod {
         // Kills what runs inside and deletes the namespace.
         drop(self.netns.take());
         self.node.release(self.index);
+    }
+}
+
+/// Linux interface names: 1 to 15 bytes, no `/`, `:` or whitespace.
+fn validate_interface(name: &str) -> Result<()> {
+    let reason = if name.is_empty() || name.len() > 15 {
+        Some("interface names are 1 to 15 characters")
+    } else if name.contains(['/', ':']) || name.contains(char::is_whitespace) {
+        Some("'/', ':' and whitespace are not allowed")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidName {
+            what: "interface name",
+            value: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
     }
 }
 

@@ -301,3 +301,39 @@ fn supervised_processes_can_be_waited_for_with_a_bound() {
     let status = slow.kill().unwrap();
     assert!(!status.success());
 }
+
+#[test]
+fn pods_can_be_linked_directly() {
+    use weft_testbed::probe::{ListenMode, Responder, probe};
+    require_root();
+    let node = Node::new().unwrap();
+    let a = node.add_pod("a").unwrap();
+    let vm = node.add_pod("vm").unwrap();
+    let (a_addr, vm_addr) = ([192, 168, 77, 1].into(), [192, 168, 77, 2].into());
+    a.link_to(&vm, ("virt0", a_addr), ("vm0", vm_addr), 24)
+        .unwrap();
+    let server = Responder::start(&a, "a", (a_addr, 7000).into(), ListenMode::Plain).unwrap();
+    let answer = probe(&vm, server.addr()).unwrap().unwrap();
+    assert_eq!(
+        answer.peer.ip(),
+        IpAddr::from(vm_addr),
+        "came over the link"
+    );
+    let links = weft_testbed::run(vm.command("ip").unwrap().args(["-o", "-4", "addr"])).unwrap();
+    assert!(
+        links.contains("vm0") && links.contains("192.168.77.2/24"),
+        "{links}"
+    );
+    let err = a
+        .link_to(
+            &vm,
+            ("a-name-too-long-for-linux", a_addr),
+            ("x", vm_addr),
+            24,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("a-name-too-long-for-linux"),
+        "{err}"
+    );
+}

@@ -6,9 +6,11 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
+
 use weft_capture::cli::{CleanArgs, IptablesArgs};
-use weft_testbed::probe::ListenMode;
-use weft_testbed::{Pod, RunAs};
+use weft_testbed::probe::{Answer, ListenMode, Responder, probe, probe_as};
+use weft_testbed::{Node, Pod, RunAs, require_root};
 
 /// An application user: neither the proxy's uid nor its gid (1337).
 pub const APP: RunAs = RunAs::User {
@@ -75,6 +77,59 @@ pub fn clean(pod: &Pod, flags: &str) {
     pod.enter(|| parsed.run())
         .unwrap()
         .unwrap_or_else(|e| panic!("cleaning {flags:?} in pod {}: {e}", pod.name()));
+}
+
+/// A node with pod `app` (capture listeners on 15001 and 15006, an app
+/// server on 8080) and pod `peer` (a server on 8080): enough to see who
+/// answers in each direction.
+pub struct TwoWay {
+    _responders: Vec<Responder>,
+    pub app: Pod,
+    pub peer: Pod,
+    _node: Node,
+}
+
+impl TwoWay {
+    /// The 15006 listener is transparent when `mode` is TPROXY.
+    pub fn new(mode: &str) -> Self {
+        require_root();
+        let node = Node::new().unwrap();
+        let app = node.add_pod("app").unwrap();
+        let peer = node.add_pod("peer").unwrap();
+        let at = |port| SocketAddr::from(([0, 0, 0, 0], port));
+        let inbound = inbound_listen_mode(mode);
+        let responders = vec![
+            Responder::start(&app, "outbound", at(15001), ListenMode::Plain).unwrap(),
+            Responder::start(&app, "inbound", at(15006), inbound).unwrap(),
+            Responder::start(&app, "app-8080", at(8080), ListenMode::Plain).unwrap(),
+            Responder::start(&peer, "peer-8080", at(8080), ListenMode::Plain).unwrap(),
+        ];
+        Self {
+            _responders: responders,
+            app,
+            peer,
+            _node: node,
+        }
+    }
+
+    /// Who answers the app's outbound connection (as [`APP`]) to the peer,
+    /// and the peer's inbound connection to the app, both on 8080.
+    pub fn who_answers(&self) -> (String, String) {
+        let out = probe_as(&self.app, APP, (self.peer.addr(), 8080).into()).unwrap();
+        let inb = probe(&self.peer, (self.app.addr(), 8080).into()).unwrap();
+        let name = |a: Result<Answer, String>| a.unwrap_or_else(|e| panic!("{e}")).name;
+        (name(out), name(inb))
+    }
+}
+
+/// Both directions captured.
+pub fn captured() -> (String, String) {
+    ("outbound".into(), "inbound".into())
+}
+
+/// Neither direction captured.
+pub fn direct() -> (String, String) {
+    ("peer-8080".into(), "app-8080".into())
 }
 
 /// Defines `mod SCENARIO` with one test per inbound mode and backend, each

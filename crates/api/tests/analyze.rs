@@ -147,3 +147,17 @@ fn missing_gateway_and_duplicate_objects() {
         ]
     );
 }
+
+#[test]
+fn two_virtual_services_for_one_host_on_the_mesh() {
+    let a = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a, namespace: shop}\nspec:\n  hosts: [cart]\n  http:\n  - route:\n    - destination: {host: cart}\n";
+    let b = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: b, namespace: shop}\nspec:\n  hosts: [other.example.com, cart.shop.svc.cluster.local]\n  http:\n  - route:\n    - destination: {host: cart}\n";
+    let report = analyze_files(&files(&[("a.yaml", a), ("b.yaml", b)]));
+    let lines: Vec<String> = report.errors().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "b.yaml[doc 1] VirtualService shop/b: spec.hosts[1]: host cart.shop.svc.cluster.local is also claimed by VirtualService shop/a on the mesh gateway; merge them into one"
+        ]
+    );
+}

@@ -37,6 +37,7 @@ pub fn validate_cross(objects: &[&Object], domain: &str) -> Vec<(usize, FieldErr
     let wildcard_rules: Vec<(&String, &Vec<RuleSubsets<'_>>)> =
         rules.iter().filter(|(h, _)| h.starts_with('*')).collect();
     let mut out = Vec::new();
+    mesh_host_conflicts(objects, domain, &mut out);
     for (i, o) in objects.iter().enumerate() {
         let Resource::VirtualService(vs) = &o.spec else {
             continue;
@@ -145,4 +146,37 @@ pub(crate) fn destinations(vs: &VirtualService) -> Vec<(&Destination, String)> {
         }
     }
     out
+}
+
+/// Mesh-bound VirtualServices claiming the same host: Istio merges them
+/// unpredictably (`istioctl analyze` IST0109); every later claim is reported.
+fn mesh_host_conflicts(objects: &[&Object], domain: &str, out: &mut Vec<(usize, FieldError)>) {
+    let mut claimed: BTreeMap<String, String> = BTreeMap::new();
+    for (i, o) in objects.iter().enumerate() {
+        let Resource::VirtualService(vs) = &o.spec else {
+            continue;
+        };
+        if !(vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh")) {
+            continue;
+        }
+        let me = format!("{}/{}", o.namespace(), o.name());
+        for (j, h) in vs.hosts.iter().enumerate() {
+            let host = resolve_config_host(h, o.namespace(), domain);
+            match claimed.get(&host) {
+                Some(first) if *first != me => out.push((
+                    i,
+                    FieldError::error(
+                        idx("spec.hosts", j),
+                        format!(
+                            "host {host} is also claimed by VirtualService {first} on the mesh gateway; merge them into one"
+                        ),
+                    ),
+                )),
+                Some(_) => {}
+                None => {
+                    claimed.insert(host, me.clone());
+                }
+            }
+        }
+    }
 }

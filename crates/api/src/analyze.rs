@@ -30,6 +30,24 @@ impl Problem {
     pub fn is_error(&self) -> bool {
         self.error.severity == Severity::Error
     }
+
+    /// JSON form for debug endpoints and `--output json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "severity": match self.error.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+            },
+            "file": self.origin.file,
+            "document": self.origin.doc,
+            "line": self.origin.line,
+            "kind": self.object.as_ref().map(|k| k.kind.name().to_string()),
+            "namespace": self.object.as_ref().map(|k| k.namespace.clone()),
+            "name": self.object.as_ref().map(|k| k.name.clone()),
+            "path": self.error.path,
+            "message": self.error.message,
+        })
+    }
 }
 
 impl fmt::Display for Problem {

@@ -110,6 +110,17 @@ impl Snapshot {
         self.problems.iter().any(Problem::is_error)
     }
 
+    /// The config source's state for a debug endpoint: version, object
+    /// count, stale objects and every current problem.
+    pub fn debug_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "version": self.version,
+            "objects": self.objects.len(),
+            "stale": self.stale.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "problems": self.problems.iter().map(Problem::to_json).collect::<Vec<_>>(),
+        })
+    }
+
     fn same_content(&self, other: &Snapshot) -> bool {
         self.objects == other.objects
             && self.stale == other.stale

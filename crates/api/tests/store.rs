@@ -101,6 +101,13 @@ fn invalid_object_keeps_last_good_version_and_file_keeps_valid_objects() {
         v2.get(&key(Kind::Service, "a")).expect("a")
     ));
 
+    let dbg = v2.debug_json();
+    assert_eq!(dbg["version"], 2);
+    assert_eq!(dbg["stale"][0], "VirtualService default/reviews");
+    assert_eq!(dbg["problems"][0]["path"], "spec.http[0].route");
+    assert_eq!(dbg["problems"][0]["document"], 2);
+    assert_eq!(dbg["problems"][0]["kind"], "VirtualService");
+
     // Objects of files whose text did not change are reused as is.
     assert!(Arc::ptr_eq(
         v1.get(&key(Kind::DestinationRule, "reviews")).expect("dr"),

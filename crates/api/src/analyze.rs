@@ -136,8 +136,20 @@ pub fn check_file(path: &str, text: &str) -> FileCheck {
         .objects
         .into_iter()
         .map(|(obj, mut errs)| {
-            if !matches!(obj.kind, Kind::Other(..)) {
-                errs.extend(validate_object(&obj));
+            match &obj.kind {
+                Kind::Other(api, kind)
+                    if api
+                        .split('/')
+                        .next()
+                        .is_some_and(|g| g.ends_with("istio.io")) =>
+                {
+                    errs.push(FieldError::warning(
+                        "kind",
+                        format!("{api} {kind} is not implemented by Weft and is ignored"),
+                    ));
+                }
+                Kind::Other(..) => {}
+                _ => errs.extend(validate_object(&obj)),
             }
             (Arc::new(obj), errs)
         })

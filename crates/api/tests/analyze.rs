@@ -161,3 +161,18 @@ fn two_virtual_services_for_one_host_on_the_mesh() {
         ]
     );
 }
+
+#[test]
+fn unimplemented_istio_kinds_are_warned_about_and_other_kinds_ignored() {
+    let ef = "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: f, namespace: default}\nspec: {configPatches: []}\n";
+    let dep = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {replicas: 1}\n";
+    let report = analyze_files(&files(&[("ef.yaml", ef), ("dep.yaml", dep)]));
+    assert!(!report.has_errors());
+    let warnings: Vec<String> = report.warnings().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "ef.yaml[doc 1] EnvoyFilter default/f: warning: kind: networking.istio.io/v1alpha3 EnvoyFilter is not implemented by Weft and is ignored"
+        ]
+    );
+}

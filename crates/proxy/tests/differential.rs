@@ -15,6 +15,8 @@
 
 #[path = "differential/client.rs"]
 mod client;
+#[path = "differential/net.rs"]
+mod net;
 #[path = "differential/observe.rs"]
 mod observe;
 #[path = "differential/proxy.rs"]
@@ -24,6 +26,7 @@ mod scenario;
 #[path = "differential/upstream.rs"]
 mod upstream;
 
+use net::Net;
 use observe::Observation;
 use proxy::Kind;
 use scenario::{Bindings, Protocol, Scenario};
@@ -35,6 +38,7 @@ async fn run_with(
     name: &str,
     sc: &Scenario,
     ups: &Upstreams,
+    net: &Net,
 ) -> Result<Vec<Vec<Observation>>, String> {
     let dir = tempfile::Builder::new()
         .prefix(&format!("weft-diff-{name}-{}-", kind.label()))
@@ -53,7 +57,7 @@ async fn run_with(
     let config = dir.path().join("bootstrap.yaml");
     std::fs::write(&config, &rendered).map_err(|e| format!("writing {}: {e}", config.display()))?;
     if let Some(why) = &sc.rejected {
-        return match proxy::start(kind, &config, dir.path(), &bindings).await {
+        return match proxy::start(kind, &config, dir.path(), &bindings, net).await {
             Ok(_) => Err(format!(
                 "{} accepted a bootstrap it must refuse ({why})",
                 kind.label()
@@ -65,7 +69,35 @@ async fn run_with(
             )),
         };
     }
-    let mut running = proxy::start(kind, &config, dir.path(), &bindings).await?;
+    if let (Some(capture), Some(ns)) = (&sc.capture, &net.netns) {
+        let to = bindings
+            .listener_ports
+            .get(&capture.redirect_to)
+            .ok_or_else(|| {
+                format!(
+                    "capture.redirect_to: no listener placeholder `{}`",
+                    capture.redirect_to
+                )
+            })?
+            .to_string();
+        let source = scenario::CAPTURED_SOURCE.to_string();
+        ns.iptables(&["-t", "nat", "-F", "OUTPUT"]);
+        ns.iptables(&[
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-s",
+            &source,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &to,
+        ]);
+    }
+    let mut running = proxy::start(kind, &config, dir.path(), &bindings, net).await?;
 
     let mut results = Vec::new();
     let mut http_ids = Vec::new();
@@ -73,10 +105,14 @@ async fn run_with(
     for (ri, spec) in sc.requests.iter().enumerate() {
         let spec = &spec.rendered(&bindings);
         let listener = spec.listener.clone().unwrap_or_else(|| "main".into());
-        let port = *bindings
-            .listener_ports
-            .get(&listener)
-            .ok_or_else(|| format!("request #{ri}: no listener placeholder for `{listener}`"))?;
+        let port = match &spec.connect_port {
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|e| format!("request #{ri}: connect_port {p:?}: {e}"))?,
+            None => *bindings.listener_ports.get(&listener).ok_or_else(|| {
+                format!("request #{ri}: no listener placeholder for `{listener}`")
+            })?,
+        };
         let ids: Vec<String> = (0..spec.repeat)
             .map(|i| format!("{name}-{}-{ri}-{i}", kind.label()))
             .collect();
@@ -84,13 +120,13 @@ async fn run_with(
             tokio::time::sleep(std::time::Duration::from_millis(spec.pause_ms)).await;
         }
         let clients = if spec.keepalive {
-            client::send_keepalive(spec, port, &ids).await
+            client::send_keepalive(net, spec, port, &ids).await
         } else if spec.concurrent {
             let tasks: Vec<_> = ids
                 .iter()
                 .map(|id| {
-                    let (spec, id) = (spec.clone(), id.clone());
-                    tokio::spawn(async move { client::send(&spec, port, &id).await })
+                    let (spec, id, net) = (spec.clone(), id.clone(), net.clone());
+                    tokio::spawn(async move { client::send(&net, &spec, port, &id).await })
                 })
                 .collect();
             let mut out = Vec::new();
@@ -101,7 +137,7 @@ async fn run_with(
         } else {
             let mut out = Vec::new();
             for id in &ids {
-                out.push(client::send(spec, port, id).await);
+                out.push(client::send(net, spec, port, id).await);
             }
             out
         };
@@ -165,8 +201,15 @@ fn run(name: &str) {
 
 async fn run_scenario(name: &str) {
     let sc = scenario::load(name);
-    let ups = upstream::start(&sc.upstreams).await;
-    let envoy = run_with(Kind::Envoy, name, &sc, &ups)
+    let net = match &sc.capture {
+        None => Net::default(),
+        Some(_) => Net {
+            netns: Some(std::sync::Arc::new(net::Netns::create())),
+            client_source: Some(scenario::CAPTURED_SOURCE),
+        },
+    };
+    let ups = upstream::start(&sc.upstreams, &net).await;
+    let envoy = run_with(Kind::Envoy, name, &sc, &ups, &net)
         .await
         .unwrap_or_else(|e| panic!("scenario {name}: running Envoy: {e}"));
     if std::env::var_os("WEFT_DIFF_DUMP").is_some() {
@@ -200,7 +243,7 @@ async fn run_scenario(name: &str) {
         eprintln!("scenario {name}: NOT COMPARED with Envoy: {field}: {why}");
     }
     let mut diffs = Vec::new();
-    match run_with(Kind::Weft, name, &sc, &ups).await {
+    match run_with(Kind::Weft, name, &sc, &ups, &net).await {
         Err(e) => diffs.push(format!("running weft-proxy: {e}")),
         Ok(weft) => {
             for ((spec, a), b) in sc.requests.iter().zip(&envoy).zip(&weft) {
@@ -251,6 +294,8 @@ macro_rules! scenarios {
 }
 
 scenarios!(
+    capture_original_dst_filter,
+    capture_virtual_outbound,
     circuit_breaker_requests,
     circuit_breaker_retries,
     cluster_original_dst_header,

@@ -9,8 +9,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use crate::net::Net;
 use crate::scenario::{Protocol, RequestSpec};
 use crate::upstream::TEST_ID;
 
@@ -31,15 +31,15 @@ pub struct ClientResult {
 }
 
 /// Sends `spec` to 127.0.0.1:`port`, tagged with `test_id`.
-pub async fn send(spec: &RequestSpec, port: u16, test_id: &str) -> ClientResult {
+pub async fn send(net: &Net, spec: &RequestSpec, port: u16, test_id: &str) -> ClientResult {
     let fut = async {
         match spec.protocol {
-            Protocol::Http1 | Protocol::H2c => http(spec, port, test_id).await,
-            Protocol::Websocket => websocket(spec, port, test_id).await,
+            Protocol::Http1 | Protocol::H2c => http(net, spec, port, test_id).await,
+            Protocol::Websocket => websocket(net, spec, port, test_id).await,
             Protocol::Tcp => {
                 let data = spec.data.clone().unwrap_or_default().into_bytes();
                 let linger = Duration::from_millis(spec.linger_ms.unwrap_or(0));
-                stream_exchange(port, &data, linger)
+                stream_exchange(net, port, &data, linger)
                     .await
                     .map(|bytes| ClientResult {
                         echo: Some(String::from_utf8_lossy(&bytes).into_owned()),
@@ -51,16 +51,18 @@ pub async fn send(spec: &RequestSpec, port: u16, test_id: &str) -> ClientResult 
                 // Envoy's tls_inspector drops a connection whose FIN arrives
                 // while it is still inspecting, so the half-close waits a bit.
                 let linger = Duration::from_millis(spec.linger_ms.unwrap_or(150));
-                stream_exchange(port, &hello, linger).await.map(|bytes| {
-                    // Only the upstream's name line is comparable text.
-                    let text = String::from_utf8_lossy(&bytes);
-                    ClientResult {
-                        echo: Some(text.lines().next().unwrap_or("").to_string()),
-                        ..Default::default()
-                    }
-                })
+                stream_exchange(net, port, &hello, linger)
+                    .await
+                    .map(|bytes| {
+                        // Only the upstream's name line is comparable text.
+                        let text = String::from_utf8_lossy(&bytes);
+                        ClientResult {
+                            echo: Some(text.lines().next().unwrap_or("").to_string()),
+                            ..Default::default()
+                        }
+                    })
             }
-            Protocol::Raw => raw(spec, port).await,
+            Protocol::Raw => raw(net, spec, port).await,
         }
     };
     match tokio::time::timeout(CLIENT_TIMEOUT, fut).await {
@@ -82,10 +84,8 @@ enum Sender {
     H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
-async fn connect(spec: &RequestSpec, port: u16) -> Result<Sender, String> {
-    let stream = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+async fn connect(net: &Net, spec: &RequestSpec, port: u16) -> Result<Sender, String> {
+    let stream = net.dial(port).await.map_err(|e| format!("connect: {e}"))?;
     let io = TokioIo::new(stream);
     if spec.protocol == Protocol::H2c {
         let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
@@ -102,14 +102,24 @@ async fn connect(spec: &RequestSpec, port: u16) -> Result<Sender, String> {
     }
 }
 
-async fn http(spec: &RequestSpec, port: u16, test_id: &str) -> Result<ClientResult, String> {
-    let mut sender = connect(spec, port).await?;
+async fn http(
+    net: &Net,
+    spec: &RequestSpec,
+    port: u16,
+    test_id: &str,
+) -> Result<ClientResult, String> {
+    let mut sender = connect(net, spec, port).await?;
     exchange(&mut sender, spec, test_id).await
 }
 
 /// Sends one request per id, one after the other, on a single connection
 /// (HTTP/1.1 keep-alive, or streams of one h2c connection).
-pub async fn send_keepalive(spec: &RequestSpec, port: u16, ids: &[String]) -> Vec<ClientResult> {
+pub async fn send_keepalive(
+    net: &Net,
+    spec: &RequestSpec,
+    port: u16,
+    ids: &[String],
+) -> Vec<ClientResult> {
     let failed = |e: String| -> Vec<ClientResult> {
         ids.iter()
             .map(|_| ClientResult {
@@ -118,7 +128,7 @@ pub async fn send_keepalive(spec: &RequestSpec, port: u16, ids: &[String]) -> Ve
             })
             .collect()
     };
-    let mut sender = match tokio::time::timeout(CLIENT_TIMEOUT, connect(spec, port)).await {
+    let mut sender = match tokio::time::timeout(CLIENT_TIMEOUT, connect(net, spec, port)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return failed(e),
         Err(_) => return failed("client timeout".into()),
@@ -207,10 +217,13 @@ fn pairs(map: &hyper::HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn websocket(spec: &RequestSpec, port: u16, test_id: &str) -> Result<ClientResult, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+async fn websocket(
+    net: &Net,
+    spec: &RequestSpec,
+    port: u16,
+    test_id: &str,
+) -> Result<ClientResult, String> {
+    let mut s = net.dial(port).await.map_err(|e| format!("connect: {e}"))?;
     let mut head = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{TEST_ID}: {test_id}\r\n",
@@ -282,10 +295,13 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Writes `data`, waits `linger`, half-closes, reads until the peer closes.
-async fn stream_exchange(port: u16, data: &[u8], linger: Duration) -> Result<Vec<u8>, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+async fn stream_exchange(
+    net: &Net,
+    port: u16,
+    data: &[u8],
+    linger: Duration,
+) -> Result<Vec<u8>, String> {
+    let mut s = net.dial(port).await.map_err(|e| format!("connect: {e}"))?;
     s.write_all(data).await.map_err(|e| format!("write: {e}"))?;
     if !linger.is_zero() {
         tokio::time::sleep(linger).await;
@@ -298,10 +314,8 @@ async fn stream_exchange(port: u16, data: &[u8], linger: Duration) -> Result<Vec
     Ok(out)
 }
 
-async fn raw(spec: &RequestSpec, port: u16) -> Result<ClientResult, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+async fn raw(net: &Net, spec: &RequestSpec, port: u16) -> Result<ClientResult, String> {
+    let mut s = net.dial(port).await.map_err(|e| format!("connect: {e}"))?;
     s.write_all(spec.raw.clone().unwrap_or_default().as_bytes())
         .await
         .map_err(|e| format!("write: {e}"))?;

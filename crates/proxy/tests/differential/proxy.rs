@@ -11,6 +11,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::net::Net;
 use crate::scenario::Bindings;
 
 /// Which proxy runs the bootstrap.
@@ -52,35 +53,28 @@ static BASE_ID: AtomicU32 = AtomicU32::new(0);
 
 /// Starts `kind` on `config` and waits until every listener port is bound
 /// and the admin `/ready` answers 200.
-pub async fn start(kind: Kind, config: &Path, dir: &Path, b: &Bindings) -> Result<Running, String> {
+pub async fn start(
+    kind: Kind,
+    config: &Path,
+    dir: &Path,
+    b: &Bindings,
+    net: &Net,
+) -> Result<Running, String> {
     let stderr = dir.join(format!("{}.stderr", kind.label()));
     let stdout = dir.join(format!("{}.stdout", kind.label()));
-    let mut cmd = match kind {
-        Kind::Envoy => {
-            let base_id =
-                (std::process::id() % 100_000) * 40 + BASE_ID.fetch_add(1, Ordering::Relaxed) % 40;
-            let mut c = Command::new("envoy");
-            c.arg("-c")
-                .arg(config)
-                .args([
-                    "--concurrency",
-                    "1",
-                    "--disable-hot-restart",
-                    "--log-level",
-                    "warn",
-                ])
-                .args(["--file-flush-interval-msec", "50"])
-                .arg("--base-id")
-                .arg(base_id.to_string());
-            c
-        }
-        Kind::Weft => {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_weft-proxy"));
-            c.arg("--config").arg(config).args(["--concurrency", "1"]);
-            c.env("RUST_LOG", "warn");
+    let (program, args) = command(kind, config);
+    let mut cmd = match &net.netns {
+        None => Command::new(&program),
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns.name]).arg(&program);
             c
         }
     };
+    cmd.args(&args);
+    if kind == Kind::Weft {
+        cmd.env("RUST_LOG", "warn");
+    }
     cmd.stdin(Stdio::null())
         .stdout(
             std::fs::File::create(&stdout)
@@ -107,8 +101,9 @@ pub async fn start(kind: Kind, config: &Path, dir: &Path, b: &Bindings) -> Resul
                 running.stderr_tail()
             ));
         }
-        let listening = b.listener_ports.values().all(|p| port_listening(*p));
-        if listening && admin_ready(b.admin_port).await {
+        let pid = running.child.id();
+        let listening = b.listener_ports.values().all(|p| port_listening(pid, *p));
+        if listening && admin_ready(net, b.admin_port).await {
             return Ok(running);
         }
         if Instant::now() > deadline {
@@ -142,11 +137,52 @@ impl Running {
     }
 }
 
-/// True when 127.0.0.1:`port` (or [::]:`port`) is in LISTEN state. Reading
-/// /proc avoids probe connections that would show up in access logs.
-fn port_listening(port: u16) -> bool {
+/// The program and arguments that run `kind` on `config`.
+fn command(kind: Kind, config: &Path) -> (String, Vec<String>) {
+    let config = config.display().to_string();
+    match kind {
+        Kind::Envoy => {
+            let base_id =
+                (std::process::id() % 100_000) * 40 + BASE_ID.fetch_add(1, Ordering::Relaxed) % 40;
+            let args = [
+                "-c",
+                &config,
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "--log-level",
+                "warn",
+            ]
+            .into_iter()
+            .map(str::to_string)
+            .chain(["--file-flush-interval-msec".into(), "50".into()])
+            .chain(["--base-id".into(), base_id.to_string()])
+            .collect();
+            ("envoy".into(), args)
+        }
+        Kind::Weft => (
+            env!("CARGO_BIN_EXE_weft-proxy").into(),
+            vec![
+                "--config".into(),
+                config,
+                "--concurrency".into(),
+                "1".into(),
+            ],
+        ),
+    }
+}
+
+/// True when `port` is in LISTEN state in the network namespace of process
+/// `pid`. Reading /proc avoids probe connections that would show up in
+/// access logs.
+fn port_listening(pid: u32, port: u16) -> bool {
     let want = format!(":{port:04X} ");
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+    [
+        format!("/proc/{pid}/net/tcp"),
+        format!("/proc/{pid}/net/tcp6"),
+    ]
+    .iter()
+    .any(|f| {
         std::fs::read_to_string(f)
             .unwrap_or_default()
             .lines()
@@ -159,16 +195,14 @@ fn port_listening(port: u16) -> bool {
 }
 
 /// GET /ready on the admin port answers 200.
-async fn admin_ready(port: u16) -> bool {
-    matches!(admin_get(port, "/ready").await, Some((200, _)))
+async fn admin_ready(net: &Net, port: u16) -> bool {
+    matches!(admin_get(net, port, "/ready").await, Some((200, _)))
 }
 
 /// A bare HTTP/1.1 GET (Connection: close) against the admin port.
-pub async fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
+pub async fn admin_get(net: &Net, port: u16, path: &str) -> Option<(u16, String)> {
     let fut = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
+        let mut s = net.dial_uncaptured(port).await.ok()?;
         s.write_all(
             format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
         )

@@ -30,6 +30,10 @@ pub struct Scenario {
     /// (exit non-zero) and `requests` must be empty. The value says why.
     #[serde(default)]
     pub rejected: Option<String>,
+    /// Run in a fresh network namespace where the client's connections are
+    /// captured by iptables REDIRECT to a listener, as a sidecar's are.
+    #[serde(default)]
+    pub capture: Option<Capture>,
     /// Upstream test servers by name (`{{upstream.NAME}}` is its port).
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamSpec>,
@@ -40,6 +44,21 @@ pub struct Scenario {
     #[serde(default)]
     pub requests: Vec<RequestSpec>,
 }
+
+/// Traffic capture for a scenario (needs root: a network namespace and
+/// iptables inside it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capture {
+    /// Listener placeholder name every client connection is redirected to
+    /// (`{{listener_port.NAME}}`), like Istio's 15001.
+    pub redirect_to: String,
+}
+
+/// Client connections of a capturing scenario come from this address; the
+/// REDIRECT rule matches it, so the proxy's own upstream connections (from
+/// 127.0.0.1) are not captured.
+pub const CAPTURED_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
 
 /// An upstream test server.
 #[derive(Debug, Clone, Deserialize)]
@@ -109,6 +128,10 @@ pub struct RequestSpec {
     /// Listener placeholder name (`{{listener_port.NAME}}`); default `main`.
     #[serde(default)]
     pub listener: Option<String>,
+    /// Connect to this port instead of a listener (a placeholder such as
+    /// `"{{upstream.a}}"`); with `capture` the connection is redirected.
+    #[serde(default)]
+    pub connect_port: Option<String>,
     #[serde(default = "default_method")]
     pub method: String,
     #[serde(default = "default_path")]
@@ -342,6 +365,7 @@ impl RequestSpec {
         }
         r.data = r.data.map(|d| render(&d, b));
         r.raw = r.raw.map(|d| render(&d, b));
+        r.connect_port = r.connect_port.map(|d| render(&d, b));
         r
     }
 }

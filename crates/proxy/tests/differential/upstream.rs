@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::net::Net;
 use crate::scenario::{Behavior, UpstreamSpec, free_port};
 
 /// Header carrying the harness's per-request id through the proxy.
@@ -71,8 +72,9 @@ impl Drop for Upstreams {
     }
 }
 
-/// Starts every upstream of a scenario on 127.0.0.1.
-pub async fn start(specs: &BTreeMap<String, UpstreamSpec>) -> Upstreams {
+/// Starts every upstream of a scenario on 127.0.0.1 (in the scenario's
+/// namespace when it has one).
+pub async fn start(specs: &BTreeMap<String, UpstreamSpec>, net: &Net) -> Upstreams {
     let recorder = Recorder::default();
     let mut ports = BTreeMap::new();
     let mut tasks = Vec::new();
@@ -82,16 +84,12 @@ pub async fn start(specs: &BTreeMap<String, UpstreamSpec>) -> Upstreams {
                 ports.insert(name.clone(), free_port());
             }
             UpstreamSpec::Tcp => {
-                let l = TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind tcp upstream");
+                let l = net.listen();
                 ports.insert(name.clone(), l.local_addr().expect("addr").port());
                 tasks.push(tokio::spawn(tcp_echo(l, name.clone(), recorder.clone())));
             }
             UpstreamSpec::Http { behavior } => {
-                let l = TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind http upstream");
+                let l = net.listen();
                 ports.insert(name.clone(), l.local_addr().expect("addr").port());
                 let ctx = Arc::new(HttpCtx {
                     name: name.clone(),

@@ -103,17 +103,53 @@ pub fn decode_file(file: &str, text: &str) -> DecodedFile {
                 continue;
             }
         };
-        match decode_value(value, origin.clone()) {
-            Ok(Some(decoded)) => out.objects.push(decoded),
-            Ok(None) => {}
-            Err(error) => out.problems.push(DecodeProblem {
-                origin,
-                object: None,
-                error,
-            }),
+        // `kind: List` (as `kubectl get -o yaml` writes): each item is an
+        // object of this document; item problems are prefixed `items[i]`.
+        let items: Vec<(String, Value)> = match list_items(&value) {
+            Some(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("items[{i}]"), v.clone()))
+                .collect(),
+            None => vec![(String::new(), value)],
+        };
+        for (prefix, item) in items {
+            match decode_value(item, origin.clone()) {
+                Ok(Some((obj, errs))) => {
+                    let errs = errs
+                        .into_iter()
+                        .map(|mut e| {
+                            e.path = join(&prefix, &e.path);
+                            e
+                        })
+                        .collect();
+                    out.objects.push((obj, errs));
+                }
+                Ok(None) => {}
+                Err(mut error) => {
+                    error.path = join(&prefix, &error.path);
+                    out.problems.push(DecodeProblem {
+                        origin: origin.clone(),
+                        object: None,
+                        error,
+                    });
+                }
+            }
         }
     }
     out
+}
+
+fn list_items(v: &Value) -> Option<&Vec<Value>> {
+    let is_list = v
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k == "List" || k.ends_with("List"))
+        && v.get("apiVersion").and_then(Value::as_str) == Some("v1");
+    if !is_list {
+        return None;
+    }
+    v.get("items").and_then(Value::as_sequence)
 }
 
 fn strip_location(e: &serde_yaml::Error) -> String {

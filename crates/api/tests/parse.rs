@@ -387,3 +387,21 @@ fn mesh_config_from_standalone_yaml() {
     assert_eq!(errs[0].path, "acessLogEncoding");
     assert_eq!(errs[0].message, "unknown field");
 }
+
+#[test]
+fn kind_list_items_become_objects() {
+    let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a, namespace: x}\n  spec: {ports: [{name: http, port: 80}]}\n- apiVersion: networking.istio.io/v1\n  kind: DestinationRule\n  metadata: {name: b, namespace: x}\n  spec: {host: a, subsetz: []}\n";
+    let d = decode_file("list.yaml", list);
+    assert!(d.problems.is_empty());
+    let names: Vec<&str> = d.objects.iter().map(|(o, _)| o.name()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(d.objects[1].1[0].path, "items[1].spec.subsetz");
+}
+
+#[test]
+fn envoy_regexes_match_the_whole_input() {
+    let re = weft_api::validate::full_match_regex("/api/v[0-9]+").expect("valid");
+    assert!(re.is_match("/api/v2"));
+    assert!(!re.is_match("/api/v2/extra"));
+    assert!(weft_api::validate::full_match_regex("(").is_err());
+}

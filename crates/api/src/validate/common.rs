@@ -163,6 +163,13 @@ pub fn validate_regex(re: &str) -> Result<(), String> {
     })
 }
 
+/// Compiles a regex with Envoy's semantics: the whole input must match
+/// (RE2 `FullMatch`), so the pattern is anchored as `^(?:pattern)$`.
+pub fn full_match_regex(re: &str) -> Result<regex::Regex, String> {
+    validate_regex(re)?;
+    regex::Regex::new(&format!("^(?:{re})$")).map_err(|e| format!("invalid regex {re:?}: {e}"))
+}
+
 /// Checks a `StringMatch`: exactly one of exact/prefix/regex; non-empty prefix
 /// (except for uri), valid regex.
 pub(crate) fn check_string_match(

@@ -19,8 +19,9 @@ mod virtual_service;
 use std::fmt;
 
 pub use common::{
-    Protocol, is_dns1123_label, is_dns1123_subdomain, validate_duration, validate_fqdn,
-    validate_label_selector, validate_port, validate_regex, validate_wildcard_domain,
+    Protocol, full_match_regex, is_dns1123_label, is_dns1123_subdomain, validate_duration,
+    validate_fqdn, validate_label_selector, validate_port, validate_regex,
+    validate_wildcard_domain,
 };
 pub use cross::validate_cross;
 

@@ -76,12 +76,32 @@ impl Netns {
         F: FnOnce() -> T + Send,
         T: Send,
     {
+        self.enter_as(RunAs::Root, f)
+    }
+
+    /// [`Netns::enter`], with the thread's filesystem uid and gid set to
+    /// `run_as` (`setfsuid`/`setfsgid`, which only affect this thread).
+    ///
+    /// Sockets created inside `f` are then owned by that user as far as
+    /// netfilter's owner matches (`-m owner --uid-owner`, nft `meta skuid`)
+    /// are concerned, so a test can act as the app or as the proxy (1337)
+    /// without a separate process.
+    pub fn enter_as<F, T>(&self, run_as: RunAs, f: F) -> Result<T>
+    where
+        F: FnOnce() -> T + Send,
+        T: Send,
+    {
         std::thread::scope(|scope| {
             let handle = scope.spawn(|| {
                 setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|source| Error::Setns {
                     path: self.path.clone(),
                     source,
                 })?;
+                if let RunAs::User { uid, gid } = run_as {
+                    // Both return the previous value and cannot fail for root.
+                    nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid));
+                    nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
+                }
                 Ok(f())
             });
             match handle.join() {

@@ -158,6 +158,16 @@ impl Pod {
         self.netns().enter(f)
     }
 
+    /// Runs `f` on a thread inside the pod whose sockets netfilter sees as
+    /// owned by `run_as`; see [`Netns::enter_as`].
+    pub fn enter_as<F, T>(&self, run_as: RunAs, f: F) -> Result<T>
+    where
+        F: FnOnce() -> T + Send,
+        T: Send,
+    {
+        self.netns().enter_as(run_as, f)
+    }
+
     /// A [`Command`] for `program` that runs as root inside the pod.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Result<Command> {
         self.netns().command(program, RunAs::Root)

@@ -2,10 +2,12 @@
 //! connection with who it is and what it saw (local address, the original
 //! destination from `SO_ORIGINAL_DST`, the peer), and clients that connect
 //! from inside a pod, either in-process ([`probe`]) or as a process with a
-//! chosen uid ([`probe_as`]), so iptables owner matches apply.
+//! chosen uid ([`probe_as`]), so iptables owner matches apply. The UDP
+//! pair ([`UdpResponder`], [`udp_probe`]) creates its sockets as a chosen
+//! user, as DNS capture tests need.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -250,4 +252,115 @@ pub fn probe_as(pod: &Pod, run_as: RunAs, target: SocketAddr) -> Result<Result<A
         )));
     }
     Ok(Answer::parse(&stdout).ok_or(format!("unexpected reply {stdout:?}")))
+}
+
+// === UDP ===
+
+/// A UDP socket in a pod, owned (for netfilter) by a chosen user, that
+/// answers every datagram with one [`Answer`] line. Stops when dropped.
+#[derive(Debug)]
+pub struct UdpResponder {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpResponder {
+    /// Binds `addr` inside `pod` with a socket owned by `run_as`.
+    pub fn start(pod: &Pod, run_as: RunAs, name: &str, addr: SocketAddr) -> Result<Self> {
+        let io_err = |source| Error::Io {
+            path: format!("UDP socket {addr} ({name}) in pod {}", pod.name()).into(),
+            source,
+        };
+        let socket = pod
+            .enter_as(run_as, || UdpSocket::bind(addr))?
+            .map_err(io_err)?;
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .map_err(io_err)?;
+        let addr = socket.local_addr().map_err(io_err)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let name = name.to_owned();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || serve_udp(&socket, &name, &stop))
+        };
+        Ok(Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for UdpResponder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve_udp(socket: &UdpSocket, name: &str, stop: &AtomicBool) {
+    let mut buf = [0u8; 512];
+    while !stop.load(Ordering::Relaxed) {
+        match socket.recv_from(&mut buf) {
+            Ok((_, peer)) => {
+                let reply = socket.local_addr().map(|local| Answer {
+                    name: name.to_owned(),
+                    local,
+                    original_dst: None,
+                    peer,
+                });
+                if let Err(err) = reply.and_then(|r| socket.send_to(r.line().as_bytes(), peer)) {
+                    eprintln!("weft-testbed: UDP responder {name}: {err}");
+                }
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(err) => {
+                eprintln!("weft-testbed: UDP responder {name}: {err}");
+                return;
+            }
+        }
+    }
+}
+
+/// Sends one datagram to `target` from a socket created in `pod` as
+/// `run_as` and waits up to `timeout` for the answer; returns it, or what
+/// went wrong as text.
+pub fn udp_probe(
+    pod: &Pod,
+    run_as: RunAs,
+    target: SocketAddr,
+    timeout: Duration,
+) -> Result<Result<Answer, String>> {
+    pod.enter_as(run_as, || {
+        let exchange = || -> io::Result<String> {
+            let any: IpAddr = match target {
+                SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+                SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+            };
+            let socket = UdpSocket::bind((any, 0))?;
+            socket.connect(target)?;
+            socket.set_read_timeout(Some(timeout))?;
+            socket.send(b"probe")?;
+            let mut buf = [0u8; 512];
+            let n = socket.recv(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        };
+        match exchange() {
+            Ok(reply) => Answer::parse(&reply).ok_or(format!("unexpected reply {reply:?}")),
+            Err(err) => Err(format!("UDP to {target} as {run_as:?}: {err}")),
+        }
+    })
 }

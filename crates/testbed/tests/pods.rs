@@ -337,3 +337,37 @@ fn pods_can_be_linked_directly() {
         "{err}"
     );
 }
+
+#[test]
+fn sockets_made_in_enter_as_belong_to_that_user_and_the_caller_is_unchanged() {
+    require_root();
+    let node = Node::new().unwrap();
+    let a = node.add_pod("a").unwrap();
+    let uid_line = |status: &str| {
+        let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        line.split_whitespace()
+            .skip(1)
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let (listener, uids_inside) = a
+        .enter_as(RunAs::user(1337, 1337), || {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            (listener, uid_line(&status))
+        })
+        .unwrap();
+    // Real, effective, saved uid stay root; only the filesystem uid changes.
+    assert_eq!(uids_inside, ["0", "0", "0", "1337"]);
+    // /proc/net/tcp's uid column is the socket's owner.
+    let port = listener.local_addr().unwrap().port();
+    let table = weft_testbed::run(a.command("cat").unwrap().arg("/proc/net/tcp")).unwrap();
+    let row = table
+        .lines()
+        .find(|l| l.contains(&format!(":{port:04X} ")))
+        .unwrap_or_else(|| panic!("port {port} in {table}"));
+    assert_eq!(row.split_whitespace().nth(7), Some("1337"), "{row}");
+    // The calling thread is unchanged.
+    let own = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    assert_eq!(uid_line(&own), ["0", "0", "0", "0"]);
+}

@@ -9,7 +9,7 @@ mod netns_support;
 
 use std::net::{IpAddr, SocketAddr};
 
-use netns_support::{APP, capture, istio_flags};
+use netns_support::{APP, capture, capture_with_env, istio_flags};
 use weft_testbed::probe::{Answer, ListenMode, Responder, probe_as};
 use weft_testbed::{Node, Pod, RunAs, require_root};
 
@@ -215,3 +215,34 @@ fn included_ports_are_captured_without_any_cidr(mode: &str, backend: &str) {
 }
 
 for_each_mode_and_backend!(included_ports_are_captured_without_any_cidr);
+
+// === ISTIO_OUTBOUND_OWNER_GROUPS(_EXCLUDE) ===
+
+/// Applies the usual flags with one owner-groups variable; returns the bed
+/// and the address the app dials.
+fn bed_with_owner_groups(mode: &str, backend: &str, var: &str, value: &str) -> (Bed, SocketAddr) {
+    let bed = bed();
+    let flags = istio_flags(mode, backend, "-b * --ipv6=false -i *");
+    capture_with_env(&bed.app, &flags, &[(var, value)]);
+    let to = v4(&bed.svc, 8080);
+    (bed, to)
+}
+
+fn only_listed_owner_groups_are_captured(mode: &str, backend: &str) {
+    let (bed, to) = bed_with_owner_groups(mode, backend, "ISTIO_OUTBOUND_OWNER_GROUPS", "2000");
+    assert_captured(&connect(&bed.app, RunAs::user(1000, 2000), to), to);
+    let direct = connect(&bed.app, RunAs::user(1000, 1000), to);
+    assert_direct(&direct, "svc-8080", bed.app.addr().into());
+}
+
+for_each_mode_and_backend!(only_listed_owner_groups_are_captured);
+
+fn excluded_owner_groups_are_not_captured(mode: &str, backend: &str) {
+    let (bed, to) =
+        bed_with_owner_groups(mode, backend, "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "3000");
+    assert_captured(&connect(&bed.app, RunAs::user(1000, 1000), to), to);
+    let direct = connect(&bed.app, RunAs::user(1000, 3000), to);
+    assert_direct(&direct, "svc-8080", bed.app.addr().into());
+}
+
+for_each_mode_and_backend!(excluded_owner_groups_are_not_captured);

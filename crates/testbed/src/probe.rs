@@ -224,6 +224,47 @@ pub fn probe_within(
     })
 }
 
+/// Connects to `target` from `source` (any port), with a socket created
+/// inside `pod` as `run_as` (see [`Pod::enter_as`]); for example as the
+/// proxy (1337) from 127.0.0.6, the address Istio's inbound passthrough
+/// uses. Returns the answer, or what went wrong as text.
+pub fn probe_from(
+    pod: &Pod,
+    run_as: RunAs,
+    source: IpAddr,
+    target: SocketAddr,
+) -> Result<Result<Answer, String>> {
+    pod.enter_as(run_as, || {
+        let read = || -> io::Result<String> {
+            let family = match target {
+                SocketAddr::V4(_) => AddressFamily::Inet,
+                SocketAddr::V6(_) => AddressFamily::Inet6,
+            };
+            let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+            let timeout =
+                nix::sys::time::TimeVal::new(PROBE_TIMEOUT.as_secs().try_into().unwrap_or(5), 0);
+            // Linux bounds a blocking connect by the send timeout.
+            socket::setsockopt(&fd, sockopt::SendTimeout, &timeout)?;
+            socket::bind(
+                fd.as_raw_fd(),
+                &SockaddrStorage::from(SocketAddr::new(source, 0)),
+            )?;
+            socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(target))?;
+            let mut conn = TcpStream::from(fd);
+            conn.set_read_timeout(Some(PROBE_TIMEOUT))?;
+            let mut reply = String::new();
+            conn.read_to_string(&mut reply)?;
+            Ok(reply)
+        };
+        match read() {
+            Ok(reply) => Answer::parse(&reply).ok_or(format!("unexpected reply {reply:?}")),
+            Err(err) => Err(format!(
+                "connecting {source} -> {target} as {run_as:?}: {err}"
+            )),
+        }
+    })
+}
+
 /// Connects to `target` from a process running inside `pod` as `run_as`
 /// (bash's `/dev/tcp`, bounded by `timeout`), so that iptables sees a socket
 /// owned by that uid/gid. Returns the answer, or what went wrong as text.

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 
+use weft_capture::CaptureEnv;
 use weft_capture::cli::{CleanArgs, IptablesArgs};
 use weft_testbed::probe::{Answer, ListenMode, Responder, probe, probe_as};
 use weft_testbed::{Node, Pod, RunAs, require_root};
@@ -68,6 +69,20 @@ pub fn capture(pod: &Pod, flags: &str) {
             "nft table without {NFTABLES}: {nft_tables}"
         );
     }
+}
+
+/// [`capture`] with Istio's environment variables given as `NAME=value`
+/// pairs instead of read from this process's environment.
+pub fn capture_with_env(pod: &Pod, flags: &str, env: &[(&str, &str)]) {
+    let parsed = IptablesArgs::parse_from_iter(argv(flags))
+        .unwrap_or_else(|e| panic!("parsing {flags:?}: {e}"));
+    let env = CaptureEnv::from_pairs(env.iter().copied());
+    pod.enter(|| {
+        let cfg = parsed.to_config(&env)?;
+        weft_capture::apply(&cfg)
+    })
+    .unwrap()
+    .unwrap_or_else(|e| panic!("applying {flags:?} with {env:?} in pod {}: {e}", pod.name()));
 }
 
 /// Runs `weft-proxy clean-iptables FLAGS` inside `pod`.

@@ -1,7 +1,9 @@
 //! The routing side of capture, as Istio sets it up next to the rules:
 //! for TPROXY, `ip rule add fwmark <mark> lookup <table>` and
 //! `ip route add local default dev lo table <table>` per family; with IPv6,
-//! the `::6` address on `lo` that inbound passthrough traffic comes from.
+//! the `::6` address on `lo` that inbound passthrough traffic comes from
+//! (added with `nodad`, so it is usable at once and a re-run does not put
+//! it back into duplicate address detection).
 //! Adding is idempotent; removing touches only these exact entries.
 
 use crate::config::CaptureConfig;
@@ -33,7 +35,7 @@ pub fn add_commands(cfg: &CaptureConfig) -> Vec<Vec<String>> {
     );
     if cfg.enable_ipv6 {
         cmds.push(
-            ["-6", "addr", "replace", "::6/128", "dev", "lo"]
+            ["-6", "addr", "add", "::6/128", "dev", "lo", "nodad"]
                 .map(String::from)
                 .to_vec(),
         );
@@ -99,6 +101,18 @@ pub fn add(cfg: &CaptureConfig) -> Result<(), CaptureError> {
     }
     for cmd in add_commands(cfg) {
         let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        if args[..3] == ["-6", "addr", "add"] {
+            // Present already (a re-run): leave it alone. Re-adding or
+            // replacing it would restart duplicate address detection and
+            // make it briefly unusable.
+            let out = exec::run("ip", &args, None)?;
+            let exists =
+                out.stderr.contains("File exists") || out.stderr.contains("already assigned");
+            if out.success || exists {
+                continue;
+            }
+            return Err(exec::failure("ip", &args, &out));
+        }
         exec::run_ok("ip", &args, None).map_err(|e| match e {
             CaptureError::CommandFailed {
                 command,

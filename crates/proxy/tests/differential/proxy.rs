@@ -162,12 +162,21 @@ fn command(kind: Kind, config: &Path) -> (String, Vec<String>) {
         }
         Kind::Weft => (
             env!("CARGO_BIN_EXE_weft-proxy").into(),
-            vec![
-                "--config".into(),
-                config,
-                "--concurrency".into(),
-                "1".into(),
-            ],
+            // Istio's fixed health (15021) and Prometheus (15090) ports would
+            // collide between scenarios running in parallel.
+            [
+                "--config",
+                &config,
+                "--concurrency",
+                "1",
+                "--health-address",
+                "off",
+                "--prometheus-address",
+                "off",
+            ]
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
         ),
     }
 }

@@ -82,7 +82,14 @@ impl Observation {
                     f.insert("upstream_path", last.path.clone());
                     f.insert("upstream_host", last.authority.clone());
                     f.insert("upstream_version", last.version.clone());
-                    f.insert("upstream_headers", header_set(&last.headers, &[]));
+                    // A retry's expected timeout is what is left of the
+                    // route timeout, which depends on elapsed time.
+                    let retried: &[&str] = if self.seen.len() > 1 {
+                        &["x-envoy-expected-rq-timeout-ms"]
+                    } else {
+                        &[]
+                    };
+                    f.insert("upstream_headers", header_set(&last.headers, retried));
                 }
                 let mut volatile: Vec<&str> = Vec::new();
                 if !served_by_upstream {

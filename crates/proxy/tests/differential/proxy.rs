@@ -73,7 +73,10 @@ pub async fn start(
     };
     cmd.args(&args);
     if kind == Kind::Weft {
-        cmd.env("RUST_LOG", "warn");
+        // The error message, not a backtrace, belongs in the stderr tail.
+        cmd.env("RUST_LOG", "warn")
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LIB_BACKTRACE", "0");
     }
     cmd.stdin(Stdio::null())
         .stdout(

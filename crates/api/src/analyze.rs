@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::decode::decode_file;
+use crate::decode::{decode_file, split_documents};
 use crate::meta::{ObjectKey, Origin};
 use crate::registry::DEFAULT_DOMAIN;
 use crate::validate::{FieldError, Severity, validate_cross, validate_object};
@@ -31,6 +31,15 @@ impl Problem {
         self.error.severity == Severity::Error
     }
 
+    /// The 1-based line of the field (or of its document), 0 when unknown.
+    pub fn line(&self) -> usize {
+        if self.error.line != 0 {
+            self.error.line
+        } else {
+            self.origin.line
+        }
+    }
+
     /// JSON form for debug endpoints and `--output json`.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
@@ -40,7 +49,7 @@ impl Problem {
             },
             "file": self.origin.file,
             "document": self.origin.doc,
-            "line": self.origin.line,
+            "line": self.line(),
             "kind": self.object.as_ref().map(|k| k.kind.name().to_string()),
             "namespace": self.object.as_ref().map(|k| k.namespace.clone()),
             "name": self.object.as_ref().map(|k| k.name.clone()),
@@ -51,8 +60,20 @@ impl Problem {
 }
 
 impl fmt::Display for Problem {
+    /// `file[doc N] Kind ns/name: path: reason`; the alternate form `{:#}`
+    /// puts the field's line first: `file:LINE [doc N] Kind ns/name: ...`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.origin)?;
+        if f.alternate() && self.line() > 0 {
+            write!(
+                f,
+                "{}:{} [doc {}]",
+                self.origin.file,
+                self.line(),
+                self.origin.doc
+            )?;
+        } else {
+            write!(f, "{}", self.origin)?;
+        }
         if let Some(k) = &self.object {
             write!(f, " {k}")?;
         }
@@ -123,7 +144,7 @@ pub struct FileCheck {
 /// Decodes and validates one file.
 pub fn check_file(path: &str, text: &str) -> FileCheck {
     let decoded = decode_file(path, text);
-    let problems = decoded
+    let problems: Vec<Problem> = decoded
         .problems
         .into_iter()
         .map(|p| Problem {
@@ -132,6 +153,11 @@ pub fn check_file(path: &str, text: &str) -> FileCheck {
             error: p.error,
         })
         .collect();
+    let docs = split_documents(text);
+    let mut problems: Vec<Problem> = problems;
+    for p in &mut problems {
+        set_line(&mut p.error, &docs, &p.origin);
+    }
     let objects = decoded
         .objects
         .into_iter()
@@ -151,6 +177,9 @@ pub fn check_file(path: &str, text: &str) -> FileCheck {
                 Kind::Other(..) => {}
                 _ => errs.extend(validate_object(&obj)),
             }
+            for e in &mut errs {
+                set_line(e, &docs, &obj.origin);
+            }
             (Arc::new(obj), errs)
         })
         .collect();
@@ -159,6 +188,23 @@ pub fn check_file(path: &str, text: &str) -> FileCheck {
         text: text.to_string(),
         objects,
         problems,
+    }
+}
+
+/// Sets `e.line` to the line of `e.path` in the object's document, or to
+/// the document's first line when the path cannot be found.
+fn set_line(e: &mut FieldError, docs: &[(usize, &str)], origin: &Origin) {
+    if e.line != 0 {
+        return;
+    }
+    e.line = origin.line;
+    let Some((first_content_line, doc)) = origin.doc.checked_sub(1).and_then(|i| docs.get(i))
+    else {
+        return;
+    };
+    let skipped = crate::decode::leading_skip(doc);
+    if let Some(l) = crate::locate::locate(doc, &e.path) {
+        e.line = first_content_line - skipped + l - 1;
     }
 }
 
@@ -205,9 +251,10 @@ impl Checked {
 /// Merges per-file checks (in path order): drops duplicate definitions of
 /// an object (reported on the later one) and runs the cross-object rules.
 pub fn merge_checks<'a>(checks: impl IntoIterator<Item = &'a FileCheck>, domain: &str) -> Checked {
+    let files: Vec<&FileCheck> = checks.into_iter().collect();
     let mut checked = Checked::default();
     let mut seen: BTreeMap<ObjectKey, Origin> = BTreeMap::new();
-    for fc in checks {
+    for fc in &files {
         if !fc.problems.is_empty() {
             checked.broken_files.insert(fc.path.clone());
         }
@@ -231,6 +278,18 @@ pub fn merge_checks<'a>(checks: impl IntoIterator<Item = &'a FileCheck>, domain:
     }
     let refs: Vec<&Object> = checked.objects.iter().map(|(o, _)| o.as_ref()).collect();
     checked.cross = validate_cross(&refs, domain);
+    if !checked.cross.is_empty() {
+        let texts: BTreeMap<&str, &str> = files
+            .iter()
+            .map(|fc| (fc.path.as_str(), fc.text.as_str()))
+            .collect();
+        for (i, e) in &mut checked.cross {
+            let origin = &checked.objects[*i].0.origin;
+            if let Some(text) = texts.get(origin.file.as_str()) {
+                set_line(e, &split_documents(text), origin);
+            }
+        }
+    }
     checked
 }
 

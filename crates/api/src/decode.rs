@@ -76,6 +76,16 @@ pub fn split_documents(text: &str) -> Vec<(usize, &str)> {
         .collect()
 }
 
+/// Number of blank and comment lines before a document's first content line.
+pub(crate) fn leading_skip(doc: &str) -> usize {
+    doc.lines()
+        .take_while(|l| {
+            let t = l.trim();
+            t.is_empty() || t.starts_with('#')
+        })
+        .count()
+}
+
 /// Decodes every document of one file.
 pub fn decode_file(file: &str, text: &str) -> DecodedFile {
     let mut out = DecodedFile::default();
@@ -90,15 +100,20 @@ pub fn decode_file(file: &str, text: &str) -> DecodedFile {
             Err(e) => {
                 let at = e
                     .location()
-                    .map(|l| format!(" (line {})", line + l.line() - 1))
-                    .unwrap_or_default();
+                    .map(|l| line - leading_skip(doc) + l.line() - 1);
+                let mut error = FieldError::error(
+                    "",
+                    format!(
+                        "invalid YAML{}: {}",
+                        at.map(|l| format!(" (line {l})")).unwrap_or_default(),
+                        strip_location(&e)
+                    ),
+                );
+                error.line = at.unwrap_or(0);
                 out.problems.push(DecodeProblem {
                     origin,
                     object: None,
-                    error: FieldError::error(
-                        "",
-                        format!("invalid YAML{at}: {}", strip_location(&e)),
-                    ),
+                    error,
                 });
                 continue;
             }

@@ -21,6 +21,7 @@ pub mod analyze;
 pub mod decode;
 pub mod duration;
 pub mod k8s;
+pub mod locate;
 pub mod mesh;
 pub mod meta;
 pub mod networking;

@@ -79,6 +79,22 @@ fn broken_files_are_reported_one_line_each() {
     assert_eq!(lines.len(), 3, "{text}");
     assert!(lines.contains(&format!("{d}/bad/vs.yaml[doc 2] VirtualService default/reviews: spec.http[0].route: weights sum to 90, must be 100").as_str()), "{text}");
     assert!(lines.contains(&format!("{d}/bad/vs.yaml[doc 2] VirtualService default/reviews: spec.http[0].route[1].destination.subset: subset \"v3\" of host reviews.default.svc.cluster.local is not defined by DestinationRule default/reviews").as_str()), "{text}");
+    // The alternate form leads with the line of the field.
+    let with_lines: Vec<String> = report.problems.iter().map(|p| format!("{p:#}")).collect();
+    assert!(with_lines.contains(&format!("{d}/bad/vs.yaml:17 [doc 2] VirtualService default/reviews: spec.http[0].route: weights sum to 90, must be 100")), "{with_lines:#?}");
+    assert!(
+        with_lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{d}/bad/vs.yaml:20 [doc 2]"))
+                && l.contains("subset \"v3\"")),
+        "{with_lines:#?}"
+    );
+    assert!(
+        with_lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{d}/bad/syntax.yml:5 [doc 1]"))),
+        "{with_lines:#?}"
+    );
     let syntax = lines
         .iter()
         .find(|l| l.contains("syntax.yml"))

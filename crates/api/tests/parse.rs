@@ -405,3 +405,20 @@ fn envoy_regexes_match_the_whole_input() {
     assert!(!re.is_match("/api/v2/extra"));
     assert!(weft_api::validate::full_match_regex("(").is_err());
 }
+
+#[test]
+fn syntax_error_lines_count_comments_before_the_document() {
+    let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n# comment\n\napiVersion: v1\nkind: Service\nmetadata:\n  name: x\n   bad: indent\n";
+    let d = decode_file("f.yaml", text);
+    assert_eq!(d.problems.len(), 1);
+    assert_eq!(d.problems[0].origin.line, 7);
+    assert_eq!(d.problems[0].error.line, 11);
+    assert!(
+        d.problems[0]
+            .error
+            .message
+            .starts_with("invalid YAML (line 11)"),
+        "{}",
+        d.problems[0].error.message
+    );
+}

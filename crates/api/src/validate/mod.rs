@@ -42,6 +42,8 @@ pub struct FieldError {
     /// empty when the problem concerns the whole document.
     pub path: String,
     pub message: String,
+    /// 1-based line in the file where the field is, when known (0 otherwise).
+    pub line: usize,
 }
 
 impl FieldError {
@@ -51,6 +53,7 @@ impl FieldError {
             severity: Severity::Error,
             path: path.into(),
             message: message.into(),
+            line: 0,
         }
     }
 
@@ -60,6 +63,7 @@ impl FieldError {
             severity: Severity::Warning,
             path: path.into(),
             message: message.into(),
+            line: 0,
         }
     }
 

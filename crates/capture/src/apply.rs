@@ -184,6 +184,13 @@ fn restore(family: Family, payload: &str, extra: &[&str]) -> Result<(), CaptureE
             .filter(|l| !l.starts_with("Error occurred") && !l.starts_with("Try `"))
             .collect::<Vec<_>>()
             .join("; ");
+        let detail = if detail.contains("Device or resource busy") {
+            format!(
+                "{detail} (hint: a rule outside our chains still jumps to this chain; remove it first)"
+            )
+        } else {
+            detail
+        };
         return Err(CaptureError::RuleRejected {
             tool: tool.to_owned(),
             line,

@@ -36,7 +36,6 @@ pub use config::{
 pub use detect::CaptureEnv;
 pub use error::CaptureError;
 pub use iptables::{SavedTable, parse_save};
-pub use rules::Family;
 
 /// The `iptables-restore` payloads for one configuration.
 ///

@@ -160,7 +160,7 @@ fn render_rule(family: Family, rule: &Rule) -> String {
 }
 
 /// The declaration of one family's table.
-pub fn render_table(family: Family, rules: &[Rule]) -> String {
+pub(crate) fn render_table(family: Family, rules: &[Rule]) -> String {
     let fam = family_name(family);
     let mut out = format!("table {fam} {TABLE} {{\n");
     for ((table, chain), list) in ordered_chains(rules) {

@@ -166,7 +166,10 @@ class Proxy:
             cmd = [binary, "-c", cfg, "--concurrency", "1", "--disable-hot-restart", "--log-level", "error",
                    "--base-id", str(os.getpid() % 10000 * 10 + (1 if tag else 0))]
         else:
-            cmd = [binary, "--config", cfg, "--concurrency", "1"]
+            # Istio's extra health/Prometheus listeners (0.0.0.0:15021/15090)
+            # are off: Envoy runs none either, and the bench stays on loopback.
+            cmd = [binary, "--config", cfg, "--concurrency", "1", "--health-address", "off",
+                   "--prometheus-address", "off", "--log-level", "error"]
         self.cmd = cmd
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.stderr_path, "w"),
                                      env=dict(os.environ, RUST_LOG="error"))

@@ -1,13 +1,48 @@
-//! `weft-proxy`: the sidecar. One binary carries the data plane and the
-//! init step that sets up traffic capture (istio-init's `istio-iptables`).
+//! `weft-proxy`: the sidecar. One binary carries the data plane
+//! (`weft-proxy --config FILE`), pilot-agent's helper commands (`wait`,
+//! `request`, `version`) and the init step that sets up traffic capture
+//! (istio-init's `istio-iptables`).
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "weft-proxy", version, about = "The Weft sidecar proxy and its traffic-capture init step")]
+#[command(
+    name = "weft-proxy",
+    version,
+    about = "The Weft sidecar proxy: runs an Envoy v3 bootstrap file, and sets up traffic capture",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    /// Envoy v3 bootstrap file (YAML or JSON) with static_resources to serve.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Worker threads, each with its own accept loop (Istio's sidecar default is 2).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    concurrency: usize,
+    /// Admin API address; overrides the bootstrap's admin.address.
+    #[arg(long, value_name = "ADDR")]
+    admin_address: Option<SocketAddr>,
+    /// Istio health port serving /healthz/ready ("off" disables it).
+    #[arg(long, default_value = "0.0.0.0:15021", value_name = "ADDR|off")]
+    health_address: String,
+    /// Istio Prometheus port serving /stats/prometheus ("off" disables it).
+    #[arg(long, default_value = "0.0.0.0:15090", value_name = "ADDR|off")]
+    prometheus_address: String,
+    /// How long in-flight requests may run after SIGTERM before the proxy exits.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    drain_timeout_seconds: u64,
+    /// Parse and check the configuration, then exit (like `envoy --mode validate`).
+    #[arg(long)]
+    validate: bool,
+    /// Log level (trace, debug, info, warn, error); RUST_LOG wins.
+    #[arg(short = 'l', long = "log-level", default_value = "info")]
+    log_level: String,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -16,20 +51,98 @@ enum Command {
     Iptables(weft_capture::cli::IptablesArgs),
     /// Remove the traffic-capture rules that `iptables` added.
     CleanIptables(weft_capture::cli::CleanArgs),
+    /// Block until the proxy is ready (holdApplicationUntilProxyStarts).
+    Wait {
+        /// URL that answers 200 once the proxy is ready.
+        #[arg(long, default_value = "http://localhost:15021/healthz/ready")]
+        url: String,
+        /// Give up after this many seconds.
+        #[arg(long = "timeoutSeconds", default_value_t = 60)]
+        timeout_seconds: u64,
+        /// Milliseconds between attempts.
+        #[arg(long = "periodMillis", default_value_t = 500)]
+        period_millis: u64,
+    },
+    /// Call the proxy's admin API, e.g. `weft-proxy request GET /stats`.
+    Request {
+        /// HTTP method (GET or POST).
+        method: String,
+        /// Path on the admin API.
+        path: String,
+        /// Admin API address.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn addr_flag(v: &str, flag: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if v == "off" {
+        return Ok(None);
+    }
+    v.parse().map(Some).with_context(|| {
+        format!("--{flag}: {v:?} is not an address (e.g. 0.0.0.0:15021) or \"off\"")
+    })
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    weft_proxy::logging::init(&cli.log_level);
     match cli.command {
-        Command::Iptables(args) => args.run()?,
-        Command::CleanIptables(args) => args.run()?,
+        Some(Command::Iptables(args)) => return Ok(args.run()?),
+        Some(Command::CleanIptables(args)) => return Ok(args.run()?),
+        Some(Command::Version) => {
+            println!("weft-proxy version {}", weft_proxy::admin::VERSION);
+            return Ok(());
+        }
+        Some(Command::Wait {
+            url,
+            timeout_seconds,
+            period_millis,
+        }) => {
+            weft_proxy::agent::wait(
+                &url,
+                Duration::from_secs(timeout_seconds),
+                Duration::from_millis(period_millis),
+            )?;
+            println!("proxy is ready");
+            return Ok(());
+        }
+        Some(Command::Request {
+            method,
+            path,
+            admin,
+        }) => {
+            let (status, body) = weft_proxy::agent::request(admin, &method, &path)?;
+            print!("{body}");
+            if status >= 400 {
+                anyhow::bail!("{method} {path}: HTTP {status}");
+            }
+            return Ok(());
+        }
+        None => {}
     }
+    let Some(config) = cli.config else {
+        anyhow::bail!("--config FILE is required to run the proxy (see --help)");
+    };
+    let loaded = weft_proxy::config::load_file(&config)?;
+    if cli.validate {
+        let stats = weft_proxy::stats::Stats::new();
+        weft_proxy::model::Snapshot::compile(&loaded, &stats)?;
+        println!("configuration '{}' OK", config.display());
+        return Ok(());
+    }
+    let opts = weft_proxy::Options {
+        concurrency: cli.concurrency,
+        admin_address: cli.admin_address,
+        health_address: addr_flag(&cli.health_address, "health-address")?,
+        prometheus_address: addr_flag(&cli.prometheus_address, "prometheus-address")?,
+        drain_timeout: Duration::from_secs(cli.drain_timeout_seconds),
+    };
+    let drain_timeout = opts.drain_timeout;
+    let proxy = weft_proxy::Proxy::start(loaded, opts)?;
+    weft_proxy::server::run_until_signal(&proxy, drain_timeout)?;
+    proxy.join();
     Ok(())
 }

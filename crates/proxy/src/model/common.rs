@@ -1,0 +1,274 @@
+//! Small compiled pieces shared by routes, listeners and clusters: durations,
+//! string matchers, header mutations, percentages, the compile context that
+//! carries the error path.
+
+use crate::config::ConfigError;
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValueOption, header_value_option::HeaderAppendAction,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    RegexMatcher, StringMatcher, string_matcher::MatchPattern,
+};
+use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent::DenominatorType};
+use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use regex::Regex;
+use std::time::Duration;
+
+/// Where in the configuration we are, for error messages.
+#[derive(Debug, Clone)]
+pub struct Ctx<'a> {
+    pub origin: &'a str,
+    pub path: String,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(origin: &'a str, path: impl Into<String>) -> Self {
+        Ctx {
+            origin,
+            path: path.into(),
+        }
+    }
+    /// A child path `self.field`.
+    pub fn field(&self, name: &str) -> Ctx<'a> {
+        let path = if self.path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{name}", self.path)
+        };
+        Ctx {
+            origin: self.origin,
+            path,
+        }
+    }
+    /// A child path `self.field[i]`.
+    pub fn index(&self, name: &str, i: usize) -> Ctx<'a> {
+        let mut c = self.field(name);
+        c.path.push_str(&format!("[{i}]"));
+        c
+    }
+    pub fn invalid(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::invalid(self.origin, self.path.clone(), message)
+    }
+    pub fn unsupported(&self, detail: impl AsRef<str>) -> ConfigError {
+        ConfigError::unsupported(self.origin, self.path.clone(), detail)
+    }
+}
+
+/// Converts a protobuf duration; negative durations are refused.
+pub fn duration(ctx: &Ctx<'_>, d: &PbDuration) -> Result<Duration, ConfigError> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(ctx.invalid(format!("negative duration {}s", d.seconds)));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+/// An optional duration field.
+pub fn opt_duration(
+    ctx: &Ctx<'_>,
+    d: Option<&PbDuration>,
+) -> Result<Option<Duration>, ConfigError> {
+    d.map(|d| duration(ctx, d)).transpose()
+}
+
+/// Compiles a regex anchored at both ends (Envoy's `safe_regex` matches the whole input).
+pub fn full_regex(ctx: &Ctx<'_>, m: &RegexMatcher) -> Result<Regex, ConfigError> {
+    Regex::new(&format!("^(?:{})$", m.regex))
+        .map_err(|e| ctx.invalid(format!("bad regex {:?}: {e}", m.regex)))
+}
+
+/// Compiles a regex as written (for rewrites, which substitute every match).
+pub fn plain_regex(ctx: &Ctx<'_>, m: &RegexMatcher) -> Result<Regex, ConfigError> {
+    Regex::new(&m.regex).map_err(|e| ctx.invalid(format!("bad regex {:?}: {e}", m.regex)))
+}
+
+// === impl StringMatch ===
+
+/// Envoy's `StringMatcher`, compiled.
+#[derive(Debug, Clone)]
+pub enum StringMatch {
+    Exact(String, bool),
+    Prefix(String, bool),
+    Suffix(String, bool),
+    Contains(String, bool),
+    Regex(Regex),
+}
+
+impl StringMatch {
+    pub fn compile(ctx: &Ctx<'_>, m: &StringMatcher) -> Result<Self, ConfigError> {
+        let ic = m.ignore_case;
+        let low = |s: &str| {
+            if ic {
+                s.to_ascii_lowercase()
+            } else {
+                s.to_owned()
+            }
+        };
+        Ok(match &m.match_pattern {
+            Some(MatchPattern::Exact(s)) => StringMatch::Exact(low(s), ic),
+            Some(MatchPattern::Prefix(s)) => StringMatch::Prefix(low(s), ic),
+            Some(MatchPattern::Suffix(s)) => StringMatch::Suffix(low(s), ic),
+            Some(MatchPattern::Contains(s)) => StringMatch::Contains(low(s), ic),
+            Some(MatchPattern::SafeRegex(r)) => {
+                StringMatch::Regex(full_regex(&ctx.field("safe_regex"), r)?)
+            }
+            Some(MatchPattern::Custom(_)) => return Err(ctx.field("custom").unsupported("")),
+            None => {
+                return Err(
+                    ctx.invalid("one of exact, prefix, suffix, contains, safe_regex is required")
+                );
+            }
+        })
+    }
+
+    pub fn matches(&self, v: &str) -> bool {
+        match self {
+            StringMatch::Exact(s, false) => v == s,
+            StringMatch::Exact(s, true) => v.eq_ignore_ascii_case(s),
+            StringMatch::Prefix(s, false) => v.starts_with(s.as_str()),
+            StringMatch::Prefix(s, true) => {
+                v.len() >= s.len() && v.as_bytes()[..s.len()].eq_ignore_ascii_case(s.as_bytes())
+            }
+            StringMatch::Suffix(s, false) => v.ends_with(s.as_str()),
+            StringMatch::Suffix(s, true) => {
+                v.len() >= s.len()
+                    && v.as_bytes()[v.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+            }
+            StringMatch::Contains(s, false) => v.contains(s.as_str()),
+            StringMatch::Contains(s, true) => v.to_ascii_lowercase().contains(s.as_str()),
+            StringMatch::Regex(r) => r.is_match(v),
+        }
+    }
+}
+
+// === impl HeaderOps ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AppendAction {
+    Append,
+    AddIfAbsent,
+    Overwrite,
+    OverwriteIfExists,
+}
+
+/// Headers to add and remove, compiled once (names validated, values built).
+#[derive(Debug, Clone, Default)]
+pub struct HeaderOps {
+    add: Vec<(HeaderName, HeaderValue, AppendAction, bool)>,
+    remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn compile(
+        ctx: &Ctx<'_>,
+        add_field: &str,
+        add: &[HeaderValueOption],
+        remove_field: &str,
+        remove: &[String],
+    ) -> Result<Self, ConfigError> {
+        let mut ops = HeaderOps::default();
+        for (i, opt) in add.iter().enumerate() {
+            let c = ctx.index(add_field, i);
+            let Some(h) = &opt.header else {
+                return Err(c.invalid("header is required"));
+            };
+            let name = HeaderName::from_bytes(h.key.as_bytes()).map_err(|_| {
+                c.field("header.key")
+                    .invalid(format!("bad header name {:?}", h.key))
+            })?;
+            if h.value.contains('%') {
+                return Err(c.field("header.value").unsupported(format!(
+                    "header value {:?} uses a format operator; only literal values are implemented",
+                    h.value
+                )));
+            }
+            let value = HeaderValue::from_str(&h.value).map_err(|_| {
+                c.field("header.value")
+                    .invalid(format!("bad header value {:?}", h.value))
+            })?;
+            #[allow(deprecated)]
+            let action = match (opt.append.as_ref().map(|b| b.value), opt.append_action()) {
+                (Some(true), _) => AppendAction::Append,
+                (Some(false), _) => AppendAction::Overwrite,
+                (None, HeaderAppendAction::AppendIfExistsOrAdd) => AppendAction::Append,
+                (None, HeaderAppendAction::AddIfAbsent) => AppendAction::AddIfAbsent,
+                (None, HeaderAppendAction::OverwriteIfExistsOrAdd) => AppendAction::Overwrite,
+                (None, HeaderAppendAction::OverwriteIfExists) => AppendAction::OverwriteIfExists,
+            };
+            ops.add.push((name, value, action, opt.keep_empty_value));
+        }
+        for (i, r) in remove.iter().enumerate() {
+            let name = HeaderName::from_bytes(r.as_bytes()).map_err(|_| {
+                ctx.index(remove_field, i)
+                    .invalid(format!("bad header name {r:?}"))
+            })?;
+            ops.remove.push(name);
+        }
+        Ok(ops)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Applies removals, then additions (Envoy's order).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value, action, keep_empty) in &self.add {
+            if value.is_empty() && !keep_empty {
+                continue;
+            }
+            match action {
+                AppendAction::Append => {
+                    headers.append(name.clone(), value.clone());
+                }
+                AppendAction::AddIfAbsent => {
+                    if !headers.contains_key(name) {
+                        headers.insert(name.clone(), value.clone());
+                    }
+                }
+                AppendAction::Overwrite => {
+                    headers.insert(name.clone(), value.clone());
+                }
+                AppendAction::OverwriteIfExists => {
+                    if headers.contains_key(name) {
+                        headers.insert(name.clone(), value.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+// === impl Fraction ===
+
+/// A percentage as parts per million, decided with one random number.
+#[derive(Debug, Clone, Copy)]
+pub struct Fraction {
+    per_million: u32,
+}
+
+impl Fraction {
+    pub const ALWAYS: Fraction = Fraction {
+        per_million: 1_000_000,
+    };
+
+    pub fn compile(p: Option<&FractionalPercent>) -> Fraction {
+        let Some(p) = p else { return Fraction::ALWAYS };
+        let scale = match p.denominator() {
+            DenominatorType::Hundred => 10_000u64,
+            DenominatorType::TenThousand => 100,
+            DenominatorType::Million => 1,
+        };
+        Fraction {
+            per_million: (p.numerator as u64 * scale).min(1_000_000) as u32,
+        }
+    }
+
+    pub fn hit(&self) -> bool {
+        self.per_million >= 1_000_000
+            || (self.per_million > 0 && fastrand::u32(0..1_000_000) < self.per_million)
+    }
+}

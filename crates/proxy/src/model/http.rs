@@ -1,0 +1,286 @@
+//! A compiled `http_connection_manager`: codec, route table, HTTP filters
+//! (fault, local rate limit, router), request-id and forwarding-header
+//! behaviour, timeouts and access logs.
+
+use super::cluster::Cluster;
+use super::common::{Ctx, Fraction, duration, opt_duration};
+use super::route::RouteTable;
+use crate::accesslog::AccessLog;
+use crate::config::ConfigError;
+use crate::stats::{HttpStats, Stats};
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+    HttpFault, fault_abort::ErrorType,
+};
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as PbLocalRateLimit;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager::CodecType,
+    http_connection_manager::RouteSpecifier, http_filter::ConfigType,
+};
+use http::{HeaderValue, StatusCode};
+use prost::Message;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Debug)]
+pub struct Fault {
+    pub delay: Option<(Duration, Fraction)>,
+    pub abort: Option<(StatusCode, Fraction)>,
+}
+
+/// A token bucket shared by the workers (only consulted when configured).
+#[derive(Debug)]
+pub struct LocalRateLimit {
+    pub max_tokens: u64,
+    pub tokens_per_fill: u64,
+    pub fill_interval: Duration,
+    pub enabled: Fraction,
+    pub enforced: Fraction,
+    pub status: StatusCode,
+    state: Mutex<(u64, std::time::Instant)>,
+}
+
+impl LocalRateLimit {
+    /// Takes a token; false when the bucket is empty.
+    pub fn take(&self) -> bool {
+        let mut s = self.state.lock().expect("rate limit bucket");
+        let now = std::time::Instant::now();
+        let elapsed = now.duration_since(s.1);
+        let fills = (elapsed.as_nanos() / self.fill_interval.as_nanos().max(1)) as u64;
+        if fills > 0 {
+            s.0 = (s.0 + fills * self.tokens_per_fill).min(self.max_tokens);
+            s.1 += self.fill_interval * fills as u32;
+        }
+        if s.0 == 0 {
+            return false;
+        }
+        s.0 -= 1;
+        true
+    }
+}
+
+#[derive(Debug)]
+pub enum HttpFilter {
+    Fault(Fault),
+    LocalRateLimit(LocalRateLimit),
+}
+
+#[derive(Debug)]
+pub struct HttpManager {
+    pub stat_prefix: Arc<str>,
+    pub codec: Codec,
+    pub routes: RouteTable,
+    pub filters: Vec<HttpFilter>,
+    pub access_logs: Vec<AccessLog>,
+    pub use_remote_address: bool,
+    pub xff_num_trusted_hops: u32,
+    pub skip_xff_append: bool,
+    pub generate_request_id: bool,
+    pub preserve_external_request_id: bool,
+    pub always_set_request_id_in_response: bool,
+    pub stream_idle_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub websocket: bool,
+    pub server_name: HeaderValue,
+    pub stats: HttpStats,
+}
+
+impl HttpManager {
+    pub fn compile(
+        ctx: &Ctx<'_>,
+        m: &HttpConnectionManager,
+        clusters: &HashMap<String, Arc<Cluster>>,
+        stats: &Stats,
+    ) -> Result<Self, ConfigError> {
+        let codec = match m.codec_type() {
+            CodecType::Auto => Codec::Auto,
+            CodecType::Http1 => Codec::Http1,
+            CodecType::Http2 => Codec::Http2,
+            CodecType::Http3 => return Err(ctx.field("codec_type").unsupported("HTTP3")),
+        };
+        let routes = match &m.route_specifier {
+            Some(RouteSpecifier::RouteConfig(rc)) => {
+                RouteTable::compile(&ctx.field("route_config"), rc, clusters)?
+            }
+            Some(RouteSpecifier::Rds(_)) => {
+                return Err(ctx.field("rds").unsupported("RDS needs the xDS client"));
+            }
+            Some(RouteSpecifier::ScopedRoutes(_)) => {
+                return Err(ctx.field("scoped_routes").unsupported(""));
+            }
+            None => return Err(ctx.invalid("route_config is required")),
+        };
+        let mut filters = Vec::new();
+        let mut saw_router = false;
+        for (i, f) in m.http_filters.iter().enumerate() {
+            let c = ctx.index("http_filters", i);
+            let Some(ConfigType::TypedConfig(any)) = &f.config_type else {
+                return Err(c
+                    .field("typed_config")
+                    .invalid(format!("filter {:?} needs a typed_config", f.name)));
+            };
+            if saw_router {
+                return Err(c.invalid("the router must be the last HTTP filter"));
+            }
+            let tc = c.field("typed_config");
+            let decode_err = |e: prost::DecodeError| tc.invalid(e.to_string());
+            match any.type_url.rsplit('/').next().unwrap_or_default() {
+                "envoy.extensions.filters.http.router.v3.Router" => saw_router = true,
+                "envoy.extensions.filters.http.fault.v3.HTTPFault" => {
+                    let pbf = HttpFault::decode(any.value.as_slice()).map_err(decode_err)?;
+                    filters.push(HttpFilter::Fault(compile_fault(&tc, &pbf)?));
+                }
+                "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit" => {
+                    let pbl = PbLocalRateLimit::decode(any.value.as_slice()).map_err(decode_err)?;
+                    filters.push(HttpFilter::LocalRateLimit(compile_rate_limit(&tc, &pbl)?));
+                }
+                other => return Err(tc.unsupported(format!("HTTP filter {other}"))),
+            }
+        }
+        if !saw_router {
+            return Err(ctx
+                .field("http_filters")
+                .invalid("envoy.filters.http.router is required as the last filter"));
+        }
+        let mut websocket = false;
+        for (i, u) in m.upgrade_configs.iter().enumerate() {
+            if !u.upgrade_type.eq_ignore_ascii_case("websocket") {
+                return Err(ctx
+                    .index("upgrade_configs", i)
+                    .unsupported(format!("upgrade_type {:?}", u.upgrade_type)));
+            }
+            websocket = u.enabled.as_ref().map(|b| b.value).unwrap_or(true);
+        }
+        let server_name = if m.server_name.is_empty() {
+            "envoy"
+        } else {
+            m.server_name.as_str()
+        };
+        let stat_prefix: Arc<str> = m.stat_prefix.as_str().into();
+        Ok(HttpManager {
+            stats: stats.http(&stat_prefix),
+            stat_prefix,
+            codec,
+            routes,
+            filters,
+            access_logs: super::access_logs(ctx, &m.access_log)?,
+            use_remote_address: m.use_remote_address.as_ref().is_some_and(|b| b.value),
+            xff_num_trusted_hops: m.xff_num_trusted_hops,
+            skip_xff_append: m.skip_xff_append,
+            generate_request_id: m
+                .generate_request_id
+                .as_ref()
+                .map(|b| b.value)
+                .unwrap_or(true),
+            preserve_external_request_id: m.preserve_external_request_id,
+            always_set_request_id_in_response: m.always_set_request_id_in_response,
+            stream_idle_timeout: opt_duration(
+                &ctx.field("stream_idle_timeout"),
+                m.stream_idle_timeout.as_ref(),
+            )?
+            .or(Some(Duration::from_secs(300)))
+            .filter(|d| !d.is_zero()),
+            request_timeout: opt_duration(
+                &ctx.field("request_timeout"),
+                m.request_timeout.as_ref(),
+            )?
+            .filter(|d| !d.is_zero()),
+            idle_timeout: m
+                .common_http_protocol_options
+                .as_ref()
+                .and_then(|o| o.idle_timeout.as_ref())
+                .map(|d| duration(&ctx.field("common_http_protocol_options.idle_timeout"), d))
+                .transpose()?
+                .or(Some(Duration::from_secs(3600)))
+                .filter(|d| !d.is_zero()),
+            websocket,
+            server_name: HeaderValue::from_str(server_name).map_err(|_| {
+                ctx.field("server_name")
+                    .invalid(format!("bad server name {server_name:?}"))
+            })?,
+        })
+    }
+}
+
+fn compile_fault(ctx: &Ctx<'_>, f: &HttpFault) -> Result<Fault, ConfigError> {
+    let delay = match &f.delay {
+        Some(d) => {
+            let c = ctx.field("delay");
+            let fixed = match &d.fault_delay_secifier {
+                Some(FaultDelaySecifier::FixedDelay(fd)) => duration(&c.field("fixed_delay"), fd)?,
+                _ => return Err(c.unsupported("only fixed_delay is implemented")),
+            };
+            Some((fixed, Fraction::compile(d.percentage.as_ref())))
+        }
+        None => None,
+    };
+    let abort = match &f.abort {
+        Some(a) => {
+            let c = ctx.field("abort");
+            let status = match &a.error_type {
+                Some(ErrorType::HttpStatus(s)) => u16::try_from(*s)
+                    .ok()
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                    .filter(|s| (200..600).contains(&s.as_u16()))
+                    .ok_or_else(|| c.field("http_status").invalid(format!("bad status {s}")))?,
+                _ => return Err(c.unsupported("only http_status is implemented")),
+            };
+            Some((status, Fraction::compile(a.percentage.as_ref())))
+        }
+        None => None,
+    };
+    Ok(Fault { delay, abort })
+}
+
+fn compile_rate_limit(ctx: &Ctx<'_>, l: &PbLocalRateLimit) -> Result<LocalRateLimit, ConfigError> {
+    let tb = l.token_bucket.as_ref().ok_or_else(|| {
+        ctx.field("token_bucket")
+            .invalid("token_bucket is required")
+    })?;
+    let fill_interval = tb
+        .fill_interval
+        .as_ref()
+        .map(|d| duration(&ctx.field("token_bucket.fill_interval"), d))
+        .transpose()?
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            ctx.field("token_bucket.fill_interval")
+                .invalid("fill_interval must be positive")
+        })?;
+    let max_tokens = tb.max_tokens as u64;
+    // Envoy: both fractions default to 0% when unset.
+    let frac =
+        |f: Option<&envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent>| match f {
+            Some(r) => Fraction::compile(r.default_value.as_ref()),
+            None => Fraction::compile(Some(&Default::default())),
+        };
+    let status = match &l.status {
+        Some(s) if s.code != 0 => StatusCode::from_u16(s.code as u16).map_err(|_| {
+            ctx.field("status")
+                .invalid(format!("bad status {}", s.code))
+        })?,
+        _ => StatusCode::TOO_MANY_REQUESTS,
+    };
+    Ok(LocalRateLimit {
+        max_tokens,
+        tokens_per_fill: tb
+            .tokens_per_fill
+            .as_ref()
+            .map(|v| v.value as u64)
+            .unwrap_or(1),
+        fill_interval,
+        enabled: frac(l.filter_enabled.as_ref()),
+        enforced: frac(l.filter_enforced.as_ref()),
+        status,
+        state: Mutex::new((max_tokens, std::time::Instant::now())),
+    })
+}

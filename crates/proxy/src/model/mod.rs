@@ -1,0 +1,190 @@
+//! The compiled configuration: immutable plain data built once per config
+//! version from the `envoy-types` protos and swapped in whole (`arc-swap`).
+//! Requests read it without locks. Compile errors name the field's path.
+
+pub mod cluster;
+pub mod common;
+pub mod http;
+pub mod lb;
+pub mod listener;
+pub mod route;
+
+use crate::accesslog::{AccessLog, DEFAULT_FORMAT};
+use crate::config::{ConfigError, LoadedBootstrap};
+use crate::stats::Stats;
+use bytes::Bytes;
+use cluster::Cluster;
+use common::Ctx;
+use envoy_types::pb::envoy::config::accesslog::v3::{
+    AccessLog as PbAccessLog, access_log::ConfigType,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, data_source::Specifier, substitution_format_string::Format as SubFormat,
+};
+use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
+    FileAccessLog, file_access_log::AccessLogFormat,
+};
+use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
+    StderrAccessLog, StdoutAccessLog,
+};
+use listener::Listener;
+use prost::Message;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// One accepted configuration version.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub listeners: Vec<Arc<Listener>>,
+    pub clusters: HashMap<String, Arc<Cluster>>,
+    /// Cluster names in configuration order (for /clusters and /stats).
+    pub cluster_order: Vec<String>,
+    pub admin: Option<SocketAddr>,
+    pub node_id: String,
+    pub node_cluster: String,
+    /// The bootstrap in JSON form, for `/config_dump`.
+    pub config_json: serde_json::Value,
+}
+
+impl Snapshot {
+    pub fn compile(loaded: &LoadedBootstrap, stats: &Stats) -> Result<Snapshot, ConfigError> {
+        let b = &loaded.bootstrap;
+        let root = Ctx::new(&loaded.origin, "");
+        let sr = b.static_resources.clone().unwrap_or_default();
+        let sctx = root.field("static_resources");
+        let mut clusters = HashMap::new();
+        let mut cluster_order = Vec::new();
+        for (i, c) in sr.clusters.iter().enumerate() {
+            let ctx = sctx.index("clusters", i);
+            let compiled = Cluster::compile(&ctx, c, stats)?;
+            if clusters
+                .insert(c.name.clone(), Arc::new(compiled))
+                .is_some()
+            {
+                return Err(ctx
+                    .field("name")
+                    .invalid(format!("duplicate cluster {:?}", c.name)));
+            }
+            cluster_order.push(c.name.clone());
+        }
+        let mut listeners = Vec::new();
+        for (i, l) in sr.listeners.iter().enumerate() {
+            let ctx = sctx.index("listeners", i);
+            let compiled = Listener::compile(&ctx, l, &clusters, stats)?;
+            if listeners
+                .iter()
+                .any(|x: &Arc<Listener>| x.name == compiled.name)
+            {
+                return Err(ctx
+                    .field("name")
+                    .invalid(format!("duplicate listener {:?}", compiled.name)));
+            }
+            listeners.push(Arc::new(compiled));
+        }
+        let admin = match b.admin.as_ref().and_then(|a| a.address.as_ref()) {
+            Some(a) => Some(listener::socket_addr(
+                &root.field("admin").field("address"),
+                Some(a),
+            )?),
+            None => None,
+        };
+        let node = b.node.clone().unwrap_or_default();
+        Ok(Snapshot {
+            listeners,
+            clusters,
+            cluster_order,
+            admin,
+            node_id: node.id,
+            node_cluster: node.cluster,
+            config_json: loaded.json.clone(),
+        })
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&Arc<Listener>> {
+        self.listeners.iter().find(|l| &*l.name == name)
+    }
+}
+
+/// Reads an inline or file `DataSource`.
+pub fn data_source(ctx: &Ctx<'_>, d: &DataSource) -> Result<Bytes, ConfigError> {
+    match &d.specifier {
+        Some(Specifier::InlineString(s)) => Ok(Bytes::from(s.clone())),
+        Some(Specifier::InlineBytes(b)) => Ok(Bytes::from(b.clone())),
+        Some(Specifier::Filename(f)) => std::fs::read(f).map(Bytes::from).map_err(|e| {
+            ctx.field("filename")
+                .invalid(format!("cannot read {f}: {e}"))
+        }),
+        Some(_) => Err(ctx.unsupported("")),
+        None => Ok(Bytes::new()),
+    }
+}
+
+#[allow(deprecated)]
+fn text_format(
+    ctx: &Ctx<'_>,
+    f: Option<&envoy_types::pb::envoy::config::core::v3::SubstitutionFormatString>,
+) -> Result<String, ConfigError> {
+    let Some(f) = f else {
+        return Ok(DEFAULT_FORMAT.to_owned());
+    };
+    match &f.format {
+        Some(SubFormat::TextFormat(t)) => Ok(t.clone()),
+        Some(SubFormat::TextFormatSource(ds)) => {
+            let b = data_source(&ctx.field("text_format_source"), ds)?;
+            String::from_utf8(b.to_vec())
+                .map_err(|_| ctx.field("text_format_source").invalid("not UTF-8"))
+        }
+        Some(SubFormat::JsonFormat(_)) => Err(ctx.field("json_format").unsupported("")),
+        None => Ok(DEFAULT_FORMAT.to_owned()),
+    }
+}
+
+/// Compiles `access_log` entries (file, stdout, stderr loggers).
+pub fn access_logs(ctx: &Ctx<'_>, logs: &[PbAccessLog]) -> Result<Vec<AccessLog>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, l) in logs.iter().enumerate() {
+        let c = ctx.index("access_log", i);
+        let Some(ConfigType::TypedConfig(any)) = &l.config_type else {
+            return Err(c.field("typed_config").invalid("typed_config is required"));
+        };
+        let tc = c.field("typed_config");
+        let err = |e: prost::DecodeError| tc.invalid(e.to_string());
+        let (path, format) = match any.type_url.rsplit('/').next().unwrap_or_default() {
+            "envoy.extensions.access_loggers.file.v3.FileAccessLog" => {
+                let f = FileAccessLog::decode(any.value.as_slice()).map_err(err)?;
+                #[allow(deprecated)]
+                let format = match &f.access_log_format {
+                    Some(AccessLogFormat::Format(s)) if !s.is_empty() => s.clone(),
+                    Some(AccessLogFormat::LogFormat(lf)) => {
+                        text_format(&tc.field("log_format"), Some(lf))?
+                    }
+                    None | Some(AccessLogFormat::Format(_)) => DEFAULT_FORMAT.to_owned(),
+                    Some(_) => {
+                        return Err(tc.unsupported("JSON access log formats are not implemented"));
+                    }
+                };
+                (f.path, format)
+            }
+            "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog" => {
+                let f = StdoutAccessLog::decode(any.value.as_slice()).map_err(err)?;
+                let lf = f.access_log_format.as_ref().map(|envoy_types::pb::envoy::extensions::access_loggers::stream::v3::stdout_access_log::AccessLogFormat::LogFormat(lf)| lf);
+                (
+                    "/dev/stdout".to_owned(),
+                    text_format(&tc.field("log_format"), lf)?,
+                )
+            }
+            "envoy.extensions.access_loggers.stream.v3.StderrAccessLog" => {
+                let f = StderrAccessLog::decode(any.value.as_slice()).map_err(err)?;
+                let lf = f.access_log_format.as_ref().map(|envoy_types::pb::envoy::extensions::access_loggers::stream::v3::stderr_access_log::AccessLogFormat::LogFormat(lf)| lf);
+                (
+                    "/dev/stderr".to_owned(),
+                    text_format(&tc.field("log_format"), lf)?,
+                )
+            }
+            other => return Err(tc.unsupported(format!("access logger {other}"))),
+        };
+        out.push(AccessLog::new(&tc, &path, &format)?);
+    }
+    Ok(out)
+}

@@ -52,10 +52,10 @@ pub struct CaptureFlags {
         default_value = "15008"
     )]
     pub inbound_tunnel_port: String,
-    /// Comma list of uids whose traffic is not captured (the proxy's) [default: 1337].
+    /// Comma list of uids (or user names) whose traffic is not captured (the proxy's) [default: 1337].
     #[arg(allow_hyphen_values = true, short = 'u', long = "proxy-uid")]
     pub proxy_uid: Option<String>,
-    /// Comma list of gids whose traffic is not captured [default: the -u value].
+    /// Comma list of gids (or group names) whose traffic is not captured [default: the -u value].
     #[arg(allow_hyphen_values = true, short = 'g', long = "proxy-gid")]
     pub proxy_gid: Option<String>,
     /// How inbound traffic is captured: REDIRECT or TPROXY.
@@ -176,13 +176,12 @@ impl CaptureFlags {
     /// Validates every flag and environment value and fills in what Istio
     /// detects (IPv6, resolvers) unless given explicitly. Reads only.
     pub fn to_config(&self, env: &CaptureEnv) -> Result<CaptureConfig, CaptureError> {
-        let uids = config::parse_id_list(
-            "-u/--proxy-uid",
-            self.proxy_uid.as_deref().unwrap_or("1337"),
-        )?;
+        let uid_text = self.proxy_uid.as_deref().unwrap_or("1337");
+        let uids = config::parse_id_list("-u/--proxy-uid", uid_text, config::lookup_uid)?;
+        // Like Istio, -g defaults to the -u value (read as groups).
         let gids = match &self.proxy_gid {
-            Some(g) => config::parse_id_list("-g/--proxy-gid", g)?,
-            None => uids.clone(),
+            Some(g) => config::parse_id_list("-g/--proxy-gid", g, config::lookup_gid)?,
+            None => config::parse_id_list("-u/--proxy-uid", uid_text, config::lookup_gid)?,
         };
         if self.outbound_ranges_exclude.trim() == "*" {
             return Err(CaptureError::flag(

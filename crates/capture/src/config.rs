@@ -286,31 +286,72 @@ pub fn parse_outbound_ranges(
     })
 }
 
-/// A numeric uid or gid list (at least one id).
-pub fn parse_id_list(flag: &'static str, value: &str) -> Result<Vec<u32>, CaptureError> {
+/// A uid or gid list (at least one): numbers, or user/group names that
+/// `resolve` turns into numbers (istio-iptables passes names through to
+/// iptables; we resolve them here so a missing name is refused up front).
+pub fn parse_id_list(
+    flag: &'static str,
+    value: &str,
+    resolve: impl Fn(&str) -> Option<u32>,
+) -> Result<Vec<u32>, CaptureError> {
     let items = split_list(value);
     if items.is_empty() {
         return Err(CaptureError::flag(
             flag,
             value,
-            "expected at least one numeric id, e.g. 1337",
+            "expected at least one id, e.g. 1337",
         ));
     }
     items
         .into_iter()
         .map(|item| {
-            item.parse::<u32>()
-                .ok()
-                .filter(|id| *id != u32::MAX)
-                .ok_or_else(|| {
-                    CaptureError::flag(
+            if let Ok(id) = item.parse::<u32>() {
+                return if id == u32::MAX {
+                    Err(CaptureError::flag(
                         flag,
                         value,
-                        format!("{item:?} is not a numeric id between 0 and 4294967294"),
-                    )
-                })
+                        format!("{item:?} is not an id between 0 and 4294967294"),
+                    ))
+                } else {
+                    Ok(id)
+                };
+            }
+            let name_like = !item.starts_with('-')
+                && item
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if !name_like {
+                return Err(CaptureError::flag(
+                    flag,
+                    value,
+                    format!("{item:?} is neither a numeric id nor a user/group name"),
+                ));
+            }
+            resolve(item).ok_or_else(|| {
+                CaptureError::flag(
+                    flag,
+                    value,
+                    format!("{item:?} is not a numeric id and no such user/group exists here"),
+                )
+            })
         })
         .collect()
+}
+
+/// Resolves a user name to its uid via the system's user database.
+pub fn lookup_uid(name: &str) -> Option<u32> {
+    nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
+}
+
+/// Resolves a group name to its gid via the system's group database.
+pub fn lookup_gid(name: &str) -> Option<u32> {
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
 }
 
 /// `-m`: `REDIRECT` or `TPROXY` (case-insensitive; empty means REDIRECT).

@@ -280,7 +280,11 @@ fn bad_flags_exit_non_zero_name_the_flag_and_touch_nothing() {
     let cases: &[(&[&str], &str, &str)] = &[
         (&["-p", "70000"], "-p/--envoy-port", "70000"),
         (&["-z", "abc"], "-z/--inbound-capture-port", "abc"),
-        (&["-u", "istio-proxy"], "-u/--proxy-uid", "istio-proxy"),
+        (
+            &["-u", "no-such-user-weft"],
+            "-u/--proxy-uid",
+            "no-such-user-weft",
+        ),
         (&["-g", "-7"], "-g/--proxy-gid", "-7"),
         (
             &["-m", "DNAT"],

@@ -33,6 +33,12 @@ fn gid_defaults_to_uid_like_istio() {
 }
 
 #[test]
+fn user_and_group_names_resolve() {
+    let cfg = config(&["-u", "root"]).unwrap();
+    assert_eq!((cfg.proxy_uids, cfg.proxy_gids), (vec![0], vec![0]));
+}
+
+#[test]
 fn last_value_wins_for_repeated_flags() {
     let cfg = config(&["-b", "", "-b", "80"]).unwrap();
     assert_eq!(cfg.inbound_ports, crate::InboundPorts::Only(vec![80]));
@@ -80,7 +86,11 @@ fn bad_values_name_flag_and_value() {
         (&["-p", "70000"], "-p/--envoy-port", "70000"),
         (&["-z", "0"], "-z/--inbound-capture-port", "0"),
         (&["-e", "x"], "-e/--inbound-tunnel-port", "x"),
-        (&["-u", "root"], "-u/--proxy-uid", "root"),
+        (
+            &["-u", "no-such-user-weft"],
+            "-u/--proxy-uid",
+            "no-such-user-weft",
+        ),
         (&["-g", "1,-2"], "-g/--proxy-gid", "1,-2"),
         (
             &["-m", "MASQUERADE"],

@@ -66,15 +66,28 @@ fn cidrs_keep_the_written_address_and_refuse_garbage() {
 }
 
 #[test]
-fn ids_are_numeric_and_non_empty() {
-    assert_eq!(parse_id_list("-u", "3,4").unwrap(), vec![3, 4]);
-    assert_eq!(parse_id_list("-u", "0").unwrap(), vec![0]);
-    for bad in ["", "istio-proxy", "-5", "4294967295", "1,x"] {
-        let err = parse_id_list("-u/--proxy-uid", bad)
+fn ids_are_numbers_or_names_that_exist() {
+    let resolve = |name: &str| (name == "istio-proxy").then_some(1337);
+    assert_eq!(parse_id_list("-u", "3,4", resolve).unwrap(), vec![3, 4]);
+    assert_eq!(parse_id_list("-u", "0", resolve).unwrap(), vec![0]);
+    assert_eq!(
+        parse_id_list("-u", "istio-proxy,5", resolve).unwrap(),
+        vec![1337, 5]
+    );
+    for bad in ["", "nobody-here", "-5", "4294967295", "1,x y", "a/b"] {
+        let err = parse_id_list("-u/--proxy-uid", bad, resolve)
             .unwrap_err()
             .to_string();
         assert!(err.contains("-u/--proxy-uid"), "{bad}: {err}");
+        assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
     }
+}
+
+#[test]
+fn system_lookups_find_root() {
+    assert_eq!(lookup_uid("root"), Some(0));
+    assert_eq!(lookup_gid("root"), Some(0));
+    assert_eq!(lookup_uid("no-such-user-weft"), None);
 }
 
 #[test]

@@ -63,6 +63,7 @@ pub async fn send(net: &Net, spec: &RequestSpec, port: u16, test_id: &str) -> Cl
                     })
             }
             Protocol::Raw => raw(net, spec, port).await,
+            Protocol::ServerFirst => server_first(net, port).await,
         }
     };
     match tokio::time::timeout(CLIENT_TIMEOUT, fut).await {
@@ -332,6 +333,25 @@ async fn raw(net: &Net, spec: &RequestSpec, port: u16) -> Result<ClientResult, S
     Ok(ClientResult {
         status,
         echo: Some("closed".into()),
+        ..Default::default()
+    })
+}
+
+/// Connects, sends nothing, reads the first line the server sends (through
+/// a proxy whose protocol sniffing must give up and pass the connection on).
+async fn server_first(net: &Net, port: u16) -> Result<ClientResult, String> {
+    let mut s = net.dial(port).await.map_err(|e| format!("connect: {e}"))?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\n") {
+        match s.read(&mut byte).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => line.push(byte[0]),
+        }
+    }
+    let text = String::from_utf8_lossy(&line).trim_end().to_string();
+    Ok(ClientResult {
+        echo: Some(text),
         ..Default::default()
     })
 }

@@ -111,6 +111,31 @@ impl Net {
         tokio::net::TcpListener::from_std(l).expect("tokio listener")
     }
 
+    /// A listener on 127.0.0.1 with an accept backlog of 0 that nobody
+    /// accepts from, its queue filled by a few held connections, so further
+    /// connection attempts hang (Linux drops SYNs to a full accept queue).
+    pub async fn blackhole(&self) -> (u16, tokio::net::TcpListener, Vec<TcpStream>) {
+        assert!(
+            self.netns.is_none(),
+            "blackhole upstreams are not supported in capture scenarios"
+        );
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .expect("bind blackhole");
+        let port = sock.local_addr().expect("addr").port();
+        let listener = sock.listen(0).expect("listen blackhole");
+        let mut fillers = Vec::new();
+        for _ in 0..3 {
+            let connect = TcpStream::connect((Ipv4Addr::LOCALHOST, port));
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(std::time::Duration::from_millis(300), connect).await
+            {
+                fillers.push(s);
+            }
+        }
+        (port, listener, fillers)
+    }
+
     /// A client connection to 127.0.0.1:`port` (from the capture source
     /// address when the scenario captures).
     pub async fn dial(&self, port: u16) -> std::io::Result<TcpStream> {

@@ -32,12 +32,12 @@ impl Observation {
     /// The upstream that served the last attempt (`none` if none did).
     pub fn upstream(&self) -> String {
         match self.protocol {
-            Protocol::Tcp | Protocol::TlsHello => self
+            Protocol::Tcp | Protocol::TlsHello | Protocol::ServerFirst => self
                 .client
                 .echo
                 .as_deref()
                 .and_then(|e| e.lines().next())
-                .filter(|l| !l.is_empty())
+                .and_then(|l| l.split_whitespace().next())
                 .unwrap_or("none")
                 .to_string(),
             _ => self
@@ -65,7 +65,7 @@ impl Observation {
             .iter()
             .any(|(k, _)| k == "x-echo-upstream");
         match self.protocol {
-            Protocol::Tcp | Protocol::TlsHello => {
+            Protocol::Tcp | Protocol::TlsHello | Protocol::ServerFirst => {
                 f.insert("upstream", self.upstream());
                 f.insert("echo", self.client.echo.clone().unwrap_or_default());
                 f.insert("transport_error", self.client.error.is_some().to_string());
@@ -121,7 +121,10 @@ impl Observation {
                 f.insert("log_upstream_host", l.upstream_host.clone());
                 f.insert("log_code", l.code.clone());
                 f.insert("log_protocol", l.protocol.clone());
-                if matches!(self.protocol, Protocol::Tcp | Protocol::TlsHello) {
+                if matches!(
+                    self.protocol,
+                    Protocol::Tcp | Protocol::TlsHello | Protocol::ServerFirst
+                ) {
                     f.insert("bytes_received", l.bytes_received.clone());
                     f.insert("bytes_sent", l.bytes_sent.clone());
                 }

@@ -74,6 +74,12 @@ pub enum UpstreamSpec {
     Tcp,
     /// A reserved port nothing listens on (connection refused).
     Dead,
+    /// A server-first TCP server (like MySQL): greets `NAME hello\n` on
+    /// accept, before reading anything, then waits for EOF.
+    Greeter,
+    /// A listener whose accept queue is kept full, so new connection
+    /// attempts hang (exercises connect timeouts).
+    Blackhole,
 }
 
 /// How an HTTP upstream answers (request headers `x-echo-*` override it).
@@ -115,6 +121,8 @@ pub enum Protocol {
     TlsHello,
     /// `raw` bytes written as they are; the first status line read.
     Raw,
+    /// Connect and send nothing; read one line the server sends first.
+    ServerFirst,
 }
 
 /// One request (or a group of `repeat` identical requests).

@@ -62,6 +62,8 @@ pub struct Upstreams {
     pub ports: BTreeMap<String, u16>,
     pub recorder: Recorder,
     tasks: Vec<JoinHandle<()>>,
+    /// Blackhole listeners and the connections that fill their queues.
+    _held: Vec<(TcpListener, Vec<tokio::net::TcpStream>)>,
 }
 
 impl Drop for Upstreams {
@@ -78,10 +80,21 @@ pub async fn start(specs: &BTreeMap<String, UpstreamSpec>, net: &Net) -> Upstrea
     let recorder = Recorder::default();
     let mut ports = BTreeMap::new();
     let mut tasks = Vec::new();
+    let mut held = Vec::new();
     for (name, spec) in specs {
         match spec {
             UpstreamSpec::Dead => {
                 ports.insert(name.clone(), free_port());
+            }
+            UpstreamSpec::Blackhole => {
+                let (port, listener, fillers) = net.blackhole().await;
+                ports.insert(name.clone(), port);
+                held.push((listener, fillers));
+            }
+            UpstreamSpec::Greeter => {
+                let l = net.listen();
+                ports.insert(name.clone(), l.local_addr().expect("addr").port());
+                tasks.push(tokio::spawn(greeter(l, name.clone(), recorder.clone())));
             }
             UpstreamSpec::Tcp => {
                 let l = net.listen();
@@ -105,6 +118,7 @@ pub async fn start(specs: &BTreeMap<String, UpstreamSpec>, net: &Net) -> Upstrea
         ports,
         recorder,
         tasks,
+        _held: held,
     }
 }
 
@@ -134,6 +148,31 @@ async fn tcp_echo(l: TcpListener, name: String, rec: Recorder) {
             out.extend_from_slice(&buf);
             let _ = s.write_all(&out).await;
             let _ = s.shutdown().await;
+        });
+    }
+}
+
+async fn greeter(l: TcpListener, name: String, rec: Recorder) {
+    loop {
+        let Ok((mut s, _)) = l.accept().await else {
+            continue;
+        };
+        rec.push(Seen {
+            upstream: name.clone(),
+            test_id: "tcp".into(),
+            method: "TCP".into(),
+            path: String::new(),
+            authority: String::new(),
+            version: "tcp".into(),
+            headers: Vec::new(),
+        });
+        let greeting = format!("{name} hello\n");
+        tokio::spawn(async move {
+            if s.write_all(greeting.as_bytes()).await.is_ok() {
+                let mut sink = Vec::new();
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut sink)).await;
+            }
         });
     }
 }

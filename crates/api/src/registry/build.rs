@@ -89,7 +89,31 @@ impl Registry {
                 }
             }
         }
+        reg.auto_allocate();
         reg
+    }
+
+    /// Gives each ServiceEntry host without addresses (and not a wildcard,
+    /// and not resolution NONE) a VIP in 240.240.0.0/16: start at a hash
+    /// of `namespace/host`, probe upward on collision.
+    fn auto_allocate(&mut self) {
+        const SIZE: u32 = 65534; // 240.240.0.1 ..= 240.240.255.254
+        let mut used = std::collections::HashSet::new();
+        for svc in self.services.values_mut() {
+            let eligible = svc.source == ServiceSource::ServiceEntry
+                && svc.addresses.is_empty()
+                && !svc.hostname.starts_with('*')
+                && svc.resolution != Resolution::Passthrough;
+            if !eligible {
+                continue;
+            }
+            let mut slot = fnv1a(format!("{}/{}", svc.namespace, svc.hostname).as_bytes()) % SIZE;
+            while !used.insert(slot) {
+                slot = (slot + 1) % SIZE;
+            }
+            let n = slot + 1;
+            svc.auto_allocated_address = Some(format!("240.240.{}.{}", n / 256, n % 256));
+        }
     }
 
     fn insert(&mut self, svc: Service, eps: Vec<Endpoint>) {
@@ -109,6 +133,16 @@ impl Registry {
         self.endpoints.insert(svc.hostname.clone(), eps);
         self.services.insert(svc.hostname.clone(), svc);
     }
+}
+
+/// FNV-1a, 32 bits: a hash that is stable across builds and platforms.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bytes {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
 }
 
 /// Workloads indexed by namespace and by `(namespace, label, value)`, so a
@@ -277,6 +311,8 @@ fn kube_service(
             .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
             .unwrap_or_default(),
         labels: o.meta.labels.clone(),
+        selector: spec.selector.clone(),
+        auto_allocated_address: None,
     };
 
     let mut eps = Vec::new();
@@ -437,6 +473,8 @@ fn service_entry(
             location,
             export_to: se.export_to.clone(),
             labels: o.meta.labels.clone(),
+            selector: se.workload_selector.as_ref().map(|w| w.labels.clone()),
+            auto_allocated_address: None,
         };
         let mut eps = Vec::new();
         for p in &se.ports {

@@ -7,6 +7,7 @@
 
 mod build;
 mod host;
+mod scope;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,6 +17,7 @@ pub use host::{
     DEFAULT_DOMAIN, host_matches, kube_fqdn, resolve_config_host, search_candidates,
     service_aliases,
 };
+pub use scope::{EgressHost, NamespaceSelector, export_visible, sidecar_for_workload};
 
 use crate::validate::Protocol;
 
@@ -76,6 +78,14 @@ pub struct Service {
     pub location: MeshLocation,
     pub export_to: Vec<String>,
     pub labels: BTreeMap<String, String>,
+    /// Workload selector: the Kubernetes Service selector, or a
+    /// ServiceEntry's `workloadSelector.labels`.
+    pub selector: Option<BTreeMap<String, String>>,
+    /// A VIP from 240.240.0.0/16 for ServiceEntry hosts without addresses
+    /// (Istio's DNS auto-allocation, used when the proxy sets
+    /// `ISTIO_META_DNS_AUTO_ALLOCATE`). Stable: derived from a hash of the
+    /// namespace and host, probing on collision in hostname order.
+    pub auto_allocated_address: Option<String>,
 }
 
 impl Service {
@@ -219,6 +229,25 @@ impl Registry {
             .values()
             .filter(|s| s.hostname.starts_with('*') && host_matches(&s.hostname, name))
             .max_by_key(|s| s.hostname.len())
+    }
+
+    /// Services a workload serves: Kubernetes Services in its namespace whose
+    /// selector matches its labels, and ServiceEntries whose
+    /// `workloadSelector` does.
+    pub fn services_for_workload(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<&Service> {
+        self.services
+            .values()
+            .filter(|s| {
+                s.namespace == namespace
+                    && s.selector
+                        .as_ref()
+                        .is_some_and(|sel| !sel.is_empty() && labels_match(sel, labels))
+            })
+            .collect()
     }
 
     /// Resolves a host written in config by an object in `namespace`

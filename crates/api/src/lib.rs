@@ -16,6 +16,31 @@
 //!
 //! Everything except `analyze::analyze_dir`, `store::Store::load`/`reload` and
 //! `watch` is pure: no I/O.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use weft_api::analyze_files;
+//!
+//! let vs = "apiVersion: networking.istio.io/v1
+//! kind: VirtualService
+//! metadata: {name: reviews, namespace: default}
+//! spec:
+//!   hosts: [reviews]
+//!   http:
+//!   - route:
+//!     - destination: {host: reviews}
+//!       weight: 80
+//!     - destination: {host: ratings}
+//!       weight: 10
+//! ";
+//! let files = BTreeMap::from([("vs.yaml".to_string(), vs.to_string())]);
+//! let report = analyze_files(&files);
+//! assert!(report.has_errors());
+//! assert_eq!(
+//!     report.to_string(),
+//!     "vs.yaml[doc 1] VirtualService default/reviews: spec.http[0].route: weights sum to 90, must be 100\n"
+//! );
+//! ```
 
 pub mod analyze;
 pub mod decode;

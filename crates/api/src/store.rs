@@ -110,6 +110,28 @@ impl Snapshot {
         self.problems.iter().any(Problem::is_error)
     }
 
+    /// What changed from `previous` to this snapshot, by object key.
+    pub fn diff(&self, previous: &Snapshot) -> ChangeSet {
+        let mut cs = ChangeSet::default();
+        for (k, o) in &self.objects {
+            match previous.objects.get(k) {
+                None => {
+                    cs.added.insert(k.clone());
+                }
+                Some(p) if !Arc::ptr_eq(p, o) && **p != **o => {
+                    cs.updated.insert(k.clone());
+                }
+                Some(_) => {}
+            }
+        }
+        for k in previous.objects.keys() {
+            if !self.objects.contains_key(k) {
+                cs.removed.insert(k.clone());
+            }
+        }
+        cs
+    }
+
     /// The config source's state for a debug endpoint: version, object
     /// count, stale objects and every current problem.
     pub fn debug_json(&self) -> serde_json::Value {
@@ -125,6 +147,39 @@ impl Snapshot {
         self.objects == other.objects
             && self.stale == other.stale
             && self.problems == other.problems
+    }
+}
+
+/// Keys added, updated and removed between two snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    pub added: BTreeSet<ObjectKey>,
+    pub updated: BTreeSet<ObjectKey>,
+    pub removed: BTreeSet<ObjectKey>,
+}
+
+impl ChangeSet {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.updated.is_empty() && self.removed.is_empty()
+    }
+
+    /// Every changed key.
+    pub fn keys(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.added.iter().chain(&self.updated).chain(&self.removed)
+    }
+
+    /// Whether only workload objects changed (Pod, EndpointSlice,
+    /// WorkloadEntry): an endpoints-only (EDS) push may suffice, provided
+    /// the affected services' ports and VIPs are unchanged, which a caller
+    /// can check by comparing registries.
+    pub fn only_workloads(&self) -> bool {
+        self.keys().all(|k| {
+            matches!(
+                k.kind,
+                Kind::Pod | Kind::EndpointSlice | Kind::WorkloadEntry
+            )
+        })
     }
 }
 

@@ -108,6 +108,25 @@ fn invalid_object_keeps_last_good_version_and_file_keeps_valid_objects() {
     assert_eq!(dbg["problems"][0]["document"], 2);
     assert_eq!(dbg["problems"][0]["kind"], "VirtualService");
 
+    let cs = v2.diff(&v1);
+    assert_eq!(
+        cs.added.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(),
+        ["c"]
+    );
+    assert_eq!(
+        cs.removed
+            .iter()
+            .map(|k| k.name.as_str())
+            .collect::<Vec<_>>(),
+        ["b"]
+    );
+    assert!(
+        cs.updated.is_empty(),
+        "the invalid VS kept its last good version: {cs:?}"
+    );
+    assert!(!cs.only_workloads());
+    assert!(v2.diff(&v2).is_empty());
+
     // Objects of files whose text did not change are reused as is.
     assert!(Arc::ptr_eq(
         v1.get(&key(Kind::DestinationRule, "reviews")).expect("dr"),
@@ -263,4 +282,35 @@ fn watch_emits_a_new_snapshot_after_a_file_changes() {
     };
     assert!(snap.version >= 3);
     drop(watcher);
+}
+
+#[test]
+fn pod_only_changes_are_workload_only() {
+    let pod = |ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: default, labels: {{app: a}}}}\nspec: {{containers: [{{name: a}}]}}\nstatus: {{podIP: {ip}}}\n"
+        )
+    };
+    let opts = StoreOptions::default();
+    let v1 = build_snapshot(
+        &files(&[("svc.yaml", &svc("a")), ("pod.yaml", &pod("10.0.0.1"))]),
+        vec![],
+        None,
+        &opts,
+    );
+    let v2 = build_snapshot(
+        &files(&[("svc.yaml", &svc("a")), ("pod.yaml", &pod("10.0.0.2"))]),
+        vec![],
+        Some(&v1),
+        &opts,
+    );
+    let cs = v2.diff(&v1);
+    assert_eq!(
+        cs.updated
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["Pod default/p"]
+    );
+    assert!(cs.only_workloads());
 }

@@ -244,7 +244,8 @@ fn drop_pristine(family: Family, tables: &[Table]) {
     }
 }
 
-/// See [`crate::apply`].
+/// See [`crate::apply`]. With IPv6 off, IPv6 rules left by an earlier
+/// dual-stack run are removed in the same step.
 pub(crate) fn apply_iptables(cfg: &CaptureConfig) -> Result<(), CaptureError> {
     preflight(cfg, "applying iptables rules")?;
     let plan = plan::plan(cfg);
@@ -267,6 +268,22 @@ pub(crate) fn apply_iptables(cfg: &CaptureConfig) -> Result<(), CaptureError> {
         if let Err(e) = result {
             undo(&done);
             return Err(e);
+        }
+    }
+    // IPv6 off now: IPv6 rules of an earlier run are ours to replace too.
+    if !cfg.enable_ipv6 && family_available(Family::V6) {
+        let snap = snapshot(Family::V6)?;
+        match remove_family(cfg, Family::V6) {
+            Ok(true) => {
+                done.push((Family::V6, snap));
+                let _ = route::remove_family(cfg, Family::V6);
+                let _ = route::remove_ipv6_address();
+            }
+            Ok(false) => {}
+            Err(e) => {
+                undo(&done);
+                return Err(e);
+            }
         }
     }
     if let Err(e) = route::add(cfg) {
@@ -309,35 +326,38 @@ fn family_available(family: Family) -> bool {
         .all(|tool| exec::find_tool(tool).is_some())
 }
 
+/// Removes everything of ours from one family's tables in one restore;
+/// returns whether there was anything to remove.
+fn remove_family(cfg: &CaptureConfig, family: Family) -> Result<bool, CaptureError> {
+    let rules: Vec<Rule> = cleanup_variants(cfg)
+        .iter()
+        .flat_map(|variant| plan::plan(variant).rules(family).to_vec())
+        .collect();
+    let snap = snapshot(family)?;
+    let text = payload(family, &rules, &snap, false)?;
+    if text.is_empty() {
+        return Ok(false);
+    }
+    tracing::debug!(?family, payload = %text, "iptables-restore removal payload");
+    restore(family, &text, &["--noflush", "--test"])?;
+    if let Err(e) = restore(family, &text, &["--noflush"]) {
+        rollback(family, &snap);
+        return Err(e);
+    }
+    let touched: Vec<Table> = Table::ALL
+        .into_iter()
+        .filter(|t| text.contains(&format!("* {}\n", t.name())))
+        .collect();
+    drop_pristine(family, &touched);
+    Ok(true)
+}
+
 /// See [`crate::clean`]. Both families are cleaned whenever their tools
 /// exist, whatever IPv6 detection says now.
 pub(crate) fn clean_iptables(cfg: &CaptureConfig) -> Result<(), CaptureError> {
     preflight(cfg, "removing iptables rules")?;
-    let plans: Vec<_> = cleanup_variants(cfg).iter().map(plan::plan).collect();
-    let mut removed_v6 = false;
-    for family in [Family::V4, Family::V6] {
-        if family == Family::V6 && !family_available(family) {
-            continue;
-        }
-        let rules: Vec<Rule> = plans
-            .iter()
-            .flat_map(|p| p.rules(family).iter().cloned())
-            .collect();
-        let snap = snapshot(family)?;
-        let text = payload(family, &rules, &snap, false)?;
-        if text.is_empty() {
-            continue;
-        }
-        tracing::debug!(?family, payload = %text, "iptables-restore removal payload");
-        restore(family, &text, &["--noflush", "--test"])?;
-        restore(family, &text, &["--noflush"])?;
-        removed_v6 |= family == Family::V6;
-        let touched: Vec<Table> = Table::ALL
-            .into_iter()
-            .filter(|t| text.contains(&format!("* {}\n", t.name())))
-            .collect();
-        drop_pristine(family, &touched);
-    }
+    remove_family(cfg, Family::V4)?;
+    let removed_v6 = family_available(Family::V6) && remove_family(cfg, Family::V6)?;
     route::remove(cfg, cfg.enable_ipv6 || removed_v6)
 }
 

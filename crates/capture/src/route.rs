@@ -134,31 +134,43 @@ pub fn add(cfg: &CaptureConfig) -> Result<(), CaptureError> {
 /// ours by mark and table number), and `::6` on `lo` when `ipv6`.
 /// Entries that are already gone are fine.
 pub fn remove(cfg: &CaptureConfig, ipv6: bool) -> Result<(), CaptureError> {
+    remove_family(cfg, Family::V4)?;
+    remove_family(cfg, Family::V6)?;
+    if ipv6 {
+        remove_ipv6_address()?;
+    }
+    Ok(())
+}
+
+/// Removes one family's fwmark rule and local route of our table.
+pub fn remove_family(cfg: &CaptureConfig, family: Family) -> Result<(), CaptureError> {
     exec::require_tool("ip", "iproute2")?;
     let (mark, table) = (
         cfg.tproxy_mark.to_string(),
         cfg.tproxy_route_table.to_string(),
     );
-    for family in [Family::V4, Family::V6] {
-        delete_rules(family, &mark, &table)?;
-        let _ = exec::run(
-            "ip",
-            &[
-                flag(family),
-                "route",
-                "del",
-                "local",
-                "default",
-                "dev",
-                "lo",
-                "table",
-                &table,
-            ],
-            None,
-        )?;
-    }
-    if ipv6 {
-        let _ = exec::run("ip", &["-6", "addr", "del", "::6/128", "dev", "lo"], None)?;
-    }
+    delete_rules(family, &mark, &table)?;
+    let _ = exec::run(
+        "ip",
+        &[
+            flag(family),
+            "route",
+            "del",
+            "local",
+            "default",
+            "dev",
+            "lo",
+            "table",
+            &table,
+        ],
+        None,
+    )?;
+    Ok(())
+}
+
+/// Removes `::6/128` from `lo` (absent already is fine).
+pub fn remove_ipv6_address() -> Result<(), CaptureError> {
+    exec::require_tool("ip", "iproute2")?;
+    let _ = exec::run("ip", &["-6", "addr", "del", "::6/128", "dev", "lo"], None)?;
     Ok(())
 }

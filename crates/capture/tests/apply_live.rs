@@ -337,3 +337,25 @@ fn clean_with_default_flags_removes_tproxy_and_ipv6_rules_too() {
         .expect("clean");
     pretty_assertions::assert_eq!(before, ns.state());
 }
+
+#[test]
+fn turning_ipv6_off_replaces_the_ipv6_rules_of_an_earlier_run() {
+    let ns = NetNs::new();
+    add_foreign_rules(&ns);
+    let before = ns.state();
+    let dual = config(&["-m", "TPROXY", "-b", "*", "--ipv6"], &[]);
+    ns.run_in(move || weft_capture::apply(&dual))
+        .expect("dual-stack apply");
+    assert!(ns.save("ip6tables-save").contains(":ISTIO_INBOUND -"));
+    let v4 = config(&["-m", "TPROXY", "-b", "*", "--ipv6=false"], &[]);
+    let c = v4.clone();
+    ns.run_in(move || weft_capture::apply(&c))
+        .expect("IPv4-only apply");
+    let v6 = ns.save("ip6tables-save");
+    assert!(!v6.contains("ISTIO"), "{v6}");
+    assert!(ns.save("iptables-save").contains(":ISTIO_INBOUND -"));
+    let v6_rules = ns.ok(&["ip", "-6", "rule"]);
+    assert!(!v6_rules.contains("lookup 133"), "{v6_rules}");
+    ns.run_in(move || weft_capture::clean(&v4)).expect("clean");
+    pretty_assertions::assert_eq!(before, ns.state());
+}

@@ -41,19 +41,20 @@ impl Flags {
     pub const DPE: Flags = Flags(1 << 13);
     pub const UMSDR: Flags = Flags(1 << 14);
 
+    /// In Envoy's order (the order of its response flag enum).
     const NAMES: [(Flags, &'static str); 15] = [
         (Flags::UH, "UH"),
+        (Flags::UT, "UT"),
+        (Flags::UR, "UR"),
         (Flags::UF, "UF"),
+        (Flags::UC, "UC"),
         (Flags::UO, "UO"),
         (Flags::NR, "NR"),
-        (Flags::URX, "URX"),
-        (Flags::DC, "DC"),
-        (Flags::UC, "UC"),
-        (Flags::UT, "UT"),
-        (Flags::FI, "FI"),
         (Flags::DI, "DI"),
+        (Flags::FI, "FI"),
         (Flags::RL, "RL"),
-        (Flags::UR, "UR"),
+        (Flags::DC, "DC"),
+        (Flags::URX, "URX"),
         (Flags::SI, "SI"),
         (Flags::DPE, "DPE"),
         (Flags::UMSDR, "UMSDR"),

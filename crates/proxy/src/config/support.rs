@@ -41,7 +41,7 @@ const OPEN: &[&str] = &[
     "envoy.config.route.v3.RouteAction.HashPolicy.Header",
     "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties",
     "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter",
-    "envoy.config.route.v3.RegexMatchAndSubstitute",
+    "envoy.type.matcher.v3.RegexMatchAndSubstitute",
     "envoy.config.route.v3.DirectResponseAction",
     "envoy.config.cluster.v3.Cluster.RingHashLbConfig",
     "envoy.config.cluster.v3.Cluster.MaglevLbConfig",

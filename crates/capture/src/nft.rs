@@ -273,16 +273,27 @@ fn preflight(action: &str) -> Result<(), CaptureError> {
 }
 
 /// Applies the nft script atomically, then the routes; on a route failure
-/// our tables go back to what they were.
+/// our tables go back to what they were. With IPv6 off, an `ip6 weft`
+/// table of an earlier dual-stack run is deleted in the same transaction.
 pub fn apply(cfg: &CaptureConfig) -> Result<(), CaptureError> {
     preflight("applying nftables rules")?;
     if cfg.needs_tproxy_route() || cfg.enable_ipv6 {
         exec::require_tool("ip", "iproute2")?;
     }
-    let script = generate(cfg);
-    run_script(&script, true)?;
     let before = snapshot();
+    let mut script = generate(cfg);
+    // IPv6 off now: an IPv6 table of an earlier run goes in the same
+    // transaction.
+    let stale_v6 = !cfg.enable_ipv6 && before.iter().any(|(f, _)| *f == Family::V6);
+    if stale_v6 {
+        let _ = writeln!(script, "delete table ip6 {TABLE}");
+    }
+    run_script(&script, true)?;
     run_script(&script, false)?;
+    if stale_v6 {
+        let _ = route::remove_family(cfg, Family::V6);
+        let _ = route::remove_ipv6_address();
+    }
     if let Err(e) = route::add(cfg) {
         let _ = route::remove(cfg, cfg.enable_ipv6);
         let mut restore = delete_script();

@@ -359,3 +359,24 @@ fn turning_ipv6_off_replaces_the_ipv6_rules_of_an_earlier_run() {
     ns.run_in(move || weft_capture::clean(&v4)).expect("clean");
     pretty_assertions::assert_eq!(before, ns.state());
 }
+
+#[test]
+fn nftables_turning_ipv6_off_drops_the_ip6_table() {
+    let ns = NetNs::new();
+    let before = ns.state();
+    let dual = config(&["--native-nftables", "-b", "*", "--ipv6"], &[]);
+    ns.run_in(move || weft_capture::apply(&dual))
+        .expect("dual-stack apply");
+    assert!(ns.ok(&["nft", "list", "tables"]).contains("table ip6 weft"));
+    let v4 = config(&["--native-nftables", "-b", "*", "--ipv6=false"], &[]);
+    let c = v4.clone();
+    ns.run_in(move || weft_capture::apply(&c))
+        .expect("IPv4-only apply");
+    let tables = ns.ok(&["nft", "list", "tables"]);
+    assert!(
+        tables.contains("table ip weft") && !tables.contains("table ip6 weft"),
+        "{tables}"
+    );
+    ns.run_in(move || weft_capture::clean(&v4)).expect("clean");
+    pretty_assertions::assert_eq!(before, ns.state());
+}

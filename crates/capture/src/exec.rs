@@ -89,7 +89,12 @@ pub(crate) fn run(
         .map_err(spawn_err)?;
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("stdin was piped");
-        pipe.write_all(input.as_bytes()).map_err(spawn_err)?;
+        // A tool that stops reading early (it refused a line) closes the
+        // pipe: its exit status and stderr tell what happened.
+        match pipe.write_all(input.as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(spawn_err(e)),
+            _ => {}
+        }
     }
     let out = child.wait_with_output().map_err(spawn_err)?;
     tracing::debug!(command = %command_text, status = %out.status, "ran");

@@ -542,3 +542,22 @@ fn header_manipulation_names_and_values() {
     let errs = errors_of(&y);
     assert!(!errs.iter().any(|(p, _)| p.ends_with("x-ok")), "{errs:?}");
 }
+
+#[test]
+fn rules_after_a_catch_all_are_warned_about() {
+    let y = vs(
+        "hosts: [reviews]\nhttp:\n- match:\n  - uri: {prefix: /}\n  route:\n  - destination: {host: reviews}\n- match:\n  - headers: {end-user: {exact: jason}}\n  route:\n  - destination: {host: reviews}\n",
+    );
+    assert_valid(&y);
+    let objs = common::decode_all("t.yaml", &y);
+    let all = weft_api::validate::validate_object(&objs[0].0);
+    let warnings: Vec<String> = all
+        .iter()
+        .filter(|e| !e.is_error())
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        warnings,
+        ["warning: spec.http[1]: rule is never used: spec.http[0] matches every request before it"]
+    );
+}

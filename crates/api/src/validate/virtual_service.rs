@@ -68,6 +68,22 @@ pub(super) fn validate(vs: &VirtualService, ns: &str, e: &mut Errs) {
     for (i, r) in vs.http.iter().enumerate() {
         super::http_route::http_route(r, &idx("spec.http", i), delegate, e);
     }
+    // A rule without match conditions takes every request: later rules are
+    // never used (Istio warns: "virtualService rule not used").
+    if let Some(catch_all) = vs
+        .http
+        .iter()
+        .position(|r| r.matches.is_empty() || r.matches.iter().any(is_match_all))
+    {
+        for j in catch_all + 1..vs.http.len() {
+            e.warn(
+                idx("spec.http", j),
+                format!(
+                    "rule is never used: spec.http[{catch_all}] matches every request before it"
+                ),
+            );
+        }
+    }
     for (i, r) in vs.tls.iter().enumerate() {
         tls_route(r, vs, &idx("spec.tls", i), e);
     }
@@ -90,6 +106,24 @@ pub(super) fn validate(vs: &VirtualService, ns: &str, e: &mut Errs) {
         route_destinations(&r.route, &at(&p, "route"), e);
     }
     check_export_to(&vs.export_to, ns, false, "spec.exportTo", e);
+}
+
+/// A match block with no conditions (or only `prefix: /` on the uri).
+fn is_match_all(m: &HttpMatchRequest) -> bool {
+    let uri_all = m.uri.as_ref().is_none_or(|u| {
+        u.variants_set() == 0 || matches!(u.kind(), Some(StringMatchKind::Prefix("/")))
+    });
+    uri_all
+        && m.scheme.is_none()
+        && m.method.is_none()
+        && m.authority.is_none()
+        && m.headers.is_empty()
+        && m.port.is_none()
+        && m.source_labels.is_empty()
+        && m.gateways.is_empty()
+        && m.query_params.is_empty()
+        && m.without_headers.is_empty()
+        && m.source_namespace.is_none()
 }
 
 /// Istio's host matching: equal, or one wildcard covers the other.

@@ -50,15 +50,16 @@ fn families(cfg: &CaptureConfig) -> Vec<Family> {
     }
 }
 
-/// Tools present and privileges held, before anything is changed.
-fn preflight(cfg: &CaptureConfig, action: &str) -> Result<(), CaptureError> {
+/// Tools present and privileges held, before anything is changed
+/// (`need_ip`: the `ip` tool will be needed too).
+fn preflight(cfg: &CaptureConfig, action: &str, need_ip: bool) -> Result<(), CaptureError> {
     for family in families(cfg) {
         let t = tools(family);
         for tool in [t.restore, t.save, t.iptables] {
             exec::require_tool(tool, "iptables")?;
         }
     }
-    if cfg.needs_tproxy_route() || cfg.enable_ipv6 {
+    if need_ip {
         exec::require_tool("ip", "iproute2")?;
     }
     exec::require_net_admin(action)
@@ -247,7 +248,11 @@ fn drop_pristine(family: Family, tables: &[Table]) {
 /// See [`crate::apply`]. With IPv6 off, IPv6 rules left by an earlier
 /// dual-stack run are removed in the same step.
 pub(crate) fn apply_iptables(cfg: &CaptureConfig) -> Result<(), CaptureError> {
-    preflight(cfg, "applying iptables rules")?;
+    preflight(
+        cfg,
+        "applying iptables rules",
+        cfg.needs_tproxy_route() || cfg.enable_ipv6,
+    )?;
     let plan = plan::plan(cfg);
     let mut done: Vec<(Family, Vec<(String, SavedTable)>)> = Vec::new();
     let undo = |done: &[(Family, Vec<(String, SavedTable)>)]| {
@@ -311,11 +316,11 @@ fn cleanup_variants(cfg: &CaptureConfig) -> Vec<CaptureConfig> {
         inbound_ports: InboundPorts::All,
         ..base.clone()
     };
-    let tproxy_all = CaptureConfig {
+    let inbound_all = CaptureConfig {
         inbound_ports: InboundPorts::All,
         ..base.clone()
     };
-    vec![base, other, tproxy_all]
+    vec![base, other, inbound_all]
 }
 
 /// Whether this family's tools are installed (IPv6 ones may be absent).
@@ -355,7 +360,7 @@ fn remove_family(cfg: &CaptureConfig, family: Family) -> Result<bool, CaptureErr
 /// See [`crate::clean`]. Both families are cleaned whenever their tools
 /// exist, whatever IPv6 detection says now.
 pub(crate) fn clean_iptables(cfg: &CaptureConfig) -> Result<(), CaptureError> {
-    preflight(cfg, "removing iptables rules")?;
+    preflight(cfg, "removing iptables rules", true)?;
     remove_family(cfg, Family::V4)?;
     let removed_v6 = family_available(Family::V6) && remove_family(cfg, Family::V6)?;
     route::remove(cfg, cfg.enable_ipv6 || removed_v6)

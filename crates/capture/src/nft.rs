@@ -311,6 +311,7 @@ pub fn apply(cfg: &CaptureConfig) -> Result<(), CaptureError> {
 /// Deletes our tables (`ip weft`, `ip6 weft`) and the routes.
 pub fn clean(cfg: &CaptureConfig) -> Result<(), CaptureError> {
     preflight("removing nftables rules")?;
+    exec::require_tool("ip", "iproute2")?;
     run_script(&delete_script(), false)?;
     route::remove(cfg, cfg.enable_ipv6)
 }

@@ -209,6 +209,41 @@ pub fn build_snapshot(
         })
         .collect();
     let checked = merge_checks(checks.values().map(Arc::as_ref), &opts.domain);
+    assemble(checked, checks, unreadable, previous)
+}
+
+/// Builds the next snapshot from objects that did not come from files (a
+/// Kubernetes API source decodes each object with
+/// [`crate::decode::decode_value`] and passes them here). Validation, the
+/// cross-object rules and last-good retention are the same as for files.
+pub fn build_snapshot_from_objects(
+    objects: Vec<(Object, Vec<crate::FieldError>)>,
+    previous: Option<&Snapshot>,
+    opts: &StoreOptions,
+) -> Snapshot {
+    let check = FileCheck {
+        path: String::new(),
+        text: String::new(),
+        objects: objects
+            .into_iter()
+            .map(|(o, mut errs)| {
+                errs.extend(crate::analyze::validate_kind(&o));
+                (Arc::new(o), errs)
+            })
+            .collect(),
+        problems: Vec::new(),
+    };
+    let checked = merge_checks([&check], &opts.domain);
+    assemble(checked, BTreeMap::new(), Vec::new(), previous)
+}
+
+/// Applies last-good retention to checked objects and versions the result.
+fn assemble(
+    checked: crate::analyze::Checked,
+    checks: BTreeMap<String, Arc<FileCheck>>,
+    unreadable: Vec<Problem>,
+    previous: Option<&Snapshot>,
+) -> Snapshot {
     let mut problems = checked.problems();
     let mut broken_files = checked.broken_files.clone();
     for p in &unreadable {

@@ -314,3 +314,33 @@ fn pod_only_changes_are_workload_only() {
     );
     assert!(cs.only_workloads());
 }
+
+#[test]
+fn objects_from_another_source_get_the_same_rules() {
+    use weft_api::decode::decode_value;
+    use weft_api::store::build_snapshot_from_objects;
+    let decode = |text: &str| {
+        let value: serde_yaml::Value = serde_yaml::from_str(text).expect("yaml");
+        let origin = weft_api::Origin {
+            file: "kubernetes".into(),
+            doc: 1,
+            line: 1,
+        };
+        decode_value(value, origin)
+            .expect("decodes")
+            .expect("an object")
+    };
+    let opts = StoreOptions::default();
+    let v1 =
+        build_snapshot_from_objects(vec![decode(&dr(SUBSETS)), decode(&vs(90, 10))], None, &opts);
+    assert_eq!(v1.len(), 2);
+    assert!(!v1.has_errors());
+    let v2 = build_snapshot_from_objects(
+        vec![decode(&dr(SUBSETS)), decode(&vs(90, 1))],
+        Some(&v1),
+        &opts,
+    );
+    assert_eq!(weights(&v2), [Some(90), Some(10)]);
+    assert_eq!(v2.version, 2);
+    assert!(v2.has_errors());
+}

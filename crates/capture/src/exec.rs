@@ -144,3 +144,28 @@ pub(crate) fn package_of(tool: &str) -> &'static str {
         _ => "iptables",
     }
 }
+
+/// Serialises capture changes on this machine: `apply`/`clean` read the
+/// current rules, then write; two runs at once (in the same namespace)
+/// could otherwise both add. Held until dropped.
+pub(crate) struct ChangeLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Takes the machine-wide capture lock (`/run/weft-capture.lock`).
+pub(crate) fn change_lock() -> Result<ChangeLock, CaptureError> {
+    const PATH: &str = "/run/weft-capture.lock";
+    let spawn_err = |source| CaptureError::Spawn {
+        command: format!("lock {PATH}"),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(PATH)
+        .map_err(spawn_err)?;
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| spawn_err(std::io::Error::from(errno)))?;
+    Ok(ChangeLock { _lock: lock })
+}

@@ -75,6 +75,8 @@ pub fn generate(cfg: &CaptureConfig) -> RuleSet {
 /// (what we own is replaced, never duplicated), and on failure nothing of
 /// this attempt is left behind. TPROXY mode also adds the policy route.
 pub fn apply(cfg: &CaptureConfig) -> Result<(), CaptureError> {
+    exec::require_net_admin("applying traffic capture")?;
+    let _lock = exec::change_lock()?;
     match cfg.backend {
         Backend::Iptables => apply::apply_iptables(cfg),
         Backend::Nftables => nft::apply(cfg),
@@ -85,6 +87,8 @@ pub fn apply(cfg: &CaptureConfig) -> Result<(), CaptureError> {
 /// chains, the rules we put into built-in chains, the TPROXY policy route
 /// (or, with nftables, our `weft` tables). Other rules are left alone.
 pub fn clean(cfg: &CaptureConfig) -> Result<(), CaptureError> {
+    exec::require_net_admin("removing traffic capture")?;
+    let _lock = exec::change_lock()?;
     match cfg.backend {
         Backend::Iptables => apply::clean_iptables(cfg),
         Backend::Nftables => nft::clean(cfg),

@@ -380,3 +380,29 @@ fn nftables_turning_ipv6_off_drops_the_ip6_table() {
     ns.run_in(move || weft_capture::clean(&v4)).expect("clean");
     pretty_assertions::assert_eq!(before, ns.state());
 }
+
+#[test]
+fn concurrent_applies_in_one_namespace_all_succeed_with_one_copy() {
+    let ns = NetNs::new();
+    let cfg = config(&["-b", "*", "-i", "*", "--ipv6=false"], &[]);
+    let path = format!("/run/netns/{}", ns.name);
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (cfg, path) = (cfg.clone(), path.clone());
+            std::thread::spawn(move || {
+                let file = std::fs::File::open(&path).expect("open netns");
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                weft_capture::apply(&cfg)
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker
+            .join()
+            .expect("no panic")
+            .expect("every apply succeeds");
+    }
+    let save = ns.save("iptables-save");
+    assert_eq!(count_lines(&save, "-A OUTPUT -j ISTIO_OUTPUT"), 1, "{save}");
+    assert_eq!(count_lines(&save, ":ISTIO_OUTPUT -"), 1, "{save}");
+}

@@ -99,6 +99,46 @@ fn check_typed(doc: &Value, what: &str) {
     }
 }
 
+/// The init container's command line must be accepted and validated by the
+/// real `weft-proxy iptables` flag parser.
+fn check_capture_args(doc: &Value, what: &str) {
+    let mut stack = vec![doc];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(m) => {
+                let is_init = m.get("command") == Some(&serde_json::json!(["weft-proxy"]))
+                    && m.get("args").and_then(|a| a.get(0)).and_then(Value::as_str)
+                        == Some("iptables");
+                if is_init {
+                    let args: Vec<&str> = m["args"]
+                        .as_array()
+                        .expect("args")
+                        .iter()
+                        .skip(1)
+                        .map(|a| a.as_str().expect("string arg"))
+                        .collect();
+                    let parsed = weft_capture::cli::IptablesArgs::parse_from_iter(
+                        args.iter()
+                            .copied()
+                            .chain(["--ipv6=false", "--dns-servers", ""]),
+                    )
+                    .unwrap_or_else(|e| {
+                        panic!("{what}: weft-proxy iptables rejects {args:?}: {e}")
+                    });
+                    parsed
+                        .to_config(&weft_capture::CaptureEnv::default())
+                        .unwrap_or_else(|e| {
+                            panic!("{what}: weft-proxy iptables refuses {args:?}: {e}")
+                        });
+                }
+                stack.extend(m.values());
+            }
+            Value::Array(a) => stack.extend(a.iter()),
+            _ => {}
+        }
+    }
+}
+
 fn kube_inject(input: &Path, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_weft"))
         .arg("kube-inject")
@@ -149,6 +189,7 @@ fn every_conformance_output_parses_into_typed_objects_without_loss() {
         assert!(!docs.is_empty(), "{name}: empty output");
         for (i, doc) in docs.iter().enumerate() {
             check_typed(doc, &format!("{name} doc {i}"));
+            check_capture_args(doc, &format!("{name} doc {i}"));
             checked += 1;
         }
     }

@@ -141,6 +141,8 @@ pub struct Settings {
     pub mesh: Value,
     /// The control-plane revision doing the injection (`default` when unset).
     pub revision: String,
+    /// Compiled templates (rebuilt when `config.templates` changes).
+    pub compiled: crate::template::TemplateCache,
 }
 
 impl Default for Settings {
@@ -150,6 +152,7 @@ impl Default for Settings {
             values: default_values(),
             mesh: default_mesh(),
             revision: "default".to_string(),
+            compiled: Default::default(),
         }
     }
 }

@@ -201,6 +201,27 @@ pub(crate) fn build_context(
         cni_include_inbound = "*".to_string();
     }
 
+    let istio_level = annotations
+        .get("sidecar.istio.io/logLevel")
+        .and_then(Value::as_str)
+        .or_else(|| {
+            values
+                .pointer("/global/proxy/logLevel")
+                .and_then(Value::as_str)
+        })
+        .unwrap_or("warning");
+    // Istio's (Envoy's) level names to weft-proxy's.
+    let log_level = match istio_level {
+        "trace" | "debug" | "info" | "error" => istio_level,
+        "warning" | "warn" => "warn",
+        _ => "error",
+    };
+    let concurrency = proxy_config
+        .get("concurrency")
+        .and_then(Value::as_i64)
+        .filter(|c| *c > 0)
+        .unwrap_or(2);
+
     Ok(json!({
         "pod": {"metadata": pod.get("metadata").cloned().unwrap_or(json!({})),
                 "spec": pod.get("spec").cloned().unwrap_or(json!({}))},
@@ -212,6 +233,8 @@ pub(crate) fn build_context(
         "revision": settings.revision,
         "sidecar": {
             "native": native,
+            "log_level": log_level,
+            "concurrency": concurrency,
             "cni": cni,
             "capture": {
                 "mode": capture.mode,

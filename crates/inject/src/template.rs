@@ -1,12 +1,16 @@
 //! Rendering of injection templates with minijinja. A template renders a
 //! partial pod (YAML) from the context the injector builds; this module
-//! owns the template environment (functions and filters) and turns the
-//! rendered text into a JSON value. It does no merging.
+//! owns the template environment (functions and filters), compiles the
+//! configured templates once ([`TemplateCache`]) and turns the rendered
+//! text into a JSON value. It does no merging.
 
 use crate::error::InjectError;
 use minijinja::value::{Kwargs, Value as JinjaValue};
-use minijinja::{Environment, Error as JinjaError, ErrorKind, UndefinedBehavior};
+use minijinja::{Environment, Error as JinjaError, ErrorKind, State, UndefinedBehavior};
 use serde_json::Value;
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
 
 fn merge_filter(base: JinjaValue, other: JinjaValue) -> Result<JinjaValue, JinjaError> {
     let mut b: Value = serde_json::to_value(&base)
@@ -40,53 +44,119 @@ fn toyaml_filter(v: JinjaValue, kwargs: Kwargs) -> Result<String, JinjaError> {
         .join("\n"))
 }
 
-/// Render `source` (template `name`) with `context` and parse the YAML it
-/// produces. An empty rendering yields an empty object.
-pub fn render(name: &str, source: &str, context: &Value) -> Result<Value, InjectError> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Chainable);
-    env.add_filter("merge", merge_filter);
-    env.add_filter("toyaml", toyaml_filter);
-    let annotations = context
-        .pointer("/pod/metadata/annotations")
-        .cloned()
-        .unwrap_or(Value::Null);
-    env.add_function(
-        "annotation",
-        move |key: String, default: Option<JinjaValue>| -> JinjaValue {
-            match annotations.get(&key).and_then(Value::as_str) {
-                Some(v) => JinjaValue::from(v),
-                None => match default {
-                    Some(d) if !d.is_undefined() && !d.is_none() => {
-                        if d.as_str().is_some() {
-                            d
-                        } else {
-                            JinjaValue::from(d.to_string())
-                        }
-                    }
-                    _ => JinjaValue::from(""),
-                },
+/// `annotation(name, default)`: the pod's annotation, else the default
+/// (stringified), else "".
+fn annotation_fn(state: &State<'_, '_>, key: String, default: Option<JinjaValue>) -> JinjaValue {
+    let found = state
+        .lookup("pod")
+        .and_then(|p| p.get_attr("metadata").ok())
+        .and_then(|m| m.get_attr("annotations").ok())
+        .and_then(|a| a.get_item(&JinjaValue::from(key.as_str())).ok())
+        .filter(|v| !v.is_undefined() && !v.is_none());
+    if let Some(v) = found {
+        return v;
+    }
+    match default {
+        Some(d) if !d.is_undefined() && !d.is_none() => {
+            if d.as_str().is_some() {
+                d
+            } else {
+                JinjaValue::from(d.to_string())
             }
-        },
-    );
-    let err = |e: JinjaError| InjectError::Template {
+        }
+        _ => JinjaValue::from(""),
+    }
+}
+
+/// Compiled templates.
+pub struct TemplateSet {
+    env: Environment<'static>,
+}
+
+impl std::fmt::Debug for TemplateSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TemplateSet").finish_non_exhaustive()
+    }
+}
+
+impl TemplateSet {
+    /// Compile every template; a syntax error names the template.
+    pub fn compile(templates: &BTreeMap<String, String>) -> Result<Self, InjectError> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        env.add_filter("merge", merge_filter);
+        env.add_filter("toyaml", toyaml_filter);
+        env.add_function("annotation", annotation_fn);
+        for (name, source) in templates {
+            env.add_template_owned(name.clone(), source.clone())
+                .map_err(|e| template_error(name, &e))?;
+        }
+        Ok(TemplateSet { env })
+    }
+
+    /// Render template `name` with `context` and parse the YAML it produces.
+    /// An empty rendering yields an empty object.
+    pub fn render(&self, name: &str, context: &Value) -> Result<Value, InjectError> {
+        let text = self
+            .env
+            .get_template(name)
+            .map_err(|e| template_error(name, &e))?
+            .render(JinjaValue::from_serialize(context))
+            .map_err(|e| template_error(name, &e))?;
+        let parsed: Value = serde_yaml::from_str(&text).map_err(|e| InjectError::Template {
+            template: name.to_string(),
+            message: format!("rendered text is not valid YAML: {e}\n--- rendered ---\n{text}"),
+        })?;
+        Ok(match parsed {
+            Value::Null => Value::Object(Default::default()),
+            other => other,
+        })
+    }
+}
+
+fn template_error(name: &str, e: &JinjaError) -> InjectError {
+    InjectError::Template {
         template: name.to_string(),
         message: format!("{e:#}"),
-    };
-    env.add_template(name, source).map_err(err)?;
-    let text = env
-        .get_template(name)
-        .map_err(err)?
-        .render(JinjaValue::from_serialize(context))
-        .map_err(err)?;
-    let parsed: Value = serde_yaml::from_str(&text).map_err(|e| InjectError::Template {
-        template: name.to_string(),
-        message: format!("rendered text is not valid YAML: {e}\n--- rendered ---\n{text}"),
-    })?;
-    Ok(match parsed {
-        Value::Null => Value::Object(Default::default()),
-        other => other,
-    })
+    }
+}
+
+/// Compiled templates, rebuilt when the template sources change (settings
+/// are plain data that callers may edit between injections).
+#[derive(Debug, Clone, Default)]
+pub struct TemplateCache {
+    inner: Arc<Mutex<Option<Compiled>>>,
+}
+
+/// Fingerprint of the sources and their compiled form.
+type Compiled = (u64, Arc<TemplateSet>);
+
+impl TemplateCache {
+    /// The compiled form of `templates`.
+    pub fn get(
+        &self,
+        templates: &BTreeMap<String, String>,
+    ) -> Result<Arc<TemplateSet>, InjectError> {
+        let mut h = DefaultHasher::new();
+        templates.hash(&mut h);
+        let key = h.finish();
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, set)) = guard.as_ref()
+            && *k == key
+        {
+            return Ok(set.clone());
+        }
+        let set = Arc::new(TemplateSet::compile(templates)?);
+        *guard = Some((key, set.clone()));
+        Ok(set)
+    }
+}
+
+/// Compile and render one template (convenience for one-off renders).
+pub fn render(name: &str, source: &str, context: &Value) -> Result<Value, InjectError> {
+    let mut t = BTreeMap::new();
+    t.insert(name.to_string(), source.to_string());
+    TemplateSet::compile(&t)?.render(name, context)
 }
 
 #[cfg(test)]
@@ -110,5 +180,20 @@ mod tests {
     fn errors_name_the_template() {
         let err = render("broken", "{% if %}", &json!({})).unwrap_err();
         assert!(err.to_string().contains("broken"), "{err}");
+    }
+
+    #[test]
+    fn cache_recompiles_when_sources_change() {
+        let cache = TemplateCache::default();
+        let mut t = BTreeMap::new();
+        t.insert("a".to_string(), "x: 1".to_string());
+        let first = cache.get(&t).expect("compiles");
+        assert!(Arc::ptr_eq(&first, &cache.get(&t).expect("cached")));
+        t.insert("a".to_string(), "x: 2".to_string());
+        let second = cache.get(&t).expect("recompiles");
+        assert_eq!(
+            second.render("a", &json!({})).expect("renders"),
+            json!({"x": 2})
+        );
     }
 }

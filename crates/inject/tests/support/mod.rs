@@ -138,6 +138,14 @@ fn capture_flags(c: &Value) -> Vec<String> {
                 .filter(|(i, s)| !(*i == 0 && (*s == "istio-iptables" || *s == "iptables")))
                 .map(|(_, s)| s.to_string())
                 .filter(|s| !s.starts_with("--log_output_level"))
+                // CNI mode: Istio validates (--run-validation --skip-rule-apply),
+                // weft-proxy prints the rules (--dry-run); see DEVIATIONS.
+                .filter(|s| {
+                    !matches!(
+                        s.as_str(),
+                        "--run-validation" | "--skip-rule-apply" | "--dry-run"
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()

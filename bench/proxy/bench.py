@@ -274,6 +274,7 @@ def main():
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="weft-bench-")
+    os.chmod(work, 0o755)  # nginx workers run unprivileged and must read www/
     log(f"work dir {work}")
     nginx, nginx_ports = start_nginx(work)
     procs = {}
@@ -303,7 +304,8 @@ def main():
                     if proto == "http2":
                         out = run(["h2load", "-n", "10", "-c", "1", url(ports[t][proto])])
                         if "10 succeeded" not in out:
-                            raise RuntimeError(f"h2load smoke test: {out[-300:]}")
+                            summary = next((l for l in out.splitlines() if l.startswith("requests:")), out[-200:])
+                            raise RuntimeError(f"h2load smoke test: {summary}")
                     else:
                         check_200(ports[t][proto])
                     usable[(t, proto)] = None

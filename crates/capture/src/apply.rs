@@ -9,7 +9,7 @@
 //! still fails half-way (iptables commits table by table), the tables are
 //! restored from the snapshot taken before. Other rules are never touched.
 
-use crate::config::{CaptureConfig, InboundPorts, InterceptionMode};
+use crate::config::{CaptureConfig, InboundPorts, InterceptionMode, IptablesBinary};
 use crate::error::CaptureError;
 use crate::exec;
 use crate::iptables::{self, SavedTable, jumps_into_ours, parse_save, render_spec};
@@ -17,28 +17,71 @@ use crate::plan;
 use crate::route;
 use crate::rules::{Chain, Family, Rule, Table, Target};
 
-/// The binaries of one family.
+/// The iptables binaries used for one family: the system's default
+/// (`iptables-restore`), or explicitly the nf_tables or legacy variant.
+#[derive(Debug, Clone)]
 pub(crate) struct Tools {
-    pub restore: &'static str,
-    pub save: &'static str,
-    pub iptables: &'static str,
+    pub family: Family,
+    pub restore: String,
+    pub save: String,
+    pub iptables: String,
     pub nft_family: &'static str,
 }
 
-pub(crate) fn tools(family: Family) -> Tools {
-    match family {
-        Family::V4 => Tools {
-            restore: "iptables-restore",
-            save: "iptables-save",
-            iptables: "iptables",
-            nft_family: "ip",
-        },
-        Family::V6 => Tools {
-            restore: "ip6tables-restore",
-            save: "ip6tables-save",
-            iptables: "ip6tables",
-            nft_family: "ip6",
-        },
+impl Tools {
+    pub(crate) fn new(family: Family, variant: Option<IptablesBinary>) -> Tools {
+        let base = match family {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        };
+        let infix = match variant {
+            None => "",
+            Some(IptablesBinary::Nft) => "-nft",
+            Some(IptablesBinary::Legacy) => "-legacy",
+        };
+        Tools {
+            family,
+            restore: format!("{base}{infix}-restore"),
+            save: format!("{base}{infix}-save"),
+            iptables: format!("{base}{infix}"),
+            nft_family: match family {
+                Family::V4 => "ip",
+                Family::V6 => "ip6",
+            },
+        }
+    }
+
+    /// The variant to use, like Istio decides it: the forced one, else the
+    /// one that already holds rules in this namespace (legacy if only it
+    /// does, nf_tables if it does), else the system default.
+    pub(crate) fn detect(family: Family, forced: Option<IptablesBinary>) -> Tools {
+        if forced.is_some() {
+            return Tools::new(family, forced);
+        }
+        let rules = |variant| -> usize {
+            let t = Tools::new(family, Some(variant));
+            if exec::find_tool(&t.save).is_none() {
+                return 0;
+            }
+            exec::run(&t.save, &[], None)
+                .map(|o| o.stdout.lines().filter(|l| l.starts_with("-A ")).count())
+                .unwrap_or(0)
+        };
+        let (legacy, nft) = (rules(IptablesBinary::Legacy), rules(IptablesBinary::Nft));
+        let variant = match (legacy, nft) {
+            (l, 0) if l > 0 => Some(IptablesBinary::Legacy),
+            (_, n) if n > 0 => Some(IptablesBinary::Nft),
+            _ => None,
+        };
+        tracing::debug!(?family, legacy, nft, ?variant, "iptables variant");
+        Tools::new(family, variant)
+    }
+
+    /// Whether all three binaries are installed.
+    pub(crate) fn available(&self) -> bool {
+        [&self.restore, &self.save, &self.iptables]
+            .iter()
+            .all(|tool| exec::find_tool(tool).is_some())
     }
 }
 
@@ -54,8 +97,8 @@ fn families(cfg: &CaptureConfig) -> Vec<Family> {
 /// (`need_ip`: the `ip` tool will be needed too).
 fn preflight(cfg: &CaptureConfig, action: &str, need_ip: bool) -> Result<(), CaptureError> {
     for family in families(cfg) {
-        let t = tools(family);
-        for tool in [t.restore, t.save, t.iptables] {
+        let t = Tools::new(family, cfg.iptables_binary);
+        for tool in [&t.restore, &t.save, &t.iptables] {
             exec::require_tool(tool, "iptables")?;
         }
     }
@@ -66,8 +109,8 @@ fn preflight(cfg: &CaptureConfig, action: &str, need_ip: bool) -> Result<(), Cap
 }
 
 /// The tables as `iptables-save` shows them now (only existing tables).
-fn snapshot(family: Family) -> Result<Vec<(String, SavedTable)>, CaptureError> {
-    let text = exec::run_ok(tools(family).save, &[], None)?;
+fn snapshot(t: &Tools) -> Result<Vec<(String, SavedTable)>, CaptureError> {
+    let text = exec::run_ok(&t.save, &[], None)?;
     Ok(parse_save(&text))
 }
 
@@ -79,7 +122,7 @@ fn saved(snap: &[(String, SavedTable)], table: Table) -> Option<&SavedTable> {
 
 /// Lines that remove what we own from one table, given its saved state.
 fn removal_lines(
-    family: Family,
+    t: &Tools,
     table: Table,
     generated: &[Rule],
     current: Option<&SavedTable>,
@@ -104,7 +147,7 @@ fn removal_lines(
         seen.push((chain, spec.clone()));
         let mut args = vec!["-w", "-t", table.name(), "-C", chain];
         args.extend(spec.split_whitespace());
-        if exec::run(tools(family).iptables, &args, None)?.success {
+        if exec::run(&t.iptables, &args, None)?.success {
             lines.push(format!("-D {chain} {spec}"));
         }
     }
@@ -121,7 +164,7 @@ fn removal_lines(
 /// The full payload for one family: per table, removal then (when
 /// `install`) the new rules.
 fn payload(
-    family: Family,
+    t: &Tools,
     rules: &[Rule],
     snap: &[(String, SavedTable)],
     install: bool,
@@ -130,7 +173,7 @@ fn payload(
     let mut out = String::new();
     for table in Table::ALL {
         let in_table: Vec<Rule> = rules.iter().filter(|r| r.table == table).cloned().collect();
-        let mut lines = removal_lines(family, table, &in_table, saved(snap, table))?;
+        let mut lines = removal_lines(t, table, &in_table, saved(snap, table))?;
         if install && let Some((_, new)) = rendered.tables.iter().find(|(t, _)| *t == table) {
             lines.extend(new.iter().cloned());
         }
@@ -165,8 +208,8 @@ pub(crate) fn failed_line(stderr: &str) -> Option<usize> {
 }
 
 /// Runs the restore tool; maps a refused line back to its text.
-fn restore(family: Family, payload: &str, extra: &[&str]) -> Result<(), CaptureError> {
-    let tool = tools(family).restore;
+fn restore(t: &Tools, payload: &str, extra: &[&str]) -> Result<(), CaptureError> {
+    let tool = t.restore.as_str();
     let mut args = vec!["-w"];
     args.extend_from_slice(extra);
     let out = exec::run(tool, &args, Some(payload))?;
@@ -205,7 +248,7 @@ fn restore(family: Family, payload: &str, extra: &[&str]) -> Result<(), CaptureE
 /// Puts the tables back as they were in `snap`: existing tables restored
 /// verbatim, tables that did not exist flushed (and, on the nf_tables
 /// variant, deleted again).
-fn rollback(family: Family, snap: &[(String, SavedTable)]) {
+fn rollback(t: &Tools, snap: &[(String, SavedTable)]) {
     let mut text = String::new();
     let mut created = Vec::new();
     for table in Table::ALL {
@@ -217,23 +260,22 @@ fn rollback(family: Family, snap: &[(String, SavedTable)]) {
             }
         }
     }
-    if let Err(e) = restore(family, &text, &[]) {
+    if let Err(e) = restore(t, &text, &[]) {
         tracing::error!(error = %e, "rollback of the iptables tables failed");
     }
-    drop_pristine(family, &created);
+    drop_pristine(t, &created);
 }
 
 /// On the nf_tables variant, deletes the given tables if they hold nothing
 /// but empty built-in chains (as if they had never been used).
-fn drop_pristine(family: Family, tables: &[Table]) {
-    let t = tools(family);
-    let nft_variant = exec::run(t.iptables, &["--version"], None)
+fn drop_pristine(t: &Tools, tables: &[Table]) {
+    let nft_variant = exec::run(&t.iptables, &["--version"], None)
         .map(|o| o.stdout.contains("nf_tables"))
         .unwrap_or(false);
     if !nft_variant || exec::find_tool("nft").is_none() {
         return;
     }
-    let Ok(now) = snapshot(family) else { return };
+    let Ok(now) = snapshot(t) else { return };
     for table in tables {
         if saved(&now, *table).is_some_and(SavedTable::is_pristine) {
             let _ = exec::run(
@@ -254,33 +296,35 @@ pub(crate) fn apply_iptables(cfg: &CaptureConfig) -> Result<(), CaptureError> {
         cfg.needs_tproxy_route() || cfg.enable_ipv6,
     )?;
     let plan = plan::plan(cfg);
-    let mut done: Vec<(Family, Vec<(String, SavedTable)>)> = Vec::new();
-    let undo = |done: &[(Family, Vec<(String, SavedTable)>)]| {
-        for (family, snap) in done.iter().rev() {
-            rollback(*family, snap);
+    let mut done: Vec<(Tools, Vec<(String, SavedTable)>)> = Vec::new();
+    let undo = |done: &[(Tools, Vec<(String, SavedTable)>)]| {
+        for (t, snap) in done.iter().rev() {
+            rollback(t, snap);
         }
     };
     for family in families(cfg) {
-        let snap = snapshot(family)?;
-        let text = payload(family, plan.rules(family), &snap, true)?;
-        tracing::debug!(?family, payload = %text, "iptables-restore payload");
-        if let Err(e) = restore(family, &text, &["--noflush", "--test"]) {
+        let t = Tools::detect(family, cfg.iptables_binary);
+        let snap = snapshot(&t)?;
+        let text = payload(&t, plan.rules(family), &snap, true)?;
+        tracing::debug!(?family, tool = %t.restore, payload = %text, "iptables-restore payload");
+        if let Err(e) = restore(&t, &text, &["--noflush", "--test"]) {
             undo(&done);
             return Err(e);
         }
-        let result = restore(family, &text, &["--noflush"]);
-        done.push((family, snap));
+        let result = restore(&t, &text, &["--noflush"]);
+        done.push((t, snap));
         if let Err(e) = result {
             undo(&done);
             return Err(e);
         }
     }
     // IPv6 off now: IPv6 rules of an earlier run are ours to replace too.
-    if !cfg.enable_ipv6 && family_available(Family::V6) {
-        let snap = snapshot(Family::V6)?;
-        match remove_family(cfg, Family::V6) {
+    let v6 = Tools::detect(Family::V6, cfg.iptables_binary);
+    if !cfg.enable_ipv6 && v6.available() {
+        let snap = snapshot(&v6)?;
+        match remove_family(cfg, &v6) {
             Ok(true) => {
-                done.push((Family::V6, snap));
+                done.push((v6, snap));
                 let _ = route::remove_family(cfg, Family::V6);
                 let _ = route::remove_ipv6_address();
             }
@@ -323,37 +367,29 @@ fn cleanup_variants(cfg: &CaptureConfig) -> Vec<CaptureConfig> {
     vec![base, other, inbound_all]
 }
 
-/// Whether this family's tools are installed (IPv6 ones may be absent).
-fn family_available(family: Family) -> bool {
-    let t = tools(family);
-    [t.restore, t.save, t.iptables]
-        .iter()
-        .all(|tool| exec::find_tool(tool).is_some())
-}
-
 /// Removes everything of ours from one family's tables in one restore;
 /// returns whether there was anything to remove.
-fn remove_family(cfg: &CaptureConfig, family: Family) -> Result<bool, CaptureError> {
+fn remove_family(cfg: &CaptureConfig, t: &Tools) -> Result<bool, CaptureError> {
     let rules: Vec<Rule> = cleanup_variants(cfg)
         .iter()
-        .flat_map(|variant| plan::plan(variant).rules(family).to_vec())
+        .flat_map(|variant| plan::plan(variant).rules(t.family).to_vec())
         .collect();
-    let snap = snapshot(family)?;
-    let text = payload(family, &rules, &snap, false)?;
+    let snap = snapshot(t)?;
+    let text = payload(t, &rules, &snap, false)?;
     if text.is_empty() {
         return Ok(false);
     }
-    tracing::debug!(?family, payload = %text, "iptables-restore removal payload");
-    restore(family, &text, &["--noflush", "--test"])?;
-    if let Err(e) = restore(family, &text, &["--noflush"]) {
-        rollback(family, &snap);
+    tracing::debug!(family = ?t.family, tool = %t.restore, payload = %text, "iptables-restore removal payload");
+    restore(t, &text, &["--noflush", "--test"])?;
+    if let Err(e) = restore(t, &text, &["--noflush"]) {
+        rollback(t, &snap);
         return Err(e);
     }
     let touched: Vec<Table> = Table::ALL
         .into_iter()
-        .filter(|t| text.contains(&format!("* {}\n", t.name())))
+        .filter(|table| text.contains(&format!("* {}\n", table.name())))
         .collect();
-    drop_pristine(family, &touched);
+    drop_pristine(t, &touched);
     Ok(true)
 }
 
@@ -361,8 +397,9 @@ fn remove_family(cfg: &CaptureConfig, family: Family) -> Result<bool, CaptureErr
 /// exist, whatever IPv6 detection says now.
 pub(crate) fn clean_iptables(cfg: &CaptureConfig) -> Result<(), CaptureError> {
     preflight(cfg, "removing iptables rules", true)?;
-    remove_family(cfg, Family::V4)?;
-    let removed_v6 = family_available(Family::V6) && remove_family(cfg, Family::V6)?;
+    remove_family(cfg, &Tools::detect(Family::V4, cfg.iptables_binary))?;
+    let v6 = Tools::detect(Family::V6, cfg.iptables_binary);
+    let removed_v6 = v6.available() && remove_family(cfg, &v6)?;
     route::remove(cfg, cfg.enable_ipv6 || removed_v6)
 }
 

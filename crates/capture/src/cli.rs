@@ -170,6 +170,14 @@ pub struct CaptureFlags {
     /// Use native nftables (tables `ip weft`/`ip6 weft`) instead of iptables.
     #[arg(long = "native-nftables")]
     pub native_nftables: bool,
+    /// Which iptables binaries to use: legacy or nft [default: the variant
+    /// that already holds rules here, else the system's iptables].
+    #[arg(
+        long = "force-iptables-binary",
+        default_value = "",
+        value_name = "legacy|nft"
+    )]
+    pub force_iptables_binary: String,
 }
 
 impl CaptureFlags {
@@ -267,6 +275,10 @@ impl CaptureFlags {
             dns_servers: Vec::new(),
             owner_groups,
             ipv4_loopback_cidr: loopback,
+            iptables_binary: config::parse_iptables_binary(
+                "--force-iptables-binary",
+                &self.force_iptables_binary,
+            )?,
             backend: if self.native_nftables {
                 Backend::Nftables
             } else {

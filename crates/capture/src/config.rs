@@ -77,6 +77,15 @@ impl From<IpAddr> for DnsServer {
     }
 }
 
+/// Which iptables binaries to use (Istio's `--force-iptables-binary`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IptablesBinary {
+    /// `iptables-legacy*`: the x_tables kernel interface.
+    Legacy,
+    /// `iptables-nft*`: iptables rules stored in nf_tables.
+    Nft,
+}
+
 /// Which rule backend applies the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
@@ -143,6 +152,9 @@ pub struct CaptureConfig {
     pub ipv4_loopback_cidr: Ipv4Net,
     /// `--native-nftables` selects nftables.
     pub backend: Backend,
+    /// `--force-iptables-binary`; `None`: the variant that already holds
+    /// rules in the namespace, else the system default (like Istio).
+    pub iptables_binary: Option<IptablesBinary>,
 }
 
 impl Default for CaptureConfig {
@@ -176,6 +188,7 @@ impl Default for CaptureConfig {
             ipv4_loopback_cidr: Ipv4Net::new(std::net::Ipv4Addr::new(127, 0, 0, 1), 32)
                 .expect("32 is a valid prefix length"),
             backend: Backend::Iptables,
+            iptables_binary: None,
         }
     }
 }
@@ -352,6 +365,19 @@ pub fn lookup_gid(name: &str) -> Option<u32> {
         .ok()
         .flatten()
         .map(|g| g.gid.as_raw())
+}
+
+/// `--force-iptables-binary`: `legacy`, `nft` or empty (detect).
+pub fn parse_iptables_binary(
+    flag: &'static str,
+    value: &str,
+) -> Result<Option<IptablesBinary>, CaptureError> {
+    match value.trim() {
+        "" => Ok(None),
+        "legacy" => Ok(Some(IptablesBinary::Legacy)),
+        "nft" => Ok(Some(IptablesBinary::Nft)),
+        _ => Err(CaptureError::flag(flag, value, "expected legacy or nft")),
+    }
 }
 
 /// `-m`: `REDIRECT` or `TPROXY` (case-insensitive; empty means REDIRECT).

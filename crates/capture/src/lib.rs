@@ -31,7 +31,8 @@ mod rules;
 mod apply;
 
 pub use config::{
-    Backend, CaptureConfig, DnsServer, InboundPorts, InterceptionMode, OutboundRanges, OwnerGroups,
+    Backend, CaptureConfig, DnsServer, InboundPorts, InterceptionMode, IptablesBinary,
+    OutboundRanges, OwnerGroups,
 };
 pub use detect::CaptureEnv;
 pub use error::CaptureError;

@@ -406,3 +406,57 @@ fn concurrent_applies_in_one_namespace_all_succeed_with_one_copy() {
     assert_eq!(count_lines(&save, "-A OUTPUT -j ISTIO_OUTPUT"), 1, "{save}");
     assert_eq!(count_lines(&save, ":ISTIO_OUTPUT -"), 1, "{save}");
 }
+
+#[test]
+fn rules_go_where_existing_rules_are_legacy_or_forced() {
+    let ns = NetNs::new();
+    // Someone set up this namespace with legacy iptables.
+    ns.ok(&[
+        "iptables-legacy",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "udp",
+        "--dport",
+        "9999",
+        "-j",
+        "RETURN",
+    ]);
+    let legacy_before = ns.save("iptables-legacy-save");
+    let nft_before = ns.save("iptables-nft-save");
+    let cfg = config(&["-b", "*", "-i", "*", "--ipv6=false"], &[]);
+    for _ in 0..2 {
+        let c = cfg.clone();
+        ns.run_in(move || weft_capture::apply(&c)).expect("apply");
+    }
+    let legacy = ns.save("iptables-legacy-save");
+    assert_eq!(
+        count_lines(&legacy, "-A OUTPUT -j ISTIO_OUTPUT"),
+        1,
+        "{legacy}"
+    );
+    assert_eq!(
+        ns.save("iptables-nft-save"),
+        nft_before,
+        "nothing may go to nf_tables"
+    );
+    let c = cfg.clone();
+    ns.run_in(move || weft_capture::clean(&c)).expect("clean");
+    assert_eq!(ns.save("iptables-legacy-save"), legacy_before);
+
+    // Forced: nf_tables although legacy holds rules.
+    let forced = config(
+        &["-b", "*", "--ipv6=false", "--force-iptables-binary", "nft"],
+        &[],
+    );
+    let c = forced.clone();
+    ns.run_in(move || weft_capture::apply(&c))
+        .expect("forced apply");
+    assert!(ns.save("iptables-nft-save").contains(":ISTIO_INBOUND -"));
+    assert_eq!(ns.save("iptables-legacy-save"), legacy_before);
+    ns.run_in(move || weft_capture::clean(&forced))
+        .expect("forced clean");
+    assert_eq!(ns.save("iptables-nft-save"), nft_before);
+}

@@ -213,3 +213,26 @@ fn effective_dns_needs_servers_or_capture_all() {
     cfg.dns_servers = vec![DnsServer::from("10.0.0.10".parse::<IpAddr>().unwrap())];
     assert!(cfg.effective_redirect_dns());
 }
+
+#[test]
+fn iptables_binary_choices() {
+    assert_eq!(
+        parse_iptables_binary("--force-iptables-binary", "").unwrap(),
+        None
+    );
+    assert_eq!(
+        parse_iptables_binary("--force-iptables-binary", "legacy").unwrap(),
+        Some(IptablesBinary::Legacy)
+    );
+    assert_eq!(
+        parse_iptables_binary("--force-iptables-binary", "nft").unwrap(),
+        Some(IptablesBinary::Nft)
+    );
+    let err = parse_iptables_binary("--force-iptables-binary", "nf_tables")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--force-iptables-binary") && err.contains("nf_tables"),
+        "{err}"
+    );
+}

@@ -198,12 +198,12 @@ fn merge_container(
         }
         None => template.clone(),
     };
-    // A user's container moves to the list the template chose (e.g. the
-    // native proxy goes to initContainers); one added by an earlier
-    // template stays where that template put it.
-    let is_user = user_containers.contains(&name) || existing_names.prior.contains(&name);
+    // The first template that declares a container decides its list (e.g.
+    // the native proxy goes to initContainers, even if the user declared it
+    // under containers); later templates merge into it where it is.
+    let placed = added.init_containers.contains(&name) || added.containers.contains(&name);
     let field = match &found {
-        Some((list_name, _, _)) if !is_user => list_name.as_str(),
+        Some((list_name, _, _)) if placed => list_name.as_str(),
         _ => field,
     }
     .to_string();

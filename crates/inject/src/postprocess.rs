@@ -33,7 +33,15 @@ pub(crate) fn apply_prometheus_merge(
         return;
     }
     let port = value_i64(&settings.mesh, "/defaultConfig/statusPort", 15020);
-    if scrape == Some("true") {
+    let already_merged = annotations
+        .get("prometheus.io/path")
+        .and_then(Value::as_str)
+        == Some("/stats/prometheus")
+        && annotations
+            .get("prometheus.io/port")
+            .and_then(Value::as_str)
+            == Some(port.to_string().as_str());
+    if scrape == Some("true") && !already_merged {
         let get = |k: &str| {
             annotations
                 .get(&format!("prometheus.io/{k}"))

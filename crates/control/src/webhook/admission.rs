@@ -180,6 +180,33 @@ mod tests {
         assert!(review(no_obj, &s, &ns).unwrap_err().0.contains("object"));
     }
 
+    /// Truncations and byte flips of a valid review never panic: each is
+    /// answered or rejected as malformed.
+    #[test]
+    fn mutated_reviews_never_panic() {
+        let good = review_for("shop", pod());
+        let settings = Settings::default();
+        let ns = store();
+        for cut in 0..good.len() {
+            let _ = review(&good[..cut], &settings, &ns);
+        }
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..2000 {
+            let mut bytes = good.clone();
+            for _ in 0..(next() % 4 + 1) {
+                let i = (next() % bytes.len() as u64) as usize;
+                bytes[i] = (next() & 0xff) as u8;
+            }
+            let _ = review(&bytes, &settings, &ns);
+        }
+    }
+
     #[test]
     fn bad_annotation_denies_with_the_annotation_named() {
         let mut p = pod();

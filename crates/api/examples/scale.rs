@@ -20,6 +20,17 @@ fn main() {
     let bytes: usize = files.values().map(String::len).sum();
 
     let t = Instant::now();
+    let checks: Vec<_> = files
+        .iter()
+        .map(|(p, text)| weft_api::analyze::check_file(p, text))
+        .collect();
+    let decode_validate_time = t.elapsed();
+    let t = Instant::now();
+    let checked = weft_api::analyze::merge_checks(&checks, "cluster.local");
+    let merge_time = t.elapsed();
+    drop((checks, checked));
+
+    let t = Instant::now();
     let snap = build_snapshot(&files, vec![], None, &StoreOptions::default());
     let snapshot_time = t.elapsed();
     assert!(
@@ -44,8 +55,10 @@ fn main() {
     let reload_time = t.elapsed();
 
     println!(
-        "services={n} objects={} yaml_bytes={bytes} snapshot_ms={:.1} registry_ms={:.1} reload_ms={:.1} endpoints={} version_after_reload={}",
+        "services={n} objects={} yaml_bytes={bytes} decode_validate_ms={:.1} merge_cross_ms={:.1} snapshot_ms={:.1} registry_ms={:.1} reload_ms={:.1} endpoints={} version_after_reload={}",
         snap.len(),
+        decode_validate_time.as_secs_f64() * 1e3,
+        merge_time.as_secs_f64() * 1e3,
         snapshot_time.as_secs_f64() * 1e3,
         registry_time.as_secs_f64() * 1e3,
         reload_time.as_secs_f64() * 1e3,

@@ -9,8 +9,9 @@
 //! the previous snapshot and no longer decodes is kept as well.
 //!
 //! [`build_snapshot`] is the pure core (file contents in, snapshot out);
-//! [`Store`] is the thin I/O shell. A Kubernetes source would produce the
-//! same `path → contents`-free input by calling [`Snapshot::from_objects`].
+//! [`Store`] is the thin I/O shell. A Kubernetes source slots in by decoding
+//! each API object with `decode::decode_value` and calling
+//! [`build_snapshot_from_objects`], which applies the same rules.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -194,20 +195,24 @@ pub fn build_snapshot(
     previous: Option<&Snapshot>,
     opts: &StoreOptions,
 ) -> Snapshot {
-    // Re-decode only files whose text changed since the previous snapshot.
-    let checks: BTreeMap<String, Arc<FileCheck>> = files
-        .iter()
-        .map(|(path, text)| {
-            let reused = previous
-                .and_then(|p| p.files.get(path))
-                .filter(|fc| fc.text == *text)
-                .map(Arc::clone);
-            (
-                path.clone(),
-                reused.unwrap_or_else(|| Arc::new(check_file(path, text))),
-            )
-        })
-        .collect();
+    // Re-decode only files whose text changed since the previous snapshot,
+    // spread over the available cores.
+    let mut checks: BTreeMap<String, Arc<FileCheck>> = BTreeMap::new();
+    let mut todo: Vec<(&String, &String)> = Vec::new();
+    for (path, text) in files {
+        match previous
+            .and_then(|p| p.files.get(path))
+            .filter(|fc| fc.text == *text)
+        {
+            Some(fc) => {
+                checks.insert(path.clone(), Arc::clone(fc));
+            }
+            None => todo.push((path, text)),
+        }
+    }
+    for fc in check_parallel(&todo) {
+        checks.insert(fc.path.clone(), Arc::new(fc));
+    }
     let checked = merge_checks(checks.values().map(Arc::as_ref), &opts.domain);
     assemble(checked, checks, unreadable, previous)
 }
@@ -235,6 +240,36 @@ pub fn build_snapshot_from_objects(
     };
     let checked = merge_checks([&check], &opts.domain);
     assemble(checked, BTreeMap::new(), Vec::new(), previous)
+}
+
+/// Runs [`check_file`] over `files` on up to `available_parallelism` threads.
+fn check_parallel(files: &[(&String, &String)]) -> Vec<FileCheck> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(files.len() / 64 + 1);
+    if threads <= 1 {
+        return files.iter().map(|(p, t)| check_file(p, t)).collect();
+    }
+    let chunk = files.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(p, t)| check_file(p, t))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| match h.join() {
+                Ok(v) => v,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
 }
 
 /// Applies last-good retention to checked objects and versions the result.

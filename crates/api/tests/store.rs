@@ -344,3 +344,26 @@ fn objects_from_another_source_get_the_same_rules() {
     assert_eq!(v2.version, 2);
     assert!(v2.has_errors());
 }
+
+#[test]
+fn many_files_give_the_same_result_as_a_sequential_check() {
+    let mut entries = Vec::new();
+    for i in 0..300 {
+        let text = if i % 50 == 7 {
+            vs(10, 10).replace("name: reviews", &format!("name: bad-{i}"))
+        } else {
+            svc(&format!("s{i}"))
+        };
+        entries.push((format!("f{i:03}.yaml"), text));
+    }
+    let map: std::collections::BTreeMap<String, String> = entries.into_iter().collect();
+    let snap = build_snapshot(&map, vec![], None, &StoreOptions::default());
+    let report = weft_api::analyze_files(&map);
+    assert_eq!(snap.problems, report.problems);
+    assert_eq!(snap.len(), 294);
+    assert_eq!(
+        report.errors().count(),
+        6 * 3,
+        "weights + two unknown subsets per bad VS"
+    );
+}

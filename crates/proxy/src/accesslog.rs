@@ -20,67 +20,64 @@ pub const DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-O
 
 // === response flags ===
 
-/// Envoy's response flags, as a bit set.
+/// Envoy's response flags, kept in the order they were set (Envoy prints
+/// them that way, e.g. `URX,UF`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Flags(pub u32);
+pub struct Flags {
+    order: [u8; 6],
+    n: u8,
+}
+
+/// One response flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flag(u8);
 
 impl Flags {
-    pub const UH: Flags = Flags(1);
-    pub const UF: Flags = Flags(1 << 1);
-    pub const UO: Flags = Flags(1 << 2);
-    pub const NR: Flags = Flags(1 << 3);
-    pub const URX: Flags = Flags(1 << 4);
-    pub const DC: Flags = Flags(1 << 5);
-    pub const UC: Flags = Flags(1 << 6);
-    pub const UT: Flags = Flags(1 << 7);
-    pub const FI: Flags = Flags(1 << 8);
-    pub const DI: Flags = Flags(1 << 9);
-    pub const RL: Flags = Flags(1 << 10);
-    pub const UR: Flags = Flags(1 << 11);
-    pub const SI: Flags = Flags(1 << 12);
-    pub const DPE: Flags = Flags(1 << 13);
-    pub const UMSDR: Flags = Flags(1 << 14);
+    pub const UH: Flag = Flag(0);
+    pub const UF: Flag = Flag(1);
+    pub const UO: Flag = Flag(2);
+    pub const NR: Flag = Flag(3);
+    pub const URX: Flag = Flag(4);
+    pub const DC: Flag = Flag(5);
+    pub const UC: Flag = Flag(6);
+    pub const UT: Flag = Flag(7);
+    pub const FI: Flag = Flag(8);
+    pub const DI: Flag = Flag(9);
+    pub const RL: Flag = Flag(10);
+    pub const UR: Flag = Flag(11);
+    pub const SI: Flag = Flag(12);
+    pub const DPE: Flag = Flag(13);
+    pub const UMSDR: Flag = Flag(14);
+    pub const NC: Flag = Flag(15);
 
-    /// In Envoy's order (the order of its response flag enum).
-    const NAMES: [(Flags, &'static str); 15] = [
-        (Flags::UH, "UH"),
-        (Flags::UT, "UT"),
-        (Flags::UR, "UR"),
-        (Flags::UF, "UF"),
-        (Flags::UC, "UC"),
-        (Flags::UO, "UO"),
-        (Flags::NR, "NR"),
-        (Flags::DI, "DI"),
-        (Flags::FI, "FI"),
-        (Flags::RL, "RL"),
-        (Flags::DC, "DC"),
-        (Flags::URX, "URX"),
-        (Flags::SI, "SI"),
-        (Flags::DPE, "DPE"),
-        (Flags::UMSDR, "UMSDR"),
+    const NAMES: [&'static str; 16] = [
+        "UH", "UF", "UO", "NR", "URX", "DC", "UC", "UT", "FI", "DI", "RL", "UR", "SI", "DPE",
+        "UMSDR", "NC",
     ];
 
-    pub fn set(&mut self, f: Flags) {
-        self.0 |= f.0;
+    pub fn set(&mut self, f: Flag) {
+        if !self.has(f) && (self.n as usize) < self.order.len() {
+            self.order[self.n as usize] = f.0;
+            self.n += 1;
+        }
     }
-    pub fn has(&self, f: Flags) -> bool {
-        self.0 & f.0 != 0
+    pub fn has(&self, f: Flag) -> bool {
+        self.order[..self.n as usize].contains(&f.0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
     }
     /// `-` when empty, else the letters joined by `,` (Envoy's form).
     pub fn write(&self, out: &mut String) {
-        if self.0 == 0 {
+        if self.n == 0 {
             out.push('-');
             return;
         }
-        let mut first = true;
-        for (f, n) in Flags::NAMES {
-            if self.has(f) {
-                if !first {
-                    out.push(',');
-                }
-                out.push_str(n);
-                first = false;
+        for (i, f) in self.order[..self.n as usize].iter().enumerate() {
+            if i > 0 {
+                out.push(',');
             }
+            out.push_str(Self::NAMES[*f as usize]);
         }
     }
 }

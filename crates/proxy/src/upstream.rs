@@ -6,10 +6,16 @@
 use crate::Body;
 use crate::model::cluster::HttpSettings;
 use hyper::body::Incoming;
+use hyper::client::conn::http2;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 /// How bytes reach the upstream. Only plaintext today; mTLS arrives with
 /// the identity issue as a second variant wrapping a TLS connector.
@@ -32,7 +38,91 @@ pub enum UpstreamError {
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
     client: Client<HttpConnector, Body>,
+    h2: Option<Arc<H2Pool>>,
     pub transport: Transport,
+}
+
+/// HTTP/2 upstreams: one multiplexed connection per endpoint, so that
+/// `:authority` can carry the request's Host while the TCP connection goes
+/// to the chosen endpoint.
+#[derive(Debug)]
+struct H2Pool {
+    connect_timeout: Duration,
+    settings: HttpSettings,
+    conns: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+}
+
+impl H2Pool {
+    async fn connection(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
+        let cached = self
+            .conns
+            .lock()
+            .expect("h2 pool")
+            .get(&addr)
+            .filter(|s| !s.is_closed())
+            .cloned();
+        if let Some(s) = cached {
+            return Ok(s);
+        }
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| UpstreamError::Connect(format!("connect to {addr} timed out")))?
+            .map_err(|e| UpstreamError::Connect(format!("{addr}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new());
+        if let Some(w) = self.settings.initial_stream_window {
+            b.initial_stream_window_size(w);
+        }
+        if let Some(w) = self.settings.initial_connection_window {
+            b.initial_connection_window_size(w);
+        }
+        let (sender, conn) = b
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| UpstreamError::Connect(format!("{addr}: HTTP/2 handshake: {e}")))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        self.conns
+            .lock()
+            .expect("h2 pool")
+            .insert(addr, sender.clone());
+        Ok(sender)
+    }
+
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        mut req: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        // :authority comes from the Host header, as Envoy sends it.
+        if let Some(host) = req.headers_mut().remove(http::header::HOST)
+            && let Some(pq) = req.uri().path_and_query().map(|p| p.as_str().to_owned())
+            && let Ok(uri) = format!("http://{}{pq}", host.to_str().unwrap_or_default()).parse()
+        {
+            *req.uri_mut() = uri;
+        }
+        let mut sender = self.connection(addr).await?;
+        sender
+            .ready()
+            .await
+            .map_err(|e| UpstreamError::Reset(error_chain(&e)))?;
+        sender.send_request(req).await.map_err(|e| {
+            let text = error_chain(&e);
+            let refused = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<h2::Error>())
+                .is_some_and(|h| h.reason() == Some(h2::Reason::REFUSED_STREAM));
+            if refused {
+                UpstreamError::Refused(text)
+            } else {
+                UpstreamError::Reset(text)
+            }
+        })
+    }
 }
 
 impl UpstreamClient {
@@ -55,17 +145,30 @@ impl UpstreamClient {
                 b.http2_initial_connection_window_size(w);
             }
         }
+        let h2 = http.http2.then(|| {
+            Arc::new(H2Pool {
+                connect_timeout,
+                settings: http.clone(),
+                conns: Mutex::new(HashMap::new()),
+            })
+        });
         UpstreamClient {
             client: b.build(connector),
+            h2,
             transport: Transport::Plain,
         }
     }
 
+    /// Sends `req` (whose URI names `addr`) to the endpoint `addr`.
     pub async fn send(
         &self,
+        addr: SocketAddr,
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        self.client.request(req).await.map_err(classify)
+        match &self.h2 {
+            Some(pool) => pool.send(addr, req).await,
+            None => self.client.request(req).await.map_err(classify),
+        }
     }
 }
 

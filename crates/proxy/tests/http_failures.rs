@@ -149,7 +149,7 @@ async fn retries_are_seen_by_the_upstream() {
         lines[0]
     );
     assert!(
-        lines[2].starts_with("504 UT,URX live per-try GET /hang-retry"),
+        lines[2].starts_with("504 URX,UT live per-try GET /hang-retry"),
         "{}",
         lines[2]
     );

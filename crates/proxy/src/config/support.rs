@@ -47,14 +47,25 @@ const OPEN: &[&str] = &[
     "envoy.config.cluster.v3.Cluster.MaglevLbConfig",
     "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
     "envoy.config.cluster.v3.Cluster.OriginalDstLbConfig",
-    "envoy.config.cluster.v3.Cluster.EdsClusterConfig",
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster",
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight",
-    "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig",
 ];
 
 /// Messages of which only the listed fields are understood.
 const PARTIAL: &[(&str, &[&str])] = &[
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.EdsClusterConfig",
+        &["eds_config", "service_name"],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.CommonLbConfig",
+        &["locality_weighted_lb_config", "healthy_panic_threshold"],
+    ),
     (
         "envoy.config.bootstrap.v3.Bootstrap",
         &["node", "static_resources", "admin"],
@@ -229,6 +240,7 @@ const PARTIAL: &[(&str, &[&str])] = &[
             "request_headers_to_remove",
             "response_headers_to_add",
             "response_headers_to_remove",
+            "typed_per_filter_config",
         ],
     ),
     (
@@ -381,6 +393,7 @@ const PARTIAL: &[(&str, &[&str])] = &[
             "token_bucket",
             "filter_enabled",
             "filter_enforced",
+            "response_headers_to_add",
         ],
     ),
     (
@@ -406,6 +419,7 @@ const PARTIAL: &[(&str, &[&str])] = &[
             "cleanup_interval",
             "http_protocol_options",
             "common_http_protocol_options",
+            "common_lb_config",
         ],
     ),
     (

@@ -236,6 +236,7 @@ impl Cluster {
                 }
                 LbPolicy::Maglev { table_size }
             }
+            PbLb::ClusterProvided if kind == DiscoveryType::OriginalDst => LbPolicy::RoundRobin,
             other => return Err(ctx.field("lb_policy").unsupported(format!("{other:?}"))),
         };
         let discovery = match kind {
@@ -261,9 +262,13 @@ impl Cluster {
                 .field("lb_policy")
                 .invalid("ORIGINAL_DST clusters take CLUSTER_PROVIDED"));
         }
+        let locality_weighted = c
+            .common_lb_config
+            .as_ref()
+            .is_some_and(|l| l.locality_config_specifier.is_some());
         let hosts = match &discovery {
             Discovery::Static | Discovery::Eds => {
-                static_hosts(ctx, c.load_assignment.as_ref(), lb)?
+                static_hosts(ctx, c.load_assignment.as_ref(), lb, locality_weighted)?
             }
             Discovery::StrictDns { names, v4_only, .. } => resolve_blocking(names, *v4_only, lb),
             Discovery::OriginalDst { .. } => HostSet {
@@ -326,11 +331,15 @@ impl Cluster {
     }
 
     /// Chooses a host from the highest-priority level that has an available one.
+    /// With no available host at all, Envoy's panic mode routes to every
+    /// host of the first priority regardless of health.
     pub fn pick(&self, hash: Option<u64>) -> Option<Arc<Host>> {
         let now = now_ms();
         let set = self.hosts.load();
-        let level = set.priorities.iter().find(|p| p.any_available(now))?;
-        level.pick(self.lb, hash, now).cloned()
+        match set.priorities.iter().find(|p| p.any_available(now)) {
+            Some(level) => level.pick(self.lb, hash, now).cloned(),
+            None => set.priorities.first()?.pick_panic().cloned(),
+        }
     }
 
     /// Feeds outlier detection with a result: an HTTP status, or `None` for a
@@ -414,13 +423,15 @@ fn group(hosts: Vec<(Arc<Host>, u32)>, lb: LbPolicy) -> HostSet {
     }
 }
 
-/// (path, address, weight, priority, healthy) of each endpoint.
+/// (path, address, weight, priority, healthy, locality index, locality weight) of each endpoint.
 type EndpointRow<'a> = (
     String,
     &'a envoy_types::pb::envoy::config::core::v3::SocketAddress,
     u32,
     u32,
     bool,
+    usize,
+    u32,
 );
 
 fn endpoints<'a>(
@@ -454,7 +465,18 @@ fn endpoints<'a>(
                 e.health_status(),
                 HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout
             );
-            out.push((c.path, sa, weight, l.priority, healthy));
+            out.push((
+                c.path,
+                sa,
+                weight,
+                l.priority,
+                healthy,
+                i,
+                l.load_balancing_weight
+                    .as_ref()
+                    .map(|w| w.value)
+                    .unwrap_or(0),
+            ));
         }
     }
     Ok(out)
@@ -476,9 +498,24 @@ fn static_hosts(
     ctx: &Ctx<'_>,
     la: Option<&ClusterLoadAssignment>,
     lb: LbPolicy,
+    locality_weighted: bool,
 ) -> Result<HostSet, ConfigError> {
     let mut hosts = Vec::new();
-    for (path, sa, weight, priority, healthy) in endpoints(ctx, la)? {
+    let rows = endpoints(ctx, la)?;
+    let mut locality_sum: std::collections::HashMap<usize, u64> = Default::default();
+    for r in &rows {
+        *locality_sum.entry(r.5).or_default() += r.2 as u64;
+    }
+    for (path, sa, weight, priority, healthy, loc, loc_weight) in rows {
+        // Locality weighting: a locality's share split by endpoint weight.
+        let weight = if locality_weighted {
+            if loc_weight == 0 {
+                continue;
+            }
+            ((loc_weight as u64 * weight as u64 * 1000) / locality_sum[&loc].max(1)).max(1) as u32
+        } else {
+            weight
+        };
         let c = Ctx::new(ctx.origin, path).field("endpoint.address.socket_address");
         let ip: std::net::IpAddr = sa.address.parse().map_err(|_| {
             c.field("address").invalid(format!(
@@ -497,7 +534,7 @@ fn dns_names(
     la: Option<&ClusterLoadAssignment>,
 ) -> Result<Vec<(String, u16, u32, u32)>, ConfigError> {
     let mut names = Vec::new();
-    for (path, sa, weight, priority, _) in endpoints(ctx, la)? {
+    for (path, sa, weight, priority, _, _, _) in endpoints(ctx, la)? {
         let c = Ctx::new(ctx.origin, path).field("endpoint.address.socket_address");
         names.push((sa.address.clone(), port_of(&c, sa)?, weight, priority));
     }

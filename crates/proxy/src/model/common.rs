@@ -154,7 +154,7 @@ enum AppendAction {
 /// Headers to add and remove, compiled once (names validated, values built).
 #[derive(Debug, Clone, Default)]
 pub struct HeaderOps {
-    add: Vec<(HeaderName, HeaderValue, AppendAction, bool)>,
+    add: Vec<(HeaderName, HeaderVal, AppendAction, bool)>,
     remove: Vec<HeaderName>,
 }
 
@@ -176,16 +176,14 @@ impl HeaderOps {
                 c.field("header.key")
                     .invalid(format!("bad header name {:?}", h.key))
             })?;
-            if h.value.contains('%') {
-                return Err(c.field("header.value").unsupported(format!(
-                    "header value {:?} uses a format operator; only literal values are implemented",
-                    h.value
-                )));
-            }
-            let value = HeaderValue::from_str(&h.value).map_err(|_| {
-                c.field("header.value")
-                    .invalid(format!("bad header value {:?}", h.value))
-            })?;
+            let value = if h.value.contains('%') {
+                HeaderVal::Dynamic(compile_template(&c.field("header.value"), &h.value)?)
+            } else {
+                HeaderVal::Static(HeaderValue::from_str(&h.value).map_err(|_| {
+                    c.field("header.value")
+                        .invalid(format!("bad header value {:?}", h.value))
+                })?)
+            };
             #[allow(deprecated)]
             let action = match (opt.append.as_ref().map(|b| b.value), opt.append_action()) {
                 (Some(true), _) => AppendAction::Append,
@@ -211,35 +209,128 @@ impl HeaderOps {
         self.add.is_empty() && self.remove.is_empty()
     }
 
-    /// Applies removals, then additions (Envoy's order).
+    /// Applies removals, then additions (Envoy's order); format operators
+    /// in values print `-` without a connection.
     pub fn apply(&self, headers: &mut HeaderMap) {
+        self.apply_ctx(headers, None)
+    }
+
+    /// Like `apply`, with the connection that format operators read.
+    pub fn apply_ctx(&self, headers: &mut HeaderMap, conn: Option<&ValueCtx>) {
         for name in &self.remove {
             headers.remove(name);
         }
         for (name, value, action, keep_empty) in &self.add {
+            let value = match value {
+                HeaderVal::Static(v) => v.clone(),
+                HeaderVal::Dynamic(segs) => match HeaderValue::from_str(&render(segs, conn)) {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                },
+            };
             if value.is_empty() && !keep_empty {
                 continue;
             }
             match action {
                 AppendAction::Append => {
-                    headers.append(name.clone(), value.clone());
+                    headers.append(name.clone(), value);
                 }
                 AppendAction::AddIfAbsent => {
                     if !headers.contains_key(name) {
-                        headers.insert(name.clone(), value.clone());
+                        headers.insert(name.clone(), value);
                     }
                 }
                 AppendAction::Overwrite => {
-                    headers.insert(name.clone(), value.clone());
+                    headers.insert(name.clone(), value);
                 }
                 AppendAction::OverwriteIfExists => {
                     if headers.contains_key(name) {
-                        headers.insert(name.clone(), value.clone());
+                        headers.insert(name.clone(), value);
                     }
                 }
             }
         }
     }
+}
+
+/// A header value: literal, or with Envoy format operators.
+#[derive(Debug, Clone)]
+enum HeaderVal {
+    Static(HeaderValue),
+    Dynamic(Vec<ValueSeg>),
+}
+
+#[derive(Debug, Clone)]
+enum ValueSeg {
+    Lit(String),
+    RemoteAddr(bool),
+    LocalAddr(bool),
+    Hostname,
+}
+
+/// What header format operators read.
+#[derive(Debug, Clone, Copy)]
+pub struct ValueCtx {
+    pub remote: std::net::SocketAddr,
+    pub local: std::net::SocketAddr,
+}
+
+fn compile_template(ctx: &Ctx<'_>, text: &str) -> Result<Vec<ValueSeg>, ConfigError> {
+    let mut segs = Vec::new();
+    let mut rest = text;
+    let mut lit = String::new();
+    while let Some(i) = rest.find('%') {
+        lit.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        if let Some(r) = rest.strip_prefix('%') {
+            lit.push('%');
+            rest = r;
+            continue;
+        }
+        let end = rest
+            .find('%')
+            .ok_or_else(|| ctx.invalid(format!("unterminated operator in {text:?}")))?;
+        let op = &rest[..end];
+        rest = &rest[end + 1..];
+        if !lit.is_empty() {
+            segs.push(ValueSeg::Lit(std::mem::take(&mut lit)));
+        }
+        segs.push(match op {
+            "DOWNSTREAM_REMOTE_ADDRESS" => ValueSeg::RemoteAddr(true),
+            "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => ValueSeg::RemoteAddr(false),
+            "DOWNSTREAM_LOCAL_ADDRESS" => ValueSeg::LocalAddr(true),
+            "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => ValueSeg::LocalAddr(false),
+            "HOSTNAME" => ValueSeg::Hostname,
+            other => return Err(ctx.unsupported(format!("header format operator %{other}%"))),
+        });
+    }
+    lit.push_str(rest);
+    if !lit.is_empty() {
+        segs.push(ValueSeg::Lit(lit));
+    }
+    Ok(segs)
+}
+
+fn render(segs: &[ValueSeg], conn: Option<&ValueCtx>) -> String {
+    let mut out = String::new();
+    let addr = |out: &mut String, a: Option<std::net::SocketAddr>, port: bool| match a {
+        Some(a) if port => out.push_str(&a.to_string()),
+        Some(a) => out.push_str(&a.ip().to_string()),
+        None => out.push('-'),
+    };
+    for s in segs {
+        match s {
+            ValueSeg::Lit(l) => out.push_str(l),
+            ValueSeg::RemoteAddr(p) => addr(&mut out, conn.map(|c| c.remote), *p),
+            ValueSeg::LocalAddr(p) => addr(&mut out, conn.map(|c| c.local), *p),
+            ValueSeg::Hostname => out.push_str(
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .unwrap_or_default()
+                    .trim(),
+            ),
+        }
+    }
+    out
 }
 
 // === impl Fraction ===

@@ -37,8 +37,11 @@ pub struct Fault {
 }
 
 /// A token bucket shared by the workers (only consulted when configured).
+/// Without a bucket the filter only defers to route-level configuration.
 #[derive(Debug)]
 pub struct LocalRateLimit {
+    pub has_bucket: bool,
+    pub response_headers: super::common::HeaderOps,
     pub max_tokens: u64,
     pub tokens_per_fill: u64,
     pub fill_interval: Duration,
@@ -51,6 +54,9 @@ pub struct LocalRateLimit {
 impl LocalRateLimit {
     /// Takes a token; false when the bucket is empty.
     pub fn take(&self) -> bool {
+        if !self.has_bucket {
+            return true;
+        }
         let mut s = self.state.lock().expect("rate limit bucket");
         let now = std::time::Instant::now();
         let elapsed = now.duration_since(s.1);
@@ -73,12 +79,19 @@ pub enum HttpFilter {
     LocalRateLimit(LocalRateLimit),
 }
 
+/// An HTTP filter with the name routes use in `typed_per_filter_config`.
+#[derive(Debug)]
+pub struct NamedFilter {
+    pub name: String,
+    pub filter: HttpFilter,
+}
+
 #[derive(Debug)]
 pub struct HttpManager {
     pub stat_prefix: Arc<str>,
     pub codec: Codec,
     pub routes: RouteTable,
-    pub filters: Vec<HttpFilter>,
+    pub filters: Vec<NamedFilter>,
     pub access_logs: Vec<AccessLog>,
     pub use_remote_address: bool,
     pub xff_num_trusted_hops: u32,
@@ -131,19 +144,12 @@ impl HttpManager {
             if saw_router {
                 return Err(c.invalid("the router must be the last HTTP filter"));
             }
-            let tc = c.field("typed_config");
-            let decode_err = |e: prost::DecodeError| tc.invalid(e.to_string());
-            match any.type_url.rsplit('/').next().unwrap_or_default() {
-                "envoy.extensions.filters.http.router.v3.Router" => saw_router = true,
-                "envoy.extensions.filters.http.fault.v3.HTTPFault" => {
-                    let pbf = HttpFault::decode(any.value.as_slice()).map_err(decode_err)?;
-                    filters.push(HttpFilter::Fault(compile_fault(&tc, &pbf)?));
-                }
-                "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit" => {
-                    let pbl = PbLocalRateLimit::decode(any.value.as_slice()).map_err(decode_err)?;
-                    filters.push(HttpFilter::LocalRateLimit(compile_rate_limit(&tc, &pbl)?));
-                }
-                other => return Err(tc.unsupported(format!("HTTP filter {other}"))),
+            match compile_typed(&c.field("typed_config"), any)? {
+                Some(filter) => filters.push(NamedFilter {
+                    name: f.name.clone(),
+                    filter,
+                }),
+                None => saw_router = true,
             }
         }
         if !saw_router {
@@ -211,6 +217,26 @@ impl HttpManager {
     }
 }
 
+/// Compiles an HTTP filter's `typed_config`; `None` for the router.
+pub fn compile_typed(
+    tc: &Ctx<'_>,
+    any: &envoy_types::pb::google::protobuf::Any,
+) -> Result<Option<HttpFilter>, ConfigError> {
+    let decode_err = |e: prost::DecodeError| tc.invalid(e.to_string());
+    Ok(match any.type_url.rsplit('/').next().unwrap_or_default() {
+        "envoy.extensions.filters.http.router.v3.Router" => None,
+        "envoy.extensions.filters.http.fault.v3.HTTPFault" => {
+            let pbf = HttpFault::decode(any.value.as_slice()).map_err(decode_err)?;
+            Some(HttpFilter::Fault(compile_fault(tc, &pbf)?))
+        }
+        "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit" => {
+            let pbl = PbLocalRateLimit::decode(any.value.as_slice()).map_err(decode_err)?;
+            Some(HttpFilter::LocalRateLimit(compile_rate_limit(tc, &pbl)?))
+        }
+        other => return Err(tc.unsupported(format!("HTTP filter {other}"))),
+    })
+}
+
 fn compile_fault(ctx: &Ctx<'_>, f: &HttpFault) -> Result<Fault, ConfigError> {
     let delay = match &f.delay {
         Some(d) => {
@@ -242,10 +268,15 @@ fn compile_fault(ctx: &Ctx<'_>, f: &HttpFault) -> Result<Fault, ConfigError> {
 }
 
 fn compile_rate_limit(ctx: &Ctx<'_>, l: &PbLocalRateLimit) -> Result<LocalRateLimit, ConfigError> {
-    let tb = l.token_bucket.as_ref().ok_or_else(|| {
-        ctx.field("token_bucket")
-            .invalid("token_bucket is required")
-    })?;
+    let default_tb = envoy_types::pb::envoy::r#type::v3::TokenBucket {
+        max_tokens: 1,
+        tokens_per_fill: None,
+        fill_interval: Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+    };
+    let tb = l.token_bucket.as_ref().unwrap_or(&default_tb);
     let fill_interval = tb
         .fill_interval
         .as_ref()
@@ -271,6 +302,14 @@ fn compile_rate_limit(ctx: &Ctx<'_>, l: &PbLocalRateLimit) -> Result<LocalRateLi
         _ => StatusCode::TOO_MANY_REQUESTS,
     };
     Ok(LocalRateLimit {
+        has_bucket: l.token_bucket.is_some(),
+        response_headers: super::common::HeaderOps::compile(
+            ctx,
+            "response_headers_to_add",
+            &l.response_headers_to_add,
+            "",
+            &[],
+        )?,
         max_tokens,
         tokens_per_fill: tb
             .tokens_per_fill

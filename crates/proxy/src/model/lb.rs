@@ -48,6 +48,14 @@ impl PriorityHosts {
         }
     }
 
+    /// Round robin over every host, healthy or not (panic mode).
+    pub fn pick_panic(&self) -> Option<&Arc<Host>> {
+        let len = self.schedule.len();
+        (len > 0).then(|| {
+            &self.hosts[self.schedule[self.next.fetch_add(1, Ordering::Relaxed) % len] as usize]
+        })
+    }
+
     pub fn any_available(&self, now_ms: u64) -> bool {
         self.hosts.iter().any(|h| h.available(now_ms))
     }
@@ -108,7 +116,11 @@ impl PriorityHosts {
 
 /// Nginx's smooth weighted round robin, unrolled into a schedule.
 fn smooth_schedule(hosts: &[Arc<Host>]) -> Vec<u32> {
-    let weights: Vec<i64> = hosts.iter().map(|h| h.weight.max(1) as i64).collect();
+    let mut weights: Vec<i64> = hosts.iter().map(|h| h.weight.max(1) as i64).collect();
+    let g = weights.iter().fold(0, |a, &b| gcd(a, b)).max(1);
+    for w in &mut weights {
+        *w /= g;
+    }
     let total: i64 = weights.iter().sum();
     if total == 0 {
         return Vec::new();
@@ -129,6 +141,10 @@ fn smooth_schedule(hosts: &[Arc<Host>]) -> Vec<u32> {
         out.push(best as u32);
     }
     out
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// FNV-1a, 64 bits: stable across runs and processes.

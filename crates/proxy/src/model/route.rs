@@ -33,6 +33,14 @@ pub struct RouteTable {
     pub response_headers: HeaderOps,
 }
 
+/// The parts of a request that routing reads.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a str,
+    pub path_and_query: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
 #[derive(Debug)]
 pub struct VirtualHost {
     pub name: Arc<str>,
@@ -45,6 +53,8 @@ pub struct VirtualHost {
 #[derive(Debug)]
 pub struct Route {
     pub name: Arc<str>,
+    /// `typed_per_filter_config`: filter name -> the route's own configuration.
+    pub per_filter: Vec<(String, super::http::HttpFilter)>,
     matcher: RouteMatch,
     pub action: RouteActionKind,
     pub request_headers: HeaderOps,
@@ -74,8 +84,17 @@ enum HeaderTest {
 }
 
 #[derive(Debug)]
+enum HeaderKey {
+    Name(HeaderName),
+    Method,
+    Path,
+    Authority,
+    Scheme,
+}
+
+#[derive(Debug)]
 struct HeaderMatch {
-    name: HeaderName,
+    name: HeaderKey,
     test: HeaderTest,
     invert: bool,
     missing_as_empty: bool,
@@ -100,6 +119,8 @@ pub enum RouteActionKind {
 #[derive(Debug)]
 pub enum Target {
     Cluster(Arc<Cluster>),
+    /// A cluster that does not exist (accepted with `validate_clusters: false`): 503 NC.
+    Missing(Arc<str>),
     Weighted(WeightedTargets),
 }
 
@@ -209,6 +230,7 @@ impl RouteTable {
         rc: &pb::RouteConfiguration,
         clusters: &HashMap<String, Arc<Cluster>>,
     ) -> Result<Self, ConfigError> {
+        let allow_missing = rc.validate_clusters.as_ref().is_some_and(|v| !v.value);
         let mut t = RouteTable {
             name: rc.name.as_str().into(),
             vhosts: Vec::new(),
@@ -252,7 +274,8 @@ impl RouteTable {
                         .invalid(format!("domain {d:?} is used by two virtual hosts")));
                 }
             }
-            t.vhosts.push(VirtualHost::compile(&c, vh, clusters)?);
+            t.vhosts
+                .push(VirtualHost::compile(&c, vh, clusters, allow_missing)?);
         }
         t.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         t.prefixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
@@ -306,6 +329,7 @@ impl VirtualHost {
         ctx: &Ctx<'_>,
         vh: &pb::VirtualHost,
         clusters: &HashMap<String, Arc<Cluster>>,
+        allow_missing: bool,
     ) -> Result<Self, ConfigError> {
         let retry = vh
             .retry_policy
@@ -320,6 +344,7 @@ impl VirtualHost {
                 r,
                 clusters,
                 retry.as_ref(),
+                allow_missing,
             )?);
         }
         Ok(VirtualHost {
@@ -344,15 +369,15 @@ impl VirtualHost {
     }
 
     /// The first route whose match holds.
-    pub fn route(&self, path_and_query: &str, headers: &HeaderMap) -> Option<&Route> {
-        let (path, query) = match path_and_query.split_once('?') {
+    pub fn route(&self, req: &RequestView<'_>) -> Option<&Route> {
+        let (path, query) = match req.path_and_query.split_once('?') {
             Some((p, q)) => (p, q),
-            None => (path_and_query, ""),
+            None => (req.path_and_query, ""),
         };
         let path = path.split('#').next().unwrap_or(path);
         self.routes
             .iter()
-            .find(|r| r.matcher.matches(path, query, headers))
+            .find(|r| r.matcher.matches(path, query, req))
     }
 }
 
@@ -372,40 +397,55 @@ impl Route {
         r: &pb::Route,
         clusters: &HashMap<String, Arc<Cluster>>,
         vh_retry: Option<&Arc<RetryPolicy>>,
+        allow_missing: bool,
     ) -> Result<Self, ConfigError> {
         let m = r
             .r#match
             .as_ref()
             .ok_or_else(|| ctx.invalid("match is required"))?;
         let matcher = RouteMatch::compile(&ctx.field("match"), m)?;
-        let action =
-            match &r.action {
-                Some(Action::Route(a)) => RouteActionKind::Forward(Box::new(
-                    ForwardAction::compile(&ctx.field("route"), a, clusters, vh_retry)?,
-                )),
-                Some(Action::Redirect(a)) => {
-                    RouteActionKind::Redirect(Redirect::compile(&ctx.field("redirect"), a)?)
-                }
-                Some(Action::DirectResponse(d)) => {
-                    let c = ctx.field("direct_response");
-                    let status = u16::try_from(d.status)
-                        .ok()
-                        .and_then(|s| StatusCode::from_u16(s).ok())
-                        .filter(|s| s.as_u16() >= 200)
-                        .ok_or_else(|| {
-                            c.field("status")
-                                .invalid(format!("bad status {}", d.status))
-                        })?;
-                    let body = d
-                        .body
-                        .as_ref()
-                        .map(|b| super::data_source(&c.field("body"), b))
-                        .transpose()?;
-                    RouteActionKind::Direct { status, body }
-                }
-                _ => return Err(ctx.invalid("one of route, redirect, direct_response is required")),
-            };
+        let action = match &r.action {
+            Some(Action::Route(a)) => RouteActionKind::Forward(Box::new(ForwardAction::compile(
+                &ctx.field("route"),
+                a,
+                clusters,
+                vh_retry,
+                allow_missing,
+            )?)),
+            Some(Action::Redirect(a)) => {
+                RouteActionKind::Redirect(Redirect::compile(&ctx.field("redirect"), a)?)
+            }
+            Some(Action::DirectResponse(d)) => {
+                let c = ctx.field("direct_response");
+                let status = u16::try_from(d.status)
+                    .ok()
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                    .filter(|s| s.as_u16() >= 200)
+                    .ok_or_else(|| {
+                        c.field("status")
+                            .invalid(format!("bad status {}", d.status))
+                    })?;
+                let body = d
+                    .body
+                    .as_ref()
+                    .map(|b| super::data_source(&c.field("body"), b))
+                    .transpose()?;
+                RouteActionKind::Direct { status, body }
+            }
+            _ => return Err(ctx.invalid("one of route, redirect, direct_response is required")),
+        };
+        let mut per_filter = Vec::new();
+        let mut names: Vec<&String> = r.typed_per_filter_config.keys().collect();
+        names.sort();
+        for name in names {
+            let c = ctx.field("typed_per_filter_config").field(name);
+            match super::http::compile_typed(&c, &r.typed_per_filter_config[name])? {
+                Some(f) => per_filter.push((name.clone(), f)),
+                None => return Err(c.unsupported("per-route router configuration")),
+            }
+        }
         Ok(Route {
+            per_filter,
             name: r.name.as_str().into(),
             matcher,
             action,
@@ -495,7 +535,7 @@ impl RouteMatch {
         })
     }
 
-    fn matches(&self, path: &str, query: &str, headers: &HeaderMap) -> bool {
+    fn matches(&self, path: &str, query: &str, req: &RequestView<'_>) -> bool {
         let cs = self.case_sensitive;
         let ok = match &self.path {
             PathMatch::Prefix(p) => starts_with(path, p, cs),
@@ -512,7 +552,7 @@ impl RouteMatch {
             }
             PathMatch::Regex(r) => r.is_match(path),
         };
-        ok && self.headers.iter().all(|h| h.matches(headers))
+        ok && self.headers.iter().all(|h| h.matches(req))
             && self.query.iter().all(|q| q.matches(query))
     }
 }
@@ -528,10 +568,16 @@ fn starts_with(s: &str, p: &str, case_sensitive: bool) -> bool {
 impl HeaderMatch {
     #[allow(deprecated)]
     fn compile(ctx: &Ctx<'_>, h: &pb::HeaderMatcher) -> Result<Self, ConfigError> {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
-            ctx.field("name")
-                .invalid(format!("bad header name {:?}", h.name))
-        })?;
+        let name = match h.name.to_ascii_lowercase().as_str() {
+            ":method" => HeaderKey::Method,
+            ":path" => HeaderKey::Path,
+            ":authority" | "host" => HeaderKey::Authority,
+            ":scheme" => HeaderKey::Scheme,
+            _ => HeaderKey::Name(HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
+                ctx.field("name")
+                    .invalid(format!("bad header name {:?}", h.name))
+            })?),
+        };
         let s = |m: StringMatch| Ok::<_, ConfigError>(HeaderTest::Str(m));
         let test = match &h.header_match_specifier {
             Some(HeaderMatchSpecifier::ExactMatch(v)) => s(StringMatch::Exact(v.clone(), false))?,
@@ -561,8 +607,30 @@ impl HeaderMatch {
         })
     }
 
-    fn matches(&self, headers: &HeaderMap) -> bool {
-        let mut values = headers.get_all(&self.name).iter();
+    fn matches(&self, req: &RequestView<'_>) -> bool {
+        let pseudo = match &self.name {
+            HeaderKey::Name(_) => None,
+            HeaderKey::Method => Some(req.method),
+            HeaderKey::Path => Some(req.path_and_query),
+            HeaderKey::Scheme => Some("http"),
+            HeaderKey::Authority => req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok()),
+        };
+        if !matches!(self.name, HeaderKey::Name(_)) {
+            let result = match (&self.test, pseudo) {
+                (HeaderTest::Present(want), v) => v.is_some() == *want,
+                (HeaderTest::Str(m), None) => self.missing_as_empty && m.matches(""),
+                (HeaderTest::Str(m), Some(v)) => m.matches(v),
+            };
+            return result != self.invert;
+        }
+        let HeaderKey::Name(name) = &self.name else {
+            return false;
+        };
+        let headers = req.headers;
+        let mut values = headers.get_all(name).iter();
         let first = values.next();
         let result = match (&self.test, first) {
             (HeaderTest::Present(want), v) => v.is_some() == *want,
@@ -609,6 +677,7 @@ impl ForwardAction {
         a: &pb::RouteAction,
         clusters: &HashMap<String, Arc<Cluster>>,
         vh_retry: Option<&Arc<RetryPolicy>>,
+        allow_missing: bool,
     ) -> Result<Self, ConfigError> {
         let lookup = |c: &Ctx<'_>, name: &str| {
             clusters
@@ -617,6 +686,11 @@ impl ForwardAction {
                 .ok_or_else(|| c.invalid(format!("unknown cluster {name:?}")))
         };
         let target = match &a.cluster_specifier {
+            Some(route_action::ClusterSpecifier::Cluster(name))
+                if allow_missing && !clusters.contains_key(name) =>
+            {
+                Target::Missing(name.as_str().into())
+            }
             Some(route_action::ClusterSpecifier::Cluster(name)) => {
                 Target::Cluster(lookup(&ctx.field("cluster"), name)?)
             }

@@ -30,6 +30,8 @@ const HOP_BY_HOP: [&str; 6] = [
 ];
 
 enum Failure {
+    /// No activity within the stream idle timeout (flag SI).
+    Idle,
     NoHost,
     Connect(String),
     Reset(String),
@@ -121,7 +123,7 @@ fn retriable_failure(p: &RetryPolicy, f: &Failure) -> bool {
         Failure::Reset(_) => p.on.reset || p.on.five_xx || p.on.gateway_error,
         Failure::Refused(_) => p.on.refused_stream || p.on.five_xx || p.on.reset,
         Failure::PerTryTimeout => p.on.five_xx || p.on.gateway_error,
-        Failure::NoHost => false,
+        Failure::NoHost | Failure::Idle => false,
     }
 }
 
@@ -134,12 +136,7 @@ fn rewrite_path(action: &ForwardAction, route: &Route, pq: &str) -> Option<Strin
     let new_path = if let Some(pr) = &action.prefix_rewrite {
         let n = route.rewrite_len(path);
         let rest = &path[n..];
-        // Envoy avoids a double slash when the rewrite ends with '/' and the rest starts with one.
-        if pr.ends_with('/') && rest.starts_with('/') {
-            format!("{pr}{}", &rest[1..])
-        } else {
-            format!("{pr}{rest}")
-        }
+        format!("{pr}{rest}")
     } else if let Some((re, sub)) = &action.regex_rewrite {
         re.replace_all(path, sub.as_str()).into_owned()
     } else {
@@ -161,6 +158,11 @@ pub async fn forward(
     body: Body,
 ) -> Response<Body> {
     let (cluster, weighted) = match &action.target {
+        Target::Missing(_) => {
+            x.flags.set(Flags::NC);
+            x.details = "cluster_not_found";
+            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "");
+        }
         Target::Cluster(c) => (c.clone(), None),
         Target::Weighted(w) => {
             let e = w.pick();
@@ -184,15 +186,26 @@ pub async fn forward(
         }
         None => original_pq.clone(),
     };
-    if let Some(h) = &action.host_rewrite {
-        parts.headers.insert(header::HOST, h.clone());
+    if let Some(h) = &action.host_rewrite
+        && let Some(orig) = parts.headers.insert(header::HOST, h.clone())
+    {
+        parts.headers.insert("x-envoy-original-host", orig);
     }
+    let vctx = crate::model::common::ValueCtx {
+        remote: x.meta.remote,
+        local: x.meta.destination,
+    };
     if let Some(w) = weighted {
-        w.request_headers.apply(&mut parts.headers);
+        w.request_headers.apply_ctx(&mut parts.headers, Some(&vctx));
     }
-    route.request_headers.apply(&mut parts.headers);
-    vh.request_headers.apply(&mut parts.headers);
-    table.request_headers.apply(&mut parts.headers);
+    route
+        .request_headers
+        .apply_ctx(&mut parts.headers, Some(&vctx));
+    vh.request_headers
+        .apply_ctx(&mut parts.headers, Some(&vctx));
+    table
+        .request_headers
+        .apply_ctx(&mut parts.headers, Some(&vctx));
 
     let is_upgrade = parts
         .headers
@@ -201,6 +214,10 @@ pub async fn forward(
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let upgrade_ok =
         is_upgrade && (action.websocket || x.hcm.websocket) && parts.version == Version::HTTP_11;
+    if is_upgrade && !upgrade_ok {
+        x.details = "upgrade_failed";
+        return local_reply(StatusCode::FORBIDDEN, "");
+    }
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
     for h in HOP_BY_HOP {
         if h == "te"
@@ -309,8 +326,22 @@ pub async fn forward(
             (None, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
             (None, None) => None,
         };
-        let send = cluster.client.send(req);
+        let idle = action.idle_timeout.or(x.hcm.stream_idle_timeout);
+        let (try_timeout, idle_bound) = match (try_timeout, idle) {
+            (Some(t), Some(i)) if i < t => (Some(i), true),
+            (None, Some(i)) => (Some(i), true),
+            (t, _) => (t, false),
+        };
+        let send = cluster.client.send(host.address, req);
         let result = match try_timeout {
+            Some(t) if idle_bound => match tokio::time::timeout(t, send).await {
+                Ok(r) => r.map_err(|e| match e {
+                    UpstreamError::Connect(m) => Failure::Connect(m),
+                    UpstreamError::Reset(m) => Failure::Reset(m),
+                    UpstreamError::Refused(m) => Failure::Refused(m),
+                }),
+                Err(_) => Err(Failure::Idle),
+            },
             Some(t) => match tokio::time::timeout(t, send).await {
                 Ok(r) => r.map_err(|e| match e {
                     UpstreamError::Connect(m) => Failure::Connect(m),
@@ -354,6 +385,7 @@ pub async fn forward(
             retry_guard = cluster.breakers.retry();
             if retry_guard.is_none() {
                 cluster.stats.rq_overflow.inc();
+                x.flags.set(Flags::UO);
                 break result;
             }
         }
@@ -432,6 +464,11 @@ fn failure_reply(
         }
     };
     match f {
+        Failure::Idle => {
+            x.flags.set(Flags::SI);
+            x.details = "stream_idle_timeout";
+            local_reply(StatusCode::GATEWAY_TIMEOUT, "stream timeout")
+        }
         Failure::PerTryTimeout => {
             cluster.stats.rq_timeout.inc();
             x.flags.set(Flags::UT);

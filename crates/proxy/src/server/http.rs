@@ -9,7 +9,9 @@ use super::conn::ConnMeta;
 use super::forward;
 use crate::accesslog::{Entry, Flags};
 use crate::model::http::{HttpFilter, HttpManager};
-use crate::model::route::{Redirect, Route, RouteActionKind, RouteTable, VirtualHost};
+use crate::model::route::{
+    Redirect, RequestView, Route, RouteActionKind, RouteTable, Target, VirtualHost,
+};
 use crate::{Body, BoxError};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -34,6 +36,7 @@ pub async fn serve(
 ) {
     let mut drain = shared.drain_rx.clone();
     let svc_hcm = hcm.clone();
+    let meta_log = meta.clone();
     let svc = hyper::service::service_fn(move |req| {
         let hcm = svc_hcm.clone();
         let meta = meta.clone();
@@ -57,10 +60,38 @@ pub async fn serve(
         conn.as_mut().graceful_shutdown();
     }
     tokio::select! {
-        r = conn.as_mut() => { if let Err(e) = r { tracing::debug!("downstream connection: {e}"); } return; }
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!("downstream connection: {e}");
+                log_protocol_error(&hcm, &meta_log, &*e);
+            }
+            return;
+        }
         _ = drain.changed() => conn.as_mut().graceful_shutdown(),
     }
     let _ = conn.await;
+}
+
+/// hyper answered a malformed request with 400 itself; log it as Envoy does (DPE).
+fn log_protocol_error(hcm: &HttpManager, meta: &ConnMeta, e: &(dyn std::error::Error + 'static)) {
+    let parse = e
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(|h| h.is_parse() || h.is_parse_too_large());
+    if !parse || hcm.access_logs.is_empty() {
+        return;
+    }
+    hcm.stats.rq_total.inc();
+    hcm.stats.response(400, 0.0);
+    let mut entry = Entry::new(SystemTime::now());
+    entry.status = 400;
+    entry.protocol = "HTTP/1.1";
+    entry.flags.set(Flags::DPE);
+    entry.details = "http1.codec_error";
+    entry.downstream_remote = Some(meta.remote);
+    entry.downstream_local = Some(meta.destination);
+    for log in &hcm.access_logs {
+        log.log(&entry);
+    }
 }
 
 /// Per-request state shared with the forwarding code.
@@ -198,10 +229,18 @@ async fn handle(
 
 /// Envoy's sidecar treatment of forwarding headers and the request id.
 fn prepare_headers(hcm: &HttpManager, meta: &ConnMeta, h: &mut http::HeaderMap) {
+    // A loopback peer is reported by the host's first non-loopback address, as Envoy does.
+    let remote = meta.remote.ip();
+    let client = if remote.is_loopback() {
+        host_address(remote.is_ipv4()).unwrap_or(remote)
+    } else {
+        remote
+    };
+    let external = hcm.use_remote_address && !is_internal(client);
     if hcm.use_remote_address && !hcm.skip_xff_append {
-        let ip = meta.remote.ip().to_string();
+        let ip = client.to_string();
         let v = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(old) if !old.is_empty() => format!("{old}, {ip}"),
+            Some(old) if !old.is_empty() => format!("{old},{ip}"),
             _ => ip,
         };
         if let Ok(v) = HeaderValue::from_str(&v) {
@@ -211,7 +250,6 @@ fn prepare_headers(hcm: &HttpManager, meta: &ConnMeta, h: &mut http::HeaderMap) 
     if hcm.use_remote_address || !h.contains_key("x-forwarded-proto") {
         h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     }
-    let external = hcm.use_remote_address && !is_internal(meta.remote.ip());
     if hcm.generate_request_id {
         let keep =
             h.contains_key("x-request-id") && (!external || hcm.preserve_external_request_id);
@@ -229,9 +267,43 @@ fn prepare_headers(hcm: &HttpManager, meta: &ConnMeta, h: &mut http::HeaderMap) 
         for k in drop {
             h.remove(k);
         }
+        if let Ok(v) = HeaderValue::from_str(&remote.to_string()) {
+            h.insert("x-envoy-external-address", v);
+        }
     } else if hcm.use_remote_address {
         h.insert("x-envoy-internal", HeaderValue::from_static("true"));
     }
+}
+
+/// The first non-loopback address of this host (cached).
+fn host_address(v4: bool) -> Option<std::net::IpAddr> {
+    static ADDRS: std::sync::OnceLock<(Option<std::net::IpAddr>, Option<std::net::IpAddr>)> =
+        std::sync::OnceLock::new();
+    let (a4, a6) = ADDRS.get_or_init(|| {
+        let mut a4 = None;
+        let mut a6 = None;
+        if let Ok(ifs) = nix::ifaddrs::getifaddrs() {
+            for i in ifs {
+                let Some(addr) = i.address else { continue };
+                if let Some(v) = addr.as_sockaddr_in() {
+                    let ip = std::net::IpAddr::V4(v.ip());
+                    if !ip.is_loopback() && a4.is_none() {
+                        a4 = Some(ip);
+                    }
+                } else if let Some(v) = addr.as_sockaddr_in6() {
+                    let ip = std::net::IpAddr::V6(v.ip());
+                    if !ip.is_loopback()
+                        && a6.is_none()
+                        && (v.ip().segments()[0] & 0xffc0) != 0xfe80
+                    {
+                        a6 = Some(ip);
+                    }
+                }
+            }
+        }
+        (a4, a6)
+    });
+    if v4 { *a4 } else { *a6 }
 }
 
 fn is_internal(ip: std::net::IpAddr) -> bool {
@@ -241,12 +313,31 @@ fn is_internal(ip: std::net::IpAddr) -> bool {
     }
 }
 
+/// HTTP/1 requests whose body we answer without reading get `connection: close`.
+fn body_pending(parts: &http::request::Parts) -> bool {
+    parts.version != Version::HTTP_2
+        && (parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+            || parts.headers.contains_key(header::TRANSFER_ENCODING))
+}
+
+fn local(pending: bool, mut r: Response<Body>) -> Response<Body> {
+    if pending {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
 async fn route_and_run(
     x: &mut Exchange,
     parts: http::request::Parts,
     body: Body,
 ) -> Response<Body> {
     let hcm = x.hcm.clone();
+    let pending = body_pending(&parts);
     let host = parts
         .headers
         .get(header::HOST)
@@ -259,15 +350,33 @@ async fn route_and_run(
         .unwrap_or("/");
     let table: &RouteTable = &hcm.routes;
     let Some(vh) = table.virtual_host(host) else {
-        return no_route(x);
+        return local(pending, no_route(x));
     };
-    let Some(route) = vh.route(pq, &parts.headers) else {
-        return no_route(x);
+    let view = RequestView {
+        method: parts.method.as_str(),
+        path_and_query: pq,
+        headers: &parts.headers,
+    };
+    let Some(route) = vh.route(&view) else {
+        return local(pending, no_route(x));
     };
     if let Some(e) = x.entry.as_mut() {
         e.route_name = Some(route.name.clone()).filter(|n| !n.is_empty());
+        if let RouteActionKind::Forward(a) = &route.action {
+            e.upstream_cluster = match &a.target {
+                Target::Cluster(c) => Some(c.name.clone()),
+                Target::Missing(n) => Some(n.clone()),
+                Target::Weighted(_) => None,
+            };
+        }
     }
-    for f in &hcm.filters {
+    for nf in &hcm.filters {
+        let f = route
+            .per_filter
+            .iter()
+            .find(|(n, _)| *n == nf.name)
+            .map(|(_, f)| f)
+            .unwrap_or(&nf.filter);
         match f {
             HttpFilter::Fault(fault) => {
                 if let Some((d, frac)) = &fault.delay
@@ -281,15 +390,17 @@ async fn route_and_run(
                 {
                     x.flags.set(Flags::FI);
                     x.details = "fault_filter_abort";
-                    return local_reply(*status, "fault filter abort");
+                    return local(pending, local_reply(*status, "fault filter abort"));
                 }
             }
             HttpFilter::LocalRateLimit(rl) => {
-                if rl.enabled.hit() && !rl.take() && rl.enforced.hit() {
+                if rl.has_bucket && rl.enabled.hit() && !rl.take() && rl.enforced.hit() {
                     hcm.stats.rate_limited.inc();
                     x.flags.set(Flags::RL);
                     x.details = "local_rate_limited";
-                    return local_reply(rl.status, "local_rate_limited");
+                    let mut r = local_reply(rl.status, "local_rate_limited");
+                    rl.response_headers.apply(r.headers_mut());
+                    return local(pending, r);
                 }
             }
         }
@@ -304,13 +415,13 @@ async fn route_and_run(
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             }
             response_headers(&mut r, route, vh, table, None);
-            r
+            local(pending, r)
         }
         RouteActionKind::Redirect(rd) => {
             x.details = "direct_response";
             let mut r = redirect(rd, route, host, pq);
             response_headers(&mut r, route, vh, table, None);
-            r
+            local(pending, r)
         }
         RouteActionKind::Forward(action) => {
             forward::forward(x, route, vh, table, action, parts, body).await

@@ -30,6 +30,10 @@ pub async fn proxy(tp: Arc<TcpProxy>, mut down: TcpStream, meta: Arc<ConnMeta>) 
     entry.sni = meta.server_name.clone();
     tp.stats.cx_total.inc();
     let cluster = match &tp.target {
+        Target::Missing(name) => {
+            tracing::debug!(cluster = %name, "tcp_proxy: cluster not found");
+            return;
+        }
         Target::Cluster(c) => c.clone(),
         Target::Weighted(w) => w.pick().cluster.clone(),
     };
@@ -92,6 +96,7 @@ async fn connect<'c>(
         cluster.stats.cx_connect_fail.inc();
     }
     entry.flags.set(Flags::UF);
+    entry.flags.set(Flags::URX);
     None
 }
 

@@ -12,8 +12,10 @@
 //! - `config`: settings types and flag/env parsers (pure);
 //! - `rules`: the typed rule model shared by both backends;
 //! - `plan`: which rules Istio's capture needs, in order (pure);
-//! - `iptables` / [`nft`]: rendering to text (pure);
-//! - `apply` / `route` / `exec`: running the tools (I/O);
+//! - `iptables`: rendering to iptables-restore text (pure);
+//! - [`nft`]: rendering to an nft script (pure) and applying it;
+//! - `apply` / `route` / `exec`: running iptables and `ip` (I/O), the
+//!   change lock, the iptables variant (legacy or nf_tables) in use;
 //! - `detect`: reading the pod's addresses and resolv.conf;
 //! - [`cli`]: the `weft-proxy iptables` / `clean-iptables` flags.
 
@@ -25,7 +27,7 @@ mod exec;
 mod iptables;
 pub mod nft;
 mod plan;
-pub(crate) mod route;
+mod route;
 mod rules;
 
 mod apply;

@@ -83,8 +83,8 @@ impl ClientConfig {
 pub struct AcceptedType {
     /// `version_info` of the last accepted response.
     pub version: String,
-    /// Names of the resources held.
-    pub resources: Vec<String>,
+    /// Number of resources held.
+    pub resources: usize,
 }
 
 /// The client's observable state.
@@ -321,10 +321,7 @@ impl Runner {
                 ..TypeState::default()
             });
         state.nonce = resp.nonce.clone();
-        let mut candidate = match state.names {
-            None => BTreeMap::new(),
-            Some(_) => state.resources.clone(),
-        };
+        let mut incoming: Vec<(String, Any)> = Vec::with_capacity(resp.resources.len());
         let mut problem = None;
         for any in resp.resources {
             if any.type_url != type_url {
@@ -338,7 +335,7 @@ impl Runner {
             match resource_name(&any) {
                 Ok(name) => {
                     if state.names.as_ref().is_none_or(|n| n.contains(&name)) {
-                        candidate.insert(name, any);
+                        incoming.push((name, any));
                     }
                 }
                 Err(e) => {
@@ -350,18 +347,28 @@ impl Runner {
         let verdict = match problem {
             Some(p) => Err(p),
             None => {
-                let all: Vec<Any> = candidate.values().cloned().collect();
+                // The set the proxy would hold: the response alone for LDS
+                // and CDS, merged into what it holds for named types.
+                let mut merged: BTreeMap<&str, &Any> = BTreeMap::new();
+                if state.names.is_some() {
+                    merged.extend(state.resources.iter().map(|(k, v)| (k.as_str(), v)));
+                }
+                merged.extend(incoming.iter().map(|(k, v)| (k.as_str(), v)));
+                let all: Vec<Any> = merged.into_values().cloned().collect();
                 self.handler.apply(&type_url, &all)
             }
         };
         self.state.send_modify(|s| s.responses += 1);
         match verdict {
             Ok(()) => {
-                state.resources = candidate;
+                if state.names.is_none() {
+                    state.resources.clear();
+                }
+                state.resources.extend(incoming);
                 state.version = resp.version_info;
                 let accepted = AcceptedType {
                     version: state.version.clone(),
-                    resources: state.resources.keys().cloned().collect(),
+                    resources: state.resources.len(),
                 };
                 sender.request(&type_url, state, None);
                 tracing::debug!(r#type = short_name(&type_url), version = %accepted.version, "xDS ACK");

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{Any, Struct, value::Kind};
@@ -30,9 +30,19 @@ pub struct Resource {
 /// The desired resources of one type for one proxy, by name, with a
 /// version for the whole set derived from the names and per-resource
 /// versions (so an unchanged set keeps its version across pushes).
-#[derive(Clone, Debug, Default, PartialEq)]
+///
+/// Cloning is cheap (the map is shared until modified), so a generator can
+/// hand the same set to many proxies; the set version is computed once.
+#[derive(Clone, Debug, Default)]
 pub struct ResourceSet {
-    resources: BTreeMap<String, Arc<Resource>>,
+    resources: Arc<BTreeMap<String, Arc<Resource>>>,
+    version: OnceLock<String>,
+}
+
+impl PartialEq for ResourceSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.resources == other.resources
+    }
 }
 
 impl ResourceSet {
@@ -60,12 +70,17 @@ impl ResourceSet {
             version: version.into(),
             any,
         };
-        self.resources.insert(name, Arc::new(resource));
+        self.version = OnceLock::new();
+        Arc::make_mut(&mut self.resources).insert(name, Arc::new(resource));
     }
 
     /// Removes `name`, returning whether it was present.
     pub fn remove(&mut self, name: &str) -> bool {
-        self.resources.remove(name).is_some()
+        if !self.resources.contains_key(name) {
+            return false;
+        }
+        self.version = OnceLock::new();
+        Arc::make_mut(&mut self.resources).remove(name).is_some()
     }
 
     /// The resource called `name`.
@@ -93,26 +108,37 @@ impl ResourceSet {
         self.resources.is_empty()
     }
 
-    /// The subset whose names are in `names`.
+    /// The subset whose names are in `names` (a cheap clone when every
+    /// resource is named).
     pub fn filtered(&self, names: &BTreeSet<String>) -> ResourceSet {
+        if self.resources.keys().all(|n| names.contains(n)) {
+            return self.clone();
+        }
         let resources = names
             .iter()
             .filter_map(|n| self.resources.get(n).map(|r| (n.clone(), r.clone())))
             .collect();
-        ResourceSet { resources }
+        ResourceSet {
+            resources: Arc::new(resources),
+            version: OnceLock::new(),
+        }
     }
 
     /// The version of the whole set: a hash over every name and version.
     /// Two sets with the same names and versions share it.
     pub fn version(&self) -> String {
-        let mut h = Fnv::new();
-        for r in self.resources.values() {
-            h.write(r.name.as_bytes());
-            h.write(&[0]);
-            h.write(r.version.as_bytes());
-            h.write(&[0]);
-        }
-        hex(h.finish())
+        self.version
+            .get_or_init(|| {
+                let mut h = Fnv::new();
+                for r in self.resources.values() {
+                    h.write(r.name.as_bytes());
+                    h.write(&[0]);
+                    h.write(r.version.as_bytes());
+                    h.write(&[0]);
+                }
+                hex(h.finish())
+            })
+            .clone()
     }
 }
 

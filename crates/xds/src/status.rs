@@ -126,7 +126,10 @@ pub(crate) struct StatusEntry {
 impl StatusEntry {
     pub(crate) fn update(&self, type_url: &str, f: impl FnOnce(&mut TypeSyncStatus)) {
         let mut guard = lock(&self.entry);
-        f(guard.types.entry(type_url.to_string()).or_default());
+        match guard.types.get_mut(type_url) {
+            Some(t) => f(t),
+            None => f(guard.types.entry(type_url.to_string()).or_default()),
+        }
     }
 }
 

@@ -130,3 +130,63 @@ fn finds_only_builtin_jumps_into_our_chains() {
         "KUBE-SVC's jump is someone else's chain and stays"
     );
 }
+
+/// A tiny deterministic generator (xorshift) for robustness checks.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn save_parsing_never_panics_on_mangled_input() {
+    let alphabet: Vec<char> = "*:-AN \n#[]ISTIO_OUTPUT-jgCOMMIT\"é\t".chars().collect();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let base: Vec<char> = SAVE.chars().collect();
+    for _ in 0..5_000 {
+        let mut text = base.clone();
+        for _ in 0..(rng.next() % 12) {
+            let pos = (rng.next() as usize) % (text.len() + 1);
+            match rng.next() % 3 {
+                0 if pos < text.len() => {
+                    text.remove(pos);
+                }
+                1 => text.insert(pos, alphabet[(rng.next() as usize) % alphabet.len()]),
+                _ => text.truncate(pos),
+            }
+        }
+        let text: String = text.into_iter().collect();
+        for (_, table) in parse_save(&text) {
+            let _ = jumps_into_ours(&table);
+            let _ = table.is_pristine();
+        }
+    }
+}
+
+#[test]
+fn flag_parsers_never_panic_on_arbitrary_text() {
+    let alphabet: Vec<char> = "0123456789abcdef:./,*+- \t\"'é/%".chars().collect();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    for _ in 0..5_000 {
+        let len = (rng.next() % 24) as usize;
+        let s: String = (0..len)
+            .map(|_| alphabet[(rng.next() as usize) % alphabet.len()])
+            .collect();
+        let _ = crate::config::parse_port_list("-d", &s);
+        let _ = crate::config::parse_inbound_ports("-b", &s);
+        let _ = crate::config::parse_outbound_ranges("-i", &s);
+        let _ = crate::config::parse_interfaces("-c", &s);
+        let _ = crate::config::parse_dns_servers("--dns-servers", &s);
+        let _ = crate::config::parse_owner_groups(&s, &s);
+        let _ = crate::config::parse_loopback_cidr(&s);
+        let _ = crate::config::parse_id_list("-u", &s, |_| None);
+        let _ = crate::detect::parse_resolv_conf(&s);
+        let _ = crate::apply::failed_line(&s);
+        let _ = crate::nft::failed_line(&s);
+    }
+}

@@ -26,6 +26,8 @@ mod scenario;
 #[path = "differential/upstream.rs"]
 mod upstream;
 
+use std::collections::BTreeMap;
+
 use net::Net;
 use observe::Observation;
 use proxy::Kind;
@@ -39,7 +41,7 @@ async fn run_with(
     sc: &Scenario,
     ups: &Upstreams,
     net: &Net,
-) -> Result<Vec<Vec<Observation>>, String> {
+) -> Result<Run, String> {
     let dir = tempfile::Builder::new()
         .prefix(&format!("weft-diff-{name}-{}-", kind.label()))
         .tempdir()
@@ -62,7 +64,7 @@ async fn run_with(
                 "{} accepted a bootstrap it must refuse ({why})",
                 kind.label()
             )),
-            Err(e) if e.contains("exited before ready") => Ok(Vec::new()),
+            Err(e) if e.contains("exited before ready") => Ok(Run::default()),
             Err(e) => Err(format!(
                 "{} neither refused nor served the bootstrap: {e}",
                 kind.label()
@@ -186,8 +188,49 @@ async fn run_with(
         }
         out.push(obs);
     }
+    let mut logs = BTreeMap::new();
+    for (log_name, want) in &sc.extra_logs {
+        let path = scenario::extra_log_path(&bindings, log_name);
+        let lines = proxy::wait_lines(&path, want.lines).await;
+        let mut normalized: Vec<String> = lines
+            .iter()
+            .map(|l| observe::normalize_log_line(l, &want.volatile))
+            .collect();
+        normalized.sort();
+        logs.insert(log_name.clone(), normalized);
+    }
     drop(running);
-    Ok(out)
+    Ok(Run { obs: out, logs })
+}
+
+/// What one proxy run of a scenario observed.
+#[derive(Default)]
+struct Run {
+    /// Per request, per instance.
+    obs: Vec<Vec<Observation>>,
+    /// Extra access logs by name, normalised and sorted.
+    logs: BTreeMap<String, Vec<String>>,
+}
+
+/// Checks the extra access logs' expectations.
+fn check_logs(sc: &Scenario, run: &Run, who: &str, errs: &mut Vec<String>) {
+    for (log_name, want) in &sc.extra_logs {
+        let lines = run.logs.get(log_name).cloned().unwrap_or_default();
+        if lines.len() != want.lines {
+            errs.push(format!(
+                "{who}: access log {log_name}: expected {} lines, got {}: {lines:#?}",
+                want.lines,
+                lines.len()
+            ));
+        }
+        for needle in &want.contains {
+            if !lines.iter().any(|l| l.contains(needle.as_str())) {
+                errs.push(format!(
+                    "{who}: access log {log_name}: no line contains {needle:?}: {lines:#?}"
+                ));
+            }
+        }
+    }
 }
 
 fn run(name: &str) {
@@ -209,11 +252,12 @@ async fn run_scenario(name: &str) {
         },
     };
     let ups = upstream::start(&sc.upstreams, &net).await;
-    let envoy = run_with(Kind::Envoy, name, &sc, &ups, &net)
+    let envoy_run = run_with(Kind::Envoy, name, &sc, &ups, &net)
         .await
         .unwrap_or_else(|e| panic!("scenario {name}: running Envoy: {e}"));
+    let envoy = &envoy_run.obs;
     if std::env::var_os("WEFT_DIFF_DUMP").is_some() {
-        for (spec, obs) in sc.requests.iter().zip(&envoy) {
+        for (spec, obs) in sc.requests.iter().zip(envoy) {
             for o in obs {
                 eprintln!(
                     "envoy {:?} {}: {:#?}",
@@ -225,9 +269,10 @@ async fn run_scenario(name: &str) {
         }
     }
     let mut expect_errs = Vec::new();
-    for (spec, obs) in sc.requests.iter().zip(&envoy) {
+    for (spec, obs) in sc.requests.iter().zip(envoy) {
         observe::check(spec, obs, &mut expect_errs);
     }
+    check_logs(&sc, &envoy_run, "envoy", &mut expect_errs);
     assert!(
         expect_errs.is_empty(),
         "scenario {name} ({}): Envoy does not meet the scenario's expectations (fix the scenario; WEFT_DIFF_DUMP=1 prints what Envoy did):\n  {}",
@@ -245,8 +290,23 @@ async fn run_scenario(name: &str) {
     let mut diffs = Vec::new();
     match run_with(Kind::Weft, name, &sc, &ups, &net).await {
         Err(e) => diffs.push(format!("running weft-proxy: {e}")),
-        Ok(weft) => {
-            for ((spec, a), b) in sc.requests.iter().zip(&envoy).zip(&weft) {
+        Ok(weft_run) => {
+            let mut errs = Vec::new();
+            check_logs(&sc, &weft_run, "weft", &mut errs);
+            diffs.extend(
+                errs.into_iter()
+                    .map(|e| format!("weft misses an expectation: {e}")),
+            );
+            for (log_name, a) in &envoy_run.logs {
+                let field = format!("access_log.{log_name}");
+                let b = weft_run.logs.get(log_name).cloned().unwrap_or_default();
+                if *a != b && !sc.deviations.contains_key(&field) {
+                    diffs.push(format!(
+                        "{field} differs\n    envoy: {a:#?}\n    weft:  {b:#?}"
+                    ));
+                }
+            }
+            for ((spec, a), b) in sc.requests.iter().zip(envoy).zip(&weft_run.obs) {
                 let mut errs = Vec::new();
                 observe::check(spec, b, &mut errs);
                 diffs.extend(
@@ -294,6 +354,7 @@ macro_rules! scenarios {
 }
 
 scenarios!(
+    access_log_istio_format,
     capture_original_dst_filter,
     capture_virtual_outbound,
     circuit_breaker_requests,

@@ -403,3 +403,26 @@ pub fn label(spec: &RequestSpec) -> String {
         .clone()
         .unwrap_or_else(|| format!("{} {} {}", spec.method, spec.host, spec.path))
 }
+
+/// An extra access-log line (fields separated by `|`) with what legitimately
+/// differs between runs replaced: the fields listed as volatile become `*`
+/// and a trailing `:PORT` of an address becomes `:PORT`.
+pub fn normalize_log_line(line: &str, volatile: &[usize]) -> String {
+    line.split('|')
+        .enumerate()
+        .map(|(i, f)| {
+            if volatile.contains(&i) {
+                return "*".to_string();
+            }
+            match f.rsplit_once(':') {
+                Some((host, port))
+                    if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    format!("{host}:PORT")
+                }
+                _ => f.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("|")
+}

@@ -34,6 +34,12 @@ pub struct Scenario {
     /// captured by iptables REDIRECT to a listener, as a sidecar's are.
     #[serde(default)]
     pub capture: Option<Capture>,
+    /// Extra access logs with their own format (`{{access_log_path.NAME}}`,
+    /// fields separated by `|`): their lines, normalised, are compared as
+    /// sorted lists between the proxies and checked against these
+    /// expectations.
+    #[serde(default)]
+    pub extra_logs: BTreeMap<String, ExtraLog>,
     /// Upstream test servers by name (`{{upstream.NAME}}` is its port).
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamSpec>,
@@ -43,6 +49,21 @@ pub struct Scenario {
     /// values, `data` and `raw` are substituted too).
     #[serde(default)]
     pub requests: Vec<RequestSpec>,
+}
+
+/// Expectations on an extra access log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraLog {
+    /// Number of lines.
+    pub lines: usize,
+    /// Each string appears in some normalised line.
+    #[serde(default)]
+    pub contains: Vec<String>,
+    /// Indices of `|`-separated fields whose values differ run to run
+    /// (times, durations, generated ids).
+    #[serde(default)]
+    pub volatile: Vec<usize>,
 }
 
 /// Traffic capture for a scenario (needs root: a network namespace and
@@ -326,6 +347,11 @@ fn placeholders(template: &str) -> Vec<String> {
     out
 }
 
+/// Where the extra access log `name` of a run goes.
+pub fn extra_log_path(b: &Bindings, name: &str) -> PathBuf {
+    b.access_log.with_file_name(format!("access-{name}.log"))
+}
+
 /// Substitutes every placeholder; an unknown one is an error naming it.
 pub fn render(template: &str, b: &Bindings) -> String {
     let mut out = String::with_capacity(template.len() + 256);
@@ -341,7 +367,9 @@ pub fn render(template: &str, b: &Bindings) -> String {
             "access_log_path" => b.access_log.display().to_string(),
             "access_log_format" => format!("{ACCESS_LOG_FORMAT}\\n"),
             _ => {
-                if let Some(n) = ph.strip_prefix("listener_port.") {
+                if let Some(n) = ph.strip_prefix("access_log_path.") {
+                    extra_log_path(b, n).display().to_string()
+                } else if let Some(n) = ph.strip_prefix("listener_port.") {
                     b.listener_ports[n].to_string()
                 } else if let Some(n) = ph.strip_prefix("upstream.") {
                     b.upstream_ports

@@ -361,9 +361,7 @@ fn many_files_give_the_same_result_as_a_sequential_check() {
     let report = weft_api::analyze_files(&map);
     assert_eq!(snap.problems, report.problems);
     assert_eq!(snap.len(), 294);
-    assert_eq!(
-        report.errors().count(),
-        6 * 3,
-        "weights + two unknown subsets per bad VS"
-    );
+    // Per bad VS: weights and two unknown subsets; and the five later ones
+    // claim host `reviews` already claimed by the first.
+    assert_eq!(report.errors().count(), 6 * 3 + 5);
 }

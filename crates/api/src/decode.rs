@@ -185,7 +185,7 @@ pub fn decode_value(
     if value.is_null() {
         return Ok(None);
     }
-    let Value::Mapping(map) = value else {
+    let Value::Mapping(mut map) = value else {
         return Err(FieldError::error(
             "",
             "document is not a mapping (expected a Kubernetes-style object)",
@@ -235,16 +235,6 @@ pub fn decode_value(
             }
         }
     }
-    let spec_value = map.get("spec").cloned();
-    let spec_of = |errors: &mut Vec<FieldError>| -> Value {
-        match &spec_value {
-            Some(v) => v.clone(),
-            None => {
-                errors.push(FieldError::error("spec", "required field is missing"));
-                Value::Mapping(Default::default())
-            }
-        }
-    };
     macro_rules! typed {
         ($variant:ident, $value:expr, $prefix:expr, $strict:expr) => {{
             let (t, errs) = decode_typed_with($value, $prefix, $strict);
@@ -259,27 +249,51 @@ pub fn decode_value(
         }};
     }
     let spec = match &kind {
-        Kind::VirtualService => typed!(VirtualService, spec_of(&mut errors), "spec", true),
-        Kind::DestinationRule => typed!(DestinationRule, spec_of(&mut errors), "spec", true),
-        Kind::Gateway => typed!(Gateway, spec_of(&mut errors), "spec", true),
-        Kind::ServiceEntry => typed!(ServiceEntry, spec_of(&mut errors), "spec", true),
-        Kind::Sidecar => typed!(Sidecar, spec_of(&mut errors), "spec", true),
-        Kind::WorkloadEntry => typed!(WorkloadEntry, spec_of(&mut errors), "spec", true),
-        Kind::PeerAuthentication => typed!(PeerAuthentication, spec_of(&mut errors), "spec", true),
+        Kind::VirtualService => typed!(
+            VirtualService,
+            take_spec(&mut map, &mut errors),
+            "spec",
+            true
+        ),
+        Kind::DestinationRule => typed!(
+            DestinationRule,
+            take_spec(&mut map, &mut errors),
+            "spec",
+            true
+        ),
+        Kind::Gateway => typed!(Gateway, take_spec(&mut map, &mut errors), "spec", true),
+        Kind::ServiceEntry => typed!(ServiceEntry, take_spec(&mut map, &mut errors), "spec", true),
+        Kind::Sidecar => typed!(Sidecar, take_spec(&mut map, &mut errors), "spec", true),
+        Kind::WorkloadEntry => typed!(
+            WorkloadEntry,
+            take_spec(&mut map, &mut errors),
+            "spec",
+            true
+        ),
+        Kind::PeerAuthentication => typed!(
+            PeerAuthentication,
+            take_spec(&mut map, &mut errors),
+            "spec",
+            true
+        ),
         Kind::AuthorizationPolicy => {
-            typed!(AuthorizationPolicy, spec_of(&mut errors), "spec", true)
+            typed!(
+                AuthorizationPolicy,
+                take_spec(&mut map, &mut errors),
+                "spec",
+                true
+            )
         }
         Kind::Namespace => Resource::Namespace(k8s::Namespace {}),
         Kind::Service => typed!(
             Service,
-            spec_value
-                .clone()
+            map.remove("spec")
                 .unwrap_or(Value::Mapping(Default::default())),
             "spec",
             false
         ),
-        Kind::EndpointSlice => typed!(EndpointSlice, Value::Mapping(map.clone()), "", false),
-        Kind::Pod => typed!(Pod, Value::Mapping(map.clone()), "", false),
+        Kind::EndpointSlice => typed!(EndpointSlice, Value::Mapping(map), "", false),
+        Kind::Pod => typed!(Pod, Value::Mapping(map), "", false),
         Kind::MeshConfig => {
             let mesh_text = map
                 .get("data")
@@ -295,7 +309,7 @@ pub fn decode_value(
                 }
             }
         }
-        Kind::Other(..) => Resource::Other(Value::Mapping(map.clone())),
+        Kind::Other(..) => Resource::Other(Value::Mapping(map)),
     };
     let object = Object {
         api_version,
@@ -305,6 +319,14 @@ pub fn decode_value(
         origin,
     };
     Ok(Some((object, errors)))
+}
+
+/// Moves `spec` out of the document, reporting it when missing.
+fn take_spec(map: &mut serde_yaml::Mapping, errors: &mut Vec<FieldError>) -> Value {
+    map.remove("spec").unwrap_or_else(|| {
+        errors.push(FieldError::error("spec", "required field is missing"));
+        Value::Mapping(Default::default())
+    })
 }
 
 /// Maps `(group, version, kind)` to a [`Kind`], rejecting unsupported

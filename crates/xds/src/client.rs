@@ -153,7 +153,11 @@ impl AdsClient {
                 reason: e.to_string(),
             })?
             .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // Notice a vanished weftd (no FIN) and reconnect.
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
         let (state_tx, state) = watch::channel(ClientState::default());
         let (stop, stop_rx) = watch::channel(false);
         let runner = Runner {

@@ -12,6 +12,56 @@
 //!
 //! This crate knows the protocol, not the mesh: it never decides what a
 //! resource contains.
+//!
+//! # weftd: serving ADS
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use weft_xds::{AdsServer, DebounceConfig, NodeInfo, PushRequest, Pusher, ResourceSet,
+//!                ServerOptions, XdsMetrics};
+//!
+//! # async fn run() -> Result<(), weft_xds::XdsError> {
+//! // Translation goes here; a closure is a Generator too.
+//! let generator = Arc::new(|node: &NodeInfo, type_url: &str| -> ResourceSet {
+//!     let _ = (node, type_url);
+//!     ResourceSet::new()
+//! });
+//! let mut registry = prometheus_client::registry::Registry::default();
+//! let metrics = Arc::new(XdsMetrics::new(&mut registry));
+//! let pusher = Pusher::spawn(DebounceConfig::default());
+//! let server = AdsServer::new(generator, &pusher, metrics, ServerOptions::default());
+//! // On a config change: pusher.trigger(PushRequest::full("file x changed"));
+//! // On an endpoint change: pusher.trigger(PushRequest::endpoints("slice y"));
+//! // /debug/syncz: server.sync_status();
+//! server
+//!     .serve_addr("0.0.0.0:15010".parse().unwrap(), std::future::pending())
+//!     .await
+//! # }
+//! ```
+//!
+//! # weft-proxy: following weftd
+//!
+//! ```no_run
+//! use weft_xds::{AdsClient, Any, ClientConfig, ProxyMetadata};
+//!
+//! # async fn run() -> Result<(), weft_xds::XdsError> {
+//! let me = ProxyMetadata {
+//!     ips: vec!["10.0.0.5".into()],
+//!     pod_name: "reviews-v1-7d9c".into(),
+//!     namespace: "default".into(),
+//!     ..Default::default()
+//! };
+//! let config = ClientConfig::new("http://127.0.0.1:15010", me.to_node());
+//! // Compile and swap in; Err(message) NACKs and the old config keeps serving.
+//! let handle = AdsClient::spawn(config, |type_url: &str, resources: &[Any]| {
+//!     let _ = (type_url, resources);
+//!     Ok(())
+//! })?;
+//! let state = handle.state(); // accepted versions, NACKs, connection state
+//! # drop(state);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod client;
 pub mod error;

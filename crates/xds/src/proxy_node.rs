@@ -56,7 +56,7 @@ pub struct ProxyMetadata {
     pub pod_name: String,
     /// Namespace (`NAMESPACE`).
     pub namespace: String,
-    /// Cluster DNS domain, e.g. `cluster.local`.
+    /// Cluster DNS domain; empty means `cluster.local`.
     pub domain: String,
     /// Workload (Deployment) name (`WORKLOAD_NAME`).
     pub workload_name: String,

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use crate::resources::NodeInfo;
+
 /// Which ADS variant a stream speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamKind {
@@ -89,16 +91,26 @@ pub struct ProxySyncStatus {
     pub types: BTreeMap<String, TypeSyncStatus>,
 }
 
+/// One stream's row: who it is and its live status.
+#[derive(Debug)]
+struct Row {
+    node: NodeInfo,
+    status: Mutex<ProxySyncStatus>,
+}
+
 /// Live table of all streams.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SyncRegistry {
-    entries: Arc<Mutex<BTreeMap<String, Arc<Mutex<ProxySyncStatus>>>>>,
+    entries: Arc<Mutex<BTreeMap<String, Arc<Row>>>>,
 }
 
 impl SyncRegistry {
-    pub(crate) fn register(&self, status: ProxySyncStatus) -> StatusEntry {
+    pub(crate) fn register(&self, node: NodeInfo, status: ProxySyncStatus) -> StatusEntry {
         let id = status.connection_id.clone();
-        let entry = Arc::new(Mutex::new(status));
+        let entry = Arc::new(Row {
+            node,
+            status: Mutex::new(status),
+        });
         lock(&self.entries).insert(id.clone(), entry.clone());
         StatusEntry {
             registry: self.clone(),
@@ -107,9 +119,19 @@ impl SyncRegistry {
         }
     }
 
+    /// The node of the newest stream of `proxy_id`.
+    pub(crate) fn node(&self, proxy_id: &str) -> Option<NodeInfo> {
+        lock(&self.entries)
+            .values()
+            .filter(|r| r.node.id == proxy_id)
+            .max_by_key(|r| lock(&r.status).connected_at)
+            .map(|r| r.node.clone())
+    }
+
     pub(crate) fn snapshot(&self) -> Vec<ProxySyncStatus> {
         let entries: Vec<_> = lock(&self.entries).values().cloned().collect();
-        let mut out: Vec<ProxySyncStatus> = entries.iter().map(|e| lock(e).clone()).collect();
+        let mut out: Vec<ProxySyncStatus> =
+            entries.iter().map(|e| lock(&e.status).clone()).collect();
         out.sort_by(|a, b| (&a.proxy_id, &a.connection_id).cmp(&(&b.proxy_id, &b.connection_id)));
         out
     }
@@ -120,12 +142,12 @@ impl SyncRegistry {
 pub(crate) struct StatusEntry {
     registry: SyncRegistry,
     id: String,
-    entry: Arc<Mutex<ProxySyncStatus>>,
+    entry: Arc<Row>,
 }
 
 impl StatusEntry {
     pub(crate) fn update(&self, type_url: &str, f: impl FnOnce(&mut TypeSyncStatus)) {
-        let mut guard = lock(&self.entry);
+        let mut guard = lock(&self.entry.status);
         match guard.types.get_mut(type_url) {
             Some(t) => f(t),
             None => f(guard.types.entry(type_url.to_string()).or_default()),

@@ -10,7 +10,7 @@ use common::*;
 use tokio::sync::watch;
 use weft_xds::names::resource_name;
 use weft_xds::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
-use weft_xds::{AdsClient, Any, ClientConfig, ClientState, PushRequest, XdsType};
+use weft_xds::{AdsClient, Any, ClientConfig, ClientState, ProxyMetadata, PushRequest, XdsType};
 
 /// What the handler holds: per type URL, resource names in order.
 type Applied = Arc<Mutex<BTreeMap<String, Vec<String>>>>;
@@ -82,15 +82,20 @@ async fn client_follows_cds_lds_then_eds_rds_and_acks() {
     let srv = TestServer::start(debounce_ms(0)).await;
     full_mesh(&srv, "1");
     let applied = Applied::default();
-    let client = AdsClient::spawn(
-        client_config(
-            srv.url(),
-            "sidecar~10.0.0.1~a.default~default.svc.cluster.local",
-        ),
-        recording_handler(applied.clone()),
-    )
-    .unwrap();
-    let id = "sidecar~10.0.0.1~a.default~default.svc.cluster.local";
+    let me = ProxyMetadata {
+        ips: vec!["10.0.0.1".into()],
+        pod_name: "a-1".into(),
+        namespace: "default".into(),
+        domain: "cluster.local".into(),
+        workload_name: "a".into(),
+        labels: [("app".to_string(), "a".to_string())].into(),
+        service_account: "default".into(),
+        ..Default::default()
+    };
+    let mut config = client_config(srv.url(), "unused");
+    config.node = me.to_node();
+    let client = AdsClient::spawn(config, recording_handler(applied.clone())).unwrap();
+    let id = "sidecar~10.0.0.1~a-1.default~default.svc.cluster.local";
     let mut rx = client.state();
     let state = wait_client(&mut rx, "all four types", |s| synced_with(s, &srv, id)).await;
     assert!(state.connected);
@@ -112,6 +117,10 @@ async fn client_follows_cds_lds_then_eds_rds_and_acks() {
         })
         .await;
     assert_eq!(st.types[ENDPOINT].subscribed, ["a"]);
+    // weftd reads back what the proxy said about itself.
+    let node = srv.server.node(id).expect("connected node");
+    assert_eq!(node.cluster, "a.default");
+    assert_eq!(ProxyMetadata::from_node(&node.node).unwrap(), me);
     assert_eq!(st.types[ROUTE].subscribed, ["80"]);
 
     // An endpoint change reaches the handler as the full EDS set.

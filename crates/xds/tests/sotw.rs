@@ -232,6 +232,9 @@ async fn each_proxy_gets_its_own_resources() {
     .await;
     let all = srv.server.sync_status();
     assert_eq!(all.len(), 2);
+    assert_eq!(srv.server.node("p1").unwrap().id, "p1");
+    assert_eq!(srv.server.node("p2").unwrap().cluster, "test");
+    assert!(srv.server.node("p3").is_none());
     let p1 = all.iter().find(|st| st.proxy_id == "p1").unwrap();
     assert_eq!(p1.types[CLUSTER].responses, 1);
     assert_eq!(srv.server.metrics().connected_proxies(), 2);

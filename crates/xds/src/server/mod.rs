@@ -40,6 +40,11 @@ pub struct ServerOptions {
     pub response_buffer: usize,
     /// Largest request accepted, in bytes.
     pub max_request_bytes: usize,
+    /// HTTP/2 PING interval, so streams of vanished proxies close and
+    /// `pilot_xds` counts only live ones. `None` disables it.
+    pub keepalive_interval: Option<std::time::Duration>,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub keepalive_timeout: std::time::Duration,
 }
 
 impl Default for ServerOptions {
@@ -47,6 +52,8 @@ impl Default for ServerOptions {
         ServerOptions {
             response_buffer: 16,
             max_request_bytes: 16 * 1024 * 1024,
+            keepalive_interval: Some(std::time::Duration::from_secs(30)),
+            keepalive_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -129,7 +136,11 @@ impl AdsServer {
             shutdown.await;
             shared.closed.send_replace(true);
         };
+        let options = &self.shared.options;
         tonic::transport::Server::builder()
+            .http2_keepalive_interval(options.keepalive_interval)
+            .http2_keepalive_timeout(Some(options.keepalive_timeout))
+            .tcp_nodelay(true)
             .add_service(self.service())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
             .await
@@ -144,6 +155,12 @@ impl AdsServer {
     /// Sync status of every open stream, sorted by proxy id.
     pub fn sync_status(&self) -> Vec<ProxySyncStatus> {
         self.shared.status.snapshot()
+    }
+
+    /// The node of a connected proxy (its newest stream), e.g. to compute
+    /// its config for `/debug/config_dump?proxyID=`.
+    pub fn node(&self, proxy_id: &str) -> Option<NodeInfo> {
+        self.shared.status.node(proxy_id)
     }
 
     /// The metrics this server updates.
@@ -184,14 +201,17 @@ impl StreamCtx {
     fn open(shared: Arc<Shared>, node: NodeInfo, kind: StreamKind) -> StreamCtx {
         let n = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let conn_id = format!("{}-{n}", node.id);
-        let status = shared.status.register(ProxySyncStatus {
-            proxy_id: node.id.clone(),
-            cluster: node.cluster.clone(),
-            connection_id: conn_id.clone(),
-            kind,
-            connected_at: std::time::SystemTime::now(),
-            types: Default::default(),
-        });
+        let status = shared.status.register(
+            node.clone(),
+            ProxySyncStatus {
+                proxy_id: node.id.clone(),
+                cluster: node.cluster.clone(),
+                connection_id: conn_id.clone(),
+                kind,
+                connected_at: std::time::SystemTime::now(),
+                types: Default::default(),
+            },
+        );
         shared.metrics.connected();
         tracing::info!(proxy = %node.id, conn = %conn_id, kind = kind.as_str(), "xDS stream opened");
         StreamCtx {

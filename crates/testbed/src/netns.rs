@@ -44,7 +44,25 @@ impl Netns {
             file,
         };
         netns.ip(&["link", "set", "lo", "up"])?;
+        netns.disable_ipv6_dad()?;
         Ok(netns)
+    }
+
+    /// Turns IPv6 duplicate address detection off for interfaces created
+    /// from now on, so that addresses (link-local ones included) are usable
+    /// at once and never change state (`tentative`) under a running test.
+    fn disable_ipv6_dad(&self) -> Result<()> {
+        let result = self.enter(|| {
+            for conf in ["all", "default"] {
+                let path = format!("/proc/sys/net/ipv6/conf/{conf}/accept_dad");
+                std::fs::write(&path, "0").map_err(|source| Error::Io {
+                    path: format!("{path} in network namespace {}", self.name).into(),
+                    source,
+                })?;
+            }
+            Ok(())
+        });
+        result?
     }
 
     /// The namespace's name under /run/netns.

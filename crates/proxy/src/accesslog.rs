@@ -144,10 +144,21 @@ const PSEUDO: [&str; 4] = [":method", ":path", ":scheme", ":authority"];
 
 impl Format {
     pub fn compile(ctx: &Ctx<'_>, text: &str) -> Result<Format, ConfigError> {
+        Self::compile_with(ctx, text, Vec::new(), Vec::new())
+    }
+
+    /// Compiles a format whose header slots extend `req`/`resp`, so that
+    /// several loggers of one connection manager share one capture.
+    pub fn compile_with(
+        ctx: &Ctx<'_>,
+        text: &str,
+        req: Vec<HeaderName>,
+        resp: Vec<HeaderName>,
+    ) -> Result<Format, ConfigError> {
         let mut f = Format {
             segs: Vec::new(),
-            req_headers: Vec::new(),
-            resp_headers: Vec::new(),
+            req_headers: req,
+            resp_headers: resp,
         };
         let mut rest = text;
         let mut lit = String::new();
@@ -452,6 +463,23 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
+    /// A logger whose format shares header slots with `prev` (the previous
+    /// logger of the same connection manager), if any.
+    pub fn new_after(
+        prev: Option<&AccessLog>,
+        ctx: &Ctx<'_>,
+        path: &str,
+        format: &str,
+    ) -> Result<AccessLog, ConfigError> {
+        let (req, resp) = prev
+            .map(|p| (p.format.req_headers.clone(), p.format.resp_headers.clone()))
+            .unwrap_or_default();
+        Ok(AccessLog {
+            format: Format::compile_with(&ctx.field("log_format"), format, req, resp)?,
+            sink: sink(ctx, path)?,
+        })
+    }
+
     pub fn new(ctx: &Ctx<'_>, path: &str, format: &str) -> Result<AccessLog, ConfigError> {
         Ok(AccessLog {
             format: Format::compile(&ctx.field("log_format"), format)?,

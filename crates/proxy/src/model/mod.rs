@@ -184,7 +184,18 @@ pub fn access_logs(ctx: &Ctx<'_>, logs: &[PbAccessLog]) -> Result<Vec<AccessLog>
             }
             other => return Err(tc.unsupported(format!("access logger {other}"))),
         };
-        out.push(AccessLog::new(&tc, &path, &format)?);
+        let log = AccessLog::new_after(out.last(), &tc, &path, &format)?;
+        out.push(log);
+    }
+    // Every logger captures the same (union) header list.
+    if let Some(last) = out
+        .last()
+        .map(|l| (l.format.req_headers.clone(), l.format.resp_headers.clone()))
+    {
+        for l in &mut out {
+            l.format.req_headers = last.0.clone();
+            l.format.resp_headers = last.1.clone();
+        }
     }
     Ok(out)
 }

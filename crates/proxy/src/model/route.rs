@@ -621,7 +621,10 @@ impl HeaderMatch {
         if !matches!(self.name, HeaderKey::Name(_)) {
             let result = match (&self.test, pseudo) {
                 (HeaderTest::Present(want), v) => v.is_some() == *want,
-                (HeaderTest::Str(m), None) => self.missing_as_empty && m.matches(""),
+                // A missing header never matches a value test, inverted or not.
+                (HeaderTest::Str(m), None) => {
+                    return self.missing_as_empty && m.matches("") != self.invert;
+                }
                 (HeaderTest::Str(m), Some(v)) => m.matches(v),
             };
             return result != self.invert;
@@ -634,7 +637,9 @@ impl HeaderMatch {
         let first = values.next();
         let result = match (&self.test, first) {
             (HeaderTest::Present(want), v) => v.is_some() == *want,
-            (HeaderTest::Str(m), None) => self.missing_as_empty && m.matches(""),
+            (HeaderTest::Str(m), None) => {
+                return self.missing_as_empty && m.matches("") != self.invert;
+            }
             (HeaderTest::Str(m), Some(v)) => {
                 let rest: Vec<&HeaderValue> = values.collect();
                 if rest.is_empty() {

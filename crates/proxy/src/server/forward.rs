@@ -216,9 +216,13 @@ pub async fn forward(
         is_upgrade && (action.websocket || x.hcm.websocket) && parts.version == Version::HTTP_11;
     if is_upgrade && !upgrade_ok {
         x.details = "upgrade_failed";
-        return local_reply(StatusCode::FORBIDDEN, "");
+        let mut r = local_reply(StatusCode::FORBIDDEN, "");
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
     }
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
+    let connection_value = parts.headers.get(header::CONNECTION).cloned();
     for h in HOP_BY_HOP {
         if h == "te"
             && parts
@@ -231,9 +235,10 @@ pub async fn forward(
         parts.headers.remove(h);
     }
     if upgrade_ok {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(
+            header::CONNECTION,
+            connection_value.unwrap_or(HeaderValue::from_static("upgrade")),
+        );
         if let Some(u) = upgrade_value {
             parts.headers.insert(header::UPGRADE, u);
         }
@@ -418,10 +423,12 @@ pub async fn forward(
                 }
                 rparts.headers.remove(h);
             }
-            rparts.headers.insert(
-                "x-envoy-upstream-service-time",
-                HeaderValue::from(ms as u64),
-            );
+            if status != 101 {
+                rparts.headers.insert(
+                    "x-envoy-upstream-service-time",
+                    HeaderValue::from(ms as u64),
+                );
+            }
             let mut r = Response::from_parts(
                 rparts,
                 rbody
@@ -437,12 +444,18 @@ pub async fn forward(
                 weighted.map(|w| &w.response_headers),
             );
             if let (Some(down), Some(up)) = (downstream_upgrade, upstream_upgrade) {
+                let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+                x.tunnel = Some(done_rx);
                 tokio::spawn(async move {
+                    let mut counts = (0, 0);
                     if let (Ok(d), Ok(u)) = (down.await, up.await) {
                         let mut d = hyper_util::rt::TokioIo::new(d);
                         let mut u = hyper_util::rt::TokioIo::new(u);
-                        let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                        counts = tokio::io::copy_bidirectional(&mut d, &mut u)
+                            .await
+                            .unwrap_or_default();
                     }
+                    let _ = done_tx.send(counts);
                 });
             }
             r

@@ -104,6 +104,9 @@ pub struct Exchange {
     pub details: &'static str,
     pub request_id: Option<HeaderValue>,
     pub rx: Option<Arc<AtomicU64>>,
+    /// Set for an upgraded (WebSocket) stream: resolves with the bytes
+    /// (downstream->upstream, upstream->downstream) when the tunnel closes.
+    pub tunnel: Option<tokio::sync::oneshot::Receiver<(u64, u64)>>,
 }
 
 pub fn full(b: impl Into<Bytes>) -> Body {
@@ -180,6 +183,7 @@ async fn handle(
         details: "via_upstream",
         request_id: None,
         rx: None,
+        tunnel: None,
     };
     // Host: HTTP/2 carries it as :authority.
     if !parts.headers.contains_key(header::HOST)
@@ -207,7 +211,7 @@ async fn handle(
         e.downstream_remote = Some(x.meta.remote);
         e.downstream_local = Some(x.meta.destination);
         e.sni = x.meta.server_name.clone();
-        for log in &hcm.access_logs {
+        if let Some(log) = hcm.access_logs.first() {
             e.capture_request(&log.format.req_headers, &parts.headers);
         }
         x.entry = Some(e);
@@ -365,8 +369,7 @@ async fn route_and_run(
         if let RouteActionKind::Forward(a) = &route.action {
             e.upstream_cluster = match &a.target {
                 Target::Cluster(c) => Some(c.name.clone()),
-                Target::Missing(n) => Some(n.clone()),
-                Target::Weighted(_) => None,
+                Target::Missing(_) | Target::Weighted(_) => None,
             };
         }
     }
@@ -518,10 +521,32 @@ fn finish(mut x: Exchange, mut resp: Response<Body>) -> Response<Body> {
     let Some(mut entry) = x.entry.take() else {
         return resp;
     };
+    if let Some(tunnel) = x.tunnel.take() {
+        // Envoy logs an upgraded stream when the tunnel ends (the client
+        // closing it is a downstream termination: DC).
+        entry.status = status;
+        entry.flags = x.flags;
+        entry.details = x.details;
+        if let Some(log) = hcm.access_logs.first() {
+            entry.capture_response(&log.format.resp_headers, resp.headers());
+        }
+        let start = x.start;
+        tokio::spawn(async move {
+            let (rx, tx) = tunnel.await.unwrap_or_default();
+            entry.bytes_received = rx;
+            entry.bytes_sent = tx;
+            entry.duration_ms = start.elapsed().as_millis() as u64;
+            entry.flags.set(Flags::DC);
+            for log in &hcm.access_logs {
+                log.log(&entry);
+            }
+        });
+        return resp;
+    }
     entry.status = status;
     entry.flags = x.flags;
     entry.details = x.details;
-    for log in &hcm.access_logs {
+    if let Some(log) = hcm.access_logs.first() {
         entry.capture_response(&log.format.resp_headers, resp.headers());
     }
     let (parts, body) = resp.into_parts();

@@ -21,6 +21,21 @@
 //! the original destination, and [`snapshot`] a normalized picture of a
 //! pod's iptables and routing state.
 //!
+//! ```no_run
+//! use weft_testbed::probe::{ListenMode, Responder, probe_as};
+//! use weft_testbed::{Node, RunAs, require_root};
+//!
+//! require_root();
+//! let node = Node::new()?;
+//! let app = node.add_pod("app")?;
+//! let svc = node.add_pod("svc")?;
+//! let server = Responder::start(&svc, "svc", (svc.addr(), 8080).into(), ListenMode::Plain)?;
+//! // A process as uid/gid 1000 inside `app` connects to `svc`.
+//! let answer = probe_as(&app, RunAs::user(1000, 1000), server.addr())?;
+//! assert_eq!(answer.unwrap().peer.ip(), std::net::IpAddr::from(app.addr()));
+//! # Ok::<(), weft_testbed::Error>(())
+//! ```
+//!
 //! This crate needs root (it creates namespaces); [`require_root`] makes a
 //! test fail loudly when it is not.
 

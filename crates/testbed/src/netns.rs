@@ -131,14 +131,37 @@ impl Netns {
 
     /// A [`Command`] for `program` that joins this namespace before `exec`,
     /// runs as `run_as` (root keeps the caller's credentials) and is sent
-    /// SIGKILL if the thread that spawned it exits.
+    /// SIGKILL if the thread that spawned it exits (so a crashed test leaves
+    /// no process behind). Spawn it from a thread that outlives the child,
+    /// or use [`Netns::command_detached`].
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>, run_as: RunAs) -> Result<Command> {
+        self.build_command(program.as_ref(), run_as, true)
+    }
+
+    /// [`Netns::command`] without the parent-death signal: the child lives
+    /// until it exits, is killed, or the namespace is torn down. For
+    /// long-running processes spawned from short-lived threads (e.g. a
+    /// tokio blocking pool).
+    pub fn command_detached(
+        &self,
+        program: impl AsRef<std::ffi::OsStr>,
+        run_as: RunAs,
+    ) -> Result<Command> {
+        self.build_command(program.as_ref(), run_as, false)
+    }
+
+    fn build_command(
+        &self,
+        program: &std::ffi::OsStr,
+        run_as: RunAs,
+        die_with_thread: bool,
+    ) -> Result<Command> {
         let file = self.file.try_clone().map_err(|source| Error::Io {
             path: self.path.clone(),
             source,
         })?;
         let mut cmd = Command::new(program);
-        join_before_exec(&mut cmd, file, run_as);
+        join_before_exec(&mut cmd, file, run_as, die_with_thread);
         Ok(cmd)
     }
 
@@ -157,15 +180,18 @@ impl Drop for Netns {
 }
 
 /// Makes the child of `cmd` join `netns` and take the credentials of
-/// `run_as` between fork and exec.
+/// `run_as` between fork and exec; with `die_with_thread`, it is also sent
+/// SIGKILL when the spawning thread exits.
 #[allow(unsafe_code)]
-fn join_before_exec(cmd: &mut Command, netns: File, run_as: RunAs) {
+fn join_before_exec(cmd: &mut Command, netns: File, run_as: RunAs, die_with_thread: bool) {
     use nix::sys::{prctl, signal::Signal};
     use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
     use std::os::unix::process::CommandExt;
 
     let hook = move || -> io::Result<()> {
-        prctl::set_pdeathsig(Signal::SIGKILL)?;
+        if die_with_thread {
+            prctl::set_pdeathsig(Signal::SIGKILL)?;
+        }
         setns(&netns, CloneFlags::CLONE_NEWNET)?;
         if let RunAs::User { uid, gid } = run_as {
             setgroups(&[])?;

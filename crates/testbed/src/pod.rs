@@ -178,6 +178,12 @@ impl Pod {
         self.netns().command(program, run_as)
     }
 
+    /// A [`Command`] for `program` inside the pod as `run_as` that does not
+    /// die with the spawning thread; see [`Netns::command_detached`].
+    pub fn command_detached(&self, program: impl AsRef<OsStr>, run_as: RunAs) -> Result<Command> {
+        self.netns().command_detached(program, run_as)
+    }
+
     /// Spawns `cmd` (from [`Pod::command`]) as a supervised process that is
     /// killed when the returned handle, or at the latest the pod, is dropped.
     pub fn spawn(&self, cmd: &mut Command) -> Result<PodProcess> {

@@ -371,3 +371,42 @@ fn sockets_made_in_enter_as_belong_to_that_user_and_the_caller_is_unchanged() {
     let own = std::fs::read_to_string("/proc/thread-self/status").unwrap();
     assert_eq!(uid_line(&own), ["0", "0", "0", "0"]);
 }
+
+#[test]
+fn commands_die_with_their_thread_unless_detached() {
+    require_root();
+    let node = Node::new().unwrap();
+    let a = node.add_pod("a").unwrap();
+    let (mut tied, mut detached) = std::thread::scope(|s| {
+        s.spawn(|| {
+            let tied = a.command("sleep").unwrap().arg("600").spawn().unwrap();
+            let detached = a
+                .command_detached("sleep", RunAs::Root)
+                .unwrap()
+                .arg("600")
+                .spawn()
+                .unwrap();
+            (tied, detached)
+        })
+        .join()
+        .unwrap()
+    });
+    // The spawning thread has exited: the tied child got SIGKILL.
+    let status = tied.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    assert_eq!(
+        detached.try_wait().unwrap(),
+        None,
+        "the detached child still runs"
+    );
+    drop(a);
+    let status = detached.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "pod teardown killed it"
+    );
+}

@@ -406,9 +406,40 @@ impl RequestSpec {
     }
 }
 
-/// Reserves a free loopback port (bound and released; the kernel does not
-/// hand it out again soon because ephemeral allocation moves on).
+/// Ports handed out by `free_port` come from this range, below the
+/// kernel's ephemeral range (so no outgoing connection takes one between the
+/// check and the proxy's bind) and away from Istio's fixed 15xxx ports.
+const PORT_RANGE: std::ops::Range<u32> = 20_000..30_000;
+
+/// Reserves a loopback port nobody else reserved recently: a counter shared
+/// by every test process on the machine (a file under a lock) walks the
+/// range, skipping ports that are in use. Parallel scenarios therefore never
+/// get the same port.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
+    use std::io::{Read, Seek, Write};
+    let path = std::env::temp_dir().join("weft-diff-ports");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let mut file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("locking {}: {e}", path.display()));
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    let mut counter: u32 = text.trim().parse().unwrap_or(std::process::id());
+    let span = PORT_RANGE.end - PORT_RANGE.start;
+    let port = loop {
+        counter = counter.wrapping_add(1);
+        let port = (PORT_RANGE.start + counter % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            break port;
+        }
+    };
+    let _ = file.rewind();
+    let _ = file.set_len(0);
+    let _ = write!(file, "{counter}");
+    port
 }

@@ -178,6 +178,13 @@ pub struct CaptureFlags {
         value_name = "legacy|nft"
     )]
     pub force_iptables_binary: String,
+    /// Accepted for compatibility with Istio's injected init containers;
+    /// weft-proxy's log level is set with RUST_LOG.
+    #[arg(long = "log_output_level", value_name = "SPEC")]
+    pub log_output_level: Option<String>,
+    /// Accepted for compatibility with Istio's injected init containers.
+    #[arg(long = "log_as_json")]
+    pub log_as_json: bool,
 }
 
 impl CaptureFlags {
@@ -328,6 +335,31 @@ pub struct IptablesArgs {
     /// Print the rules that would be applied and change nothing.
     #[arg(short = 'n', long = "dry-run")]
     pub dry_run: bool,
+    /// Check with a real connection that capture works here (Istio's
+    /// istio-validation; run it as the proxy's uid).
+    #[arg(long = "run-validation")]
+    pub run_validation: bool,
+    /// Do not apply rules (with --run-validation: only check rules someone
+    /// else, e.g. the CNI plugin, applied).
+    #[arg(long = "skip-rule-apply")]
+    pub skip_rule_apply: bool,
+    /// Original destination port of the validation probe.
+    #[arg(
+        long = "iptables-probe-port",
+        default_value = "15002",
+        allow_hyphen_values = true
+    )]
+    pub probe_port: String,
+    /// How long validation waits for the probe to be captured.
+    #[arg(
+        long = "probe-timeout",
+        default_value = "5s",
+        allow_hyphen_values = true
+    )]
+    pub probe_timeout: String,
+    /// Accepted for compatibility: applying always replaces our rules.
+    #[arg(long = "force-apply")]
+    pub force_apply: bool,
 }
 
 #[derive(Debug, Parser)]
@@ -366,9 +398,13 @@ impl IptablesArgs {
         }
     }
 
-    /// Validates, then prints (`--dry-run`) or applies the rules.
+    /// Validates, then prints (`--dry-run`) or applies the rules, then
+    /// (`--run-validation`) checks them with a real connection.
     pub fn run(&self) -> Result<(), CaptureError> {
         let cfg = self.to_config(&CaptureEnv::from_process())?;
+        let probe_port = config::parse_port("--iptables-probe-port", &self.probe_port)?;
+        let probe_timeout =
+            crate::validate::parse_duration("--probe-timeout", &self.probe_timeout)?;
         if self.dry_run {
             tracing::info!("dry run: printing the rules, changing nothing");
             for cmd in crate::route::add_commands(&cfg) {
@@ -383,8 +419,15 @@ impl IptablesArgs {
                 })?;
             return Ok(());
         }
-        crate::apply(&cfg)?;
-        tracing::info!(backend = ?cfg.backend, ipv6 = cfg.enable_ipv6, "traffic capture applied");
+        if self.skip_rule_apply {
+            tracing::info!("--skip-rule-apply: not changing any rules");
+        } else {
+            crate::apply(&cfg)?;
+            tracing::info!(backend = ?cfg.backend, ipv6 = cfg.enable_ipv6, "traffic capture applied");
+        }
+        if self.run_validation {
+            crate::validate::run(&cfg, probe_port, probe_timeout)?;
+        }
         Ok(())
     }
 }

@@ -52,6 +52,10 @@ pub enum CaptureError {
         detail: String,
     },
 
+    /// `--run-validation` saw no captured connection.
+    #[error("iptables validation failed: {detail}")]
+    Validation { detail: String },
+
     /// A command failed for a reason we could not map to a line.
     #[error("`{command}` failed ({status}): {stderr}")]
     CommandFailed {

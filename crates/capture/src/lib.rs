@@ -17,6 +17,7 @@
 //! - `apply` / `route` / `exec`: running iptables and `ip` (I/O), the
 //!   change lock, the iptables variant (legacy or nf_tables) in use;
 //! - `detect`: reading the pod's addresses and resolv.conf;
+//! - `validate`: `--run-validation`, a real connection through the rules;
 //! - [`cli`]: the `weft-proxy iptables` / `clean-iptables` flags.
 
 pub mod cli;
@@ -29,6 +30,7 @@ pub mod nft;
 mod plan;
 mod route;
 mod rules;
+mod validate;
 
 mod apply;
 

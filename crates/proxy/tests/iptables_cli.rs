@@ -455,3 +455,74 @@ fn missing_privileges_is_a_clear_error() {
     assert!(stderr.contains("needs root or CAP_NET_ADMIN"), "{stderr}");
     assert_eq!(before, ns.state());
 }
+
+#[test]
+fn istios_injected_init_args_are_accepted() {
+    // The argument list Istio's injector writes for istio-init (after the
+    // program name), including its logging flag.
+    let out = weft(&[
+        "iptables",
+        "-p",
+        "15001",
+        "-z",
+        "15006",
+        "-u",
+        "1337",
+        "-m",
+        "REDIRECT",
+        "-i",
+        "*",
+        "-x",
+        "",
+        "-b",
+        "*",
+        "-d",
+        "15090,15021,15020",
+        "--log_output_level=default:info",
+        "--ipv6=false",
+        "--dry-run",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        by_table_and_chain(&text(&out.stdout)),
+        by_table_and_chain(&golden_for_done_when())
+    );
+}
+
+#[test]
+fn run_validation_passes_with_rules_and_fails_without() {
+    let ns = NetNs::new();
+    let as_proxy = |extra: &[&str]| {
+        let mut argv = vec![
+            "/usr/bin/setpriv",
+            "--reuid=1337",
+            "--regid=1337",
+            "--clear-groups",
+            BIN,
+            "iptables",
+            "--skip-rule-apply",
+            "--run-validation",
+            "--ipv6=false",
+            "--probe-timeout",
+            "2s",
+        ];
+        argv.extend_from_slice(extra);
+        ns.exec(&argv)
+    };
+    let out = as_proxy(&[]);
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "no rules yet: validation must fail: {stderr}"
+    );
+    assert!(stderr.contains("iptables validation failed"), "{stderr}");
+
+    let apply = ns.weft(&["iptables", "-b", "*", "-i", "*", "--ipv6=false"]);
+    assert!(apply.status.success(), "{}", text(&apply.stderr));
+    let out = as_proxy(&[]);
+    assert!(
+        out.status.success(),
+        "with rules validation must pass: {}",
+        text(&out.stderr)
+    );
+}

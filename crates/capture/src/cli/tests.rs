@@ -169,3 +169,20 @@ fn nftables_dry_run_renders_nft() {
     );
     assert!(text.contains("type nat hook prerouting"), "{text}");
 }
+
+#[test]
+fn istio_compat_and_validation_flags_parse() {
+    let args = args(&[
+        "--log_output_level=default:info",
+        "--log_as_json",
+        "--run-validation",
+        "--skip-rule-apply",
+        "--force-apply",
+        "--iptables-probe-port",
+        "15002",
+        "--probe-timeout",
+        "5s",
+    ]);
+    assert!(args.run_validation && args.skip_rule_apply && args.force_apply);
+    assert_eq!(args.flags.log_output_level.as_deref(), Some("default:info"));
+}

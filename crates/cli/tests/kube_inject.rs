@@ -245,6 +245,47 @@ fn mesh_values_and_inject_config_files_are_honoured() {
 }
 
 #[test]
+fn proxy_metadata_reaches_the_init_step_and_the_proxy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = dir.path().join("mesh.yaml");
+    std::fs::write(
+        &mesh,
+        "accessLogFile: /dev/stdout
+enableAutoMtls: true
+defaultConfig:
+  proxyMetadata:
+    ISTIO_META_DNS_CAPTURE: \"true\"
+",
+    )
+    .expect("write");
+    let out = weft(&[
+        "kube-inject",
+        "-f",
+        path(&conformance("hello.yaml")),
+        "--meshConfigFile",
+        path(&mesh),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = weft_inject::parse_stream(&String::from_utf8_lossy(&out.stdout)).expect("yaml");
+    let inits = docs[0]["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .expect("inits");
+    for name in ["istio-init", "istio-proxy"] {
+        let c = inits.iter().find(|c| c["name"] == name).expect(name);
+        let env = c["env"].as_array().expect("env");
+        assert!(
+            env.iter()
+                .any(|e| e["name"] == "ISTIO_META_DNS_CAPTURE" && e["value"] == "true"),
+            "{name} lacks ISTIO_META_DNS_CAPTURE: {env:?}"
+        );
+    }
+}
+
+#[test]
 fn revision_flag_sets_the_status_revision() {
     let out = weft(&[
         "kube-inject",

@@ -167,12 +167,10 @@ pub fn inject_pod(
         prior: prior_injected,
     };
 
+    let compiled = settings.compiled.get(&settings.config.templates)?;
     let mut added = Added::default();
     for name in &templates {
-        let source = settings.config.templates.get(name).ok_or_else(|| {
-            InjectError::annotation(TEMPLATES_ANNOTATION, name, "no such template")
-        })?;
-        let patch = crate::template::render(name, source, &context)?;
+        let patch = compiled.render(name, &context)?;
         merge::apply_patch(&mut pod, &patch, &existing, &mut added);
     }
 

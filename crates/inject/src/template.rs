@@ -9,7 +9,6 @@ use minijinja::value::{Kwargs, Value as JinjaValue};
 use minijinja::{Environment, Error as JinjaError, ErrorKind, State, UndefinedBehavior};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 fn merge_filter(base: JinjaValue, other: JinjaValue) -> Result<JinjaValue, JinjaError> {
@@ -128,26 +127,24 @@ pub struct TemplateCache {
     inner: Arc<Mutex<Option<Compiled>>>,
 }
 
-/// Fingerprint of the sources and their compiled form.
-type Compiled = (u64, Arc<TemplateSet>);
+/// The sources and their compiled form.
+type Compiled = (BTreeMap<String, String>, Arc<TemplateSet>);
 
 impl TemplateCache {
-    /// The compiled form of `templates`.
+    /// The compiled form of `templates` (compiled on first use and whenever
+    /// the sources differ from the cached ones).
     pub fn get(
         &self,
         templates: &BTreeMap<String, String>,
     ) -> Result<Arc<TemplateSet>, InjectError> {
-        let mut h = DefaultHasher::new();
-        templates.hash(&mut h);
-        let key = h.finish();
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((k, set)) = guard.as_ref()
-            && *k == key
+        if let Some((sources, set)) = guard.as_ref()
+            && sources == templates
         {
             return Ok(set.clone());
         }
         let set = Arc::new(TemplateSet::compile(templates)?);
-        *guard = Some((key, set.clone()));
+        *guard = Some((templates.clone(), set.clone()));
         Ok(set)
     }
 }

@@ -342,6 +342,16 @@ impl RawSotw {
             .expect("stream ended")
     }
 
+    /// A response if one is already waiting.
+    pub async fn try_recv(&mut self) -> Option<DiscoveryResponse> {
+        tokio::task::yield_now().await;
+        match tokio::time::timeout(Duration::ZERO, self.rx.message()).await {
+            Ok(Ok(Some(r))) => Some(r),
+            Ok(other) => panic!("stream broke: {other:?}"),
+            Err(_) => None,
+        }
+    }
+
     pub async fn recv_err(&mut self) -> tonic::Status {
         match tokio::time::timeout(WAIT, self.rx.message())
             .await
@@ -382,6 +392,16 @@ impl RawDelta {
             response_nonce: resp.nonce.clone(),
             ..Default::default()
         });
+    }
+
+    /// A response if one is already waiting.
+    pub async fn try_recv(&mut self) -> Option<DeltaDiscoveryResponse> {
+        tokio::task::yield_now().await;
+        match tokio::time::timeout(Duration::ZERO, self.rx.message()).await {
+            Ok(Ok(Some(r))) => Some(r),
+            Ok(other) => panic!("stream broke: {other:?}"),
+            Err(_) => None,
+        }
     }
 
     pub async fn recv(&mut self) -> DeltaDiscoveryResponse {

@@ -66,9 +66,9 @@ async fn random_sotw_requests_never_break_the_stream() {
             1 => "bogus".to_string(),
             _ => rng.pick(&nonces).clone(),
         };
-        let error = (rng.next() % 5 == 0).then(|| envoy_types::pb::google::rpc::Status {
+        let error = (rng.next().is_multiple_of(5)).then(|| envoy_types::pb::google::rpc::Status {
             code: (rng.next() % 17) as i32,
-            message: if rng.next() % 2 == 0 {
+            message: if rng.next().is_multiple_of(2) {
                 String::new()
             } else {
                 format!("nack {step}")
@@ -76,7 +76,7 @@ async fn random_sotw_requests_never_break_the_stream() {
             details: vec![],
         });
         s.send(DiscoveryRequest {
-            version_info: if rng.next() % 2 == 0 {
+            version_info: if rng.next().is_multiple_of(2) {
                 String::new()
             } else {
                 "v?".into()
@@ -87,7 +87,7 @@ async fn random_sotw_requests_never_break_the_stream() {
             error_detail: error,
             ..Default::default()
         });
-        if rng.next() % 10 == 0 {
+        if rng.next().is_multiple_of(10) {
             mesh(&srv, step);
             srv.pusher
                 .trigger(PushRequest::full(format!("step {step}")));
@@ -147,13 +147,13 @@ async fn random_delta_requests_never_break_the_stream() {
             1 => "bogus".to_string(),
             _ => rng.pick(&nonces).clone(),
         };
-        let error = (rng.next() % 5 == 0).then(|| envoy_types::pb::google::rpc::Status {
+        let error = (rng.next().is_multiple_of(5)).then(|| envoy_types::pb::google::rpc::Status {
             code: 3,
             message: format!("nack {step}"),
             details: vec![],
         });
         let mut initial = std::collections::HashMap::new();
-        if rng.next() % 8 == 0 {
+        if rng.next().is_multiple_of(8) {
             initial.insert(rng.pick(&NAMES).to_string(), "stale".to_string());
         }
         d.send(DeltaDiscoveryRequest {
@@ -165,7 +165,7 @@ async fn random_delta_requests_never_break_the_stream() {
             error_detail: error,
             ..Default::default()
         });
-        if rng.next() % 10 == 0 {
+        if rng.next().is_multiple_of(10) {
             mesh(&srv, step);
             srv.pusher
                 .trigger(PushRequest::full(format!("step {step}")));

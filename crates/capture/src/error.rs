@@ -74,6 +74,15 @@ pub enum CaptureError {
 }
 
 impl CaptureError {
+    /// The process exit code for this error: 126 for a failed
+    /// `--run-validation` (the code Istio's CNI repair looks for), 1 else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CaptureError::Validation { .. } => 126,
+            _ => 1,
+        }
+    }
+
     pub(crate) fn flag(flag: &'static str, value: &str, reason: impl Into<String>) -> Self {
         CaptureError::InvalidFlag {
             flag,

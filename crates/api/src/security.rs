@@ -20,7 +20,7 @@ pub const VERSIONS: &[&str] = &["v1", "v1beta1"];
 pub struct PeerAuthentication {
     pub selector: Option<LabelSelector>,
     pub mtls: Option<PeerMtls>,
-    pub port_level_mtls: BTreeMap<PortKey, PeerMtls>,
+    pub port_level_mtls: Option<BTreeMap<PortKey, PeerMtls>>,
 }
 
 /// A port number used as a map key; YAML may write it as `8080:` or `"8080":`.
@@ -141,11 +141,13 @@ pub struct Source {
     pub not_ip_blocks: Vec<String>,
     pub remote_ip_blocks: Vec<String>,
     pub not_remote_ip_blocks: Vec<String>,
+    pub trust_domains: Vec<String>,
+    pub not_trust_domains: Vec<String>,
 }
 
 impl Source {
     /// All `(field name, values)` pairs, for structural checks.
-    pub fn fields(&self) -> [(&'static str, &Vec<String>); 12] {
+    pub fn fields(&self) -> [(&'static str, &Vec<String>); 14] {
         [
             ("principals", &self.principals),
             ("notPrincipals", &self.not_principals),
@@ -159,6 +161,8 @@ impl Source {
             ("notIpBlocks", &self.not_ip_blocks),
             ("remoteIpBlocks", &self.remote_ip_blocks),
             ("notRemoteIpBlocks", &self.not_remote_ip_blocks),
+            ("trustDomains", &self.trust_domains),
+            ("notTrustDomains", &self.not_trust_domains),
         ]
     }
 }

@@ -315,7 +315,7 @@ fn security_and_mesh_config_decode() {
         panic!("pa")
     };
     assert_eq!(
-        pa.port_level_mtls[&weft_api::security::PortKey(9080)].mode,
+        pa.port_level_mtls.as_ref().expect("ports")[&weft_api::security::PortKey(9080)].mode,
         Some(MtlsMode::Disable)
     );
     let Resource::AuthorizationPolicy(ap) = &find(

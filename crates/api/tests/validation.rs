@@ -561,3 +561,87 @@ fn rules_after_a_catch_all_are_warned_about() {
         ["warning: spec.http[1]: rule is never used: spec.http[0] matches every request before it"]
     );
 }
+
+#[test]
+fn newer_istio_fields_are_typed_and_checked() {
+    let d = dr(
+        "host: reviews\ntrafficPolicy:\n  retryBudget: {percent: 120, minRetryConcurrency: 3}\n  loadBalancer:\n    simple: ROUND_ROBIN\n    warmup: {minimumPercent: 150, aggression: 0}\n    localityLbSetting: {enabled: true}\n    zoneAwareLbSetting: {minClusterSize: 3}\n  connectionPool:\n    http:\n      http2KeepAlive: {interval: 10s}\n  outlierDetection:\n    outlierDetectionHttpErrorCodes: [503, 700]\n",
+    );
+    assert_error(
+        &d,
+        "spec.trafficPolicy.retryBudget.percent",
+        "within 0..100",
+    );
+    assert_error(
+        &d,
+        "spec.trafficPolicy.loadBalancer.warmup.duration",
+        "required",
+    );
+    assert_error(
+        &d,
+        "spec.trafficPolicy.loadBalancer.warmup.minimumPercent",
+        "within 0..100",
+    );
+    assert_error(
+        &d,
+        "spec.trafficPolicy.loadBalancer.warmup.aggression",
+        "greater than 0",
+    );
+    assert_error(
+        &d,
+        "spec.trafficPolicy.loadBalancer",
+        "only one of localityLbSetting and zoneAwareLbSetting",
+    );
+    assert_error(
+        &d,
+        "spec.trafficPolicy.connectionPool.http.http2KeepAlive.timeout",
+        "required",
+    );
+    assert_error(
+        &d,
+        "spec.trafficPolicy.outlierDetection.outlierDetectionHttpErrorCodes[1]",
+        "700",
+    );
+    let r = vs(
+        "hosts: [reviews]\nhttp:\n- match:\n  - uri: {exact: /a}\n  redirect: {prefixRewrite: /b}\n",
+    );
+    assert_error(
+        &r,
+        "spec.http[0].redirect.prefixRewrite",
+        "requires all URI matches to use prefix",
+    );
+    let t = vs(
+        "hosts: [db]\ntcp:\n- match:\n  - sourceSubnet: 10.0.0.0/33\n  route:\n  - destination: {host: db}\n",
+    );
+    assert_error(&t, "spec.tcp[0].match[0].sourceSubnet", "not a valid CIDR");
+}
+
+#[test]
+fn unix_addresses_and_port_level_and_service_account_rules() {
+    let we = obj(NET, "WorkloadEntry", "address: unix://relative\n");
+    assert_error(&we, "spec.address", "absolute path or an abstract socket");
+    let dir = obj(NET, "WorkloadEntry", "address: unix:///dir/\n");
+    assert_error(&dir, "spec.address", "may not be a directory");
+    assert_valid(&obj(
+        NET,
+        "WorkloadEntry",
+        "address: unix:///var/run/app.sock\n",
+    ));
+    let sec = "security.istio.io";
+    let pa = obj(
+        sec,
+        "PeerAuthentication",
+        "selector: {matchLabels: {app: x}}\nportLevelMtls: {}\n",
+    );
+    assert_error(&pa, "spec.portLevelMtls", "at least one element");
+    let ap = obj(
+        sec,
+        "AuthorizationPolicy",
+        "rules:\n- from:\n  - source: {serviceAccounts: [bar/sa], namespaces: [bar]}\n",
+    );
+    assert_error(
+        &ap,
+        "spec.rules[0].from[0].source",
+        "cannot set serviceAccounts with namespaces or principals",
+    );
+}

@@ -39,6 +39,16 @@ pub struct TrafficPolicy {
     pub port_level_settings: Vec<PortTrafficPolicy>,
     pub tunnel: Option<TunnelSettings>,
     pub proxy_protocol: Option<ProxyProtocol>,
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// `retryBudget`: cap on concurrent retries as a share of active requests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct RetryBudget {
+    pub percent: Option<f64>,
+    pub min_retry_concurrency: Option<u32>,
+    pub budget_interval: Option<Duration>,
 }
 
 /// Per-port traffic policy.
@@ -75,7 +85,30 @@ pub struct LoadBalancerSettings {
     pub simple: Option<SimpleLb>,
     pub consistent_hash: Option<ConsistentHashLb>,
     pub locality_lb_setting: Option<LocalityLbSetting>,
+    pub zone_aware_lb_setting: Option<ZoneAwareLbSetting>,
     pub warmup_duration_secs: Option<Duration>,
+    pub warmup: Option<WarmupConfiguration>,
+    /// Client-side weighted round robin settings; passed through untyped.
+    pub backend_utilization: Option<serde_json::Value>,
+}
+
+/// `loadBalancer.warmup`: slow start for new endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct WarmupConfiguration {
+    pub duration: Option<Duration>,
+    pub minimum_percent: Option<f64>,
+    pub aggression: Option<f64>,
+}
+
+/// `loadBalancer.zoneAwareLbSetting`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ZoneAwareLbSetting {
+    pub enabled: Option<bool>,
+    pub failover: Vec<LocalityFailover>,
+    pub failover_priority: Vec<String>,
+    pub min_cluster_size: Option<u64>,
 }
 
 /// `loadBalancer.simple`.
@@ -140,6 +173,15 @@ pub struct HttpCookie {
     pub name: String,
     pub path: Option<String>,
     pub ttl: Option<Duration>,
+    pub attributes: Vec<CookieAttribute>,
+}
+
+/// An attribute of a generated hash cookie.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct CookieAttribute {
+    pub name: String,
+    pub value: Option<String>,
 }
 
 /// Ring hash algorithm settings.
@@ -222,6 +264,15 @@ pub struct HttpSettings {
     pub h2_upgrade_policy: Option<H2UpgradePolicy>,
     pub use_client_protocol: Option<bool>,
     pub max_concurrent_streams: Option<i32>,
+    pub http2_keep_alive: Option<Http2KeepAlive>,
+}
+
+/// HTTP/2 keepalive pings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Http2KeepAlive {
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
 }
 
 /// `http.h2UpgradePolicy`.
@@ -248,4 +299,5 @@ pub struct OutlierDetection {
     pub base_ejection_time: Option<Duration>,
     pub max_ejection_percent: Option<i32>,
     pub min_health_percent: Option<i32>,
+    pub outlier_detection_http_error_codes: Vec<u32>,
 }

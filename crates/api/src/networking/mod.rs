@@ -128,6 +128,18 @@ pub struct ServerTlsSettings {
     pub min_protocol_version: Option<String>,
     pub max_protocol_version: Option<String>,
     pub cipher_suites: Vec<String>,
+    pub ca_cert_credential_name: Option<String>,
+    pub ecdh_curves: Vec<String>,
+    pub tls_certificates: Vec<TlsCertificate>,
+}
+
+/// One of several server certificates (`tlsCertificates`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct TlsCertificate {
+    pub server_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
 }
 
 /// `ServerTLSSettings.mode`.

@@ -39,6 +39,7 @@ pub struct HttpRoute {
     pub mirrors: Vec<HttpMirrorPolicy>,
     pub mirror_percentage: Option<Percent>,
     /// Deprecated integer form of `mirrorPercentage`.
+    #[serde(alias = "mirror_percent")]
     pub mirror_percent: Option<u32>,
     pub cors_policy: Option<CorsPolicy>,
     pub headers: Option<Headers>,
@@ -108,6 +109,7 @@ pub struct HttpRedirect {
     pub derive_port: Option<String>,
     pub scheme: Option<String>,
     pub redirect_code: Option<u32>,
+    pub prefix_rewrite: Option<String>,
 }
 
 /// A fixed response served by the proxy.
@@ -161,6 +163,7 @@ pub struct HttpRetry {
     pub retry_on: Option<String>,
     pub retry_remote_localities: Option<bool>,
     pub backoff: Option<Duration>,
+    pub retry_ignore_previous_hosts: Option<bool>,
 }
 
 /// Fault injection: delay and/or abort.
@@ -250,6 +253,7 @@ pub struct TcpRoute {
 #[serde(default, rename_all = "camelCase")]
 pub struct L4MatchAttributes {
     pub destination_subnets: Vec<String>,
+    pub source_subnet: Option<String>,
     pub port: Option<u32>,
     pub source_labels: BTreeMap<String, String>,
     pub gateways: Vec<String>,

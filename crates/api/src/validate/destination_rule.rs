@@ -53,6 +53,7 @@ pub(crate) fn traffic_policy(tp: &TrafficPolicy, p: &str, e: &mut Errs) {
         && tp.port_level_settings.is_empty()
         && tp.tunnel.is_none()
         && tp.proxy_protocol.is_none()
+        && tp.retry_budget.is_none()
     {
         e.err(p, "traffic policy must have at least one field");
         return;
@@ -99,6 +100,13 @@ pub(crate) fn traffic_policy(tp: &TrafficPolicy, p: &str, e: &mut Errs) {
             at(p, "proxyProtocol.version"),
             format!("proxy protocol version {v:?} is invalid (V1 or V2)"),
         );
+    }
+    if let Some(rb) = &tp.retry_budget {
+        let rp = at(p, "retryBudget");
+        if rb.percent.is_some_and(|v| !(0.0..=100.0).contains(&v)) {
+            e.err(at(&rp, "percent"), "percent must be within 0..100");
+        }
+        check_duration(&rb.budget_interval, &at(&rp, "budgetInterval"), e);
     }
     let mut ports = BTreeSet::new();
     for (i, pl) in tp.port_level_settings.iter().enumerate() {
@@ -192,6 +200,18 @@ fn load_balancer(lb: &LoadBalancerSettings, has_outlier: bool, p: &str, e: &mut 
             {
                 e.err(at(&cp, "httpCookie.ttl"), m);
             }
+            let mut seen = BTreeSet::new();
+            for (i, a) in c.attributes.iter().enumerate() {
+                let ap = idx(&at(&cp, "httpCookie.attributes"), i);
+                if a.name.is_empty() {
+                    e.err(at(&ap, "name"), "cookie attribute name cannot be empty");
+                } else if !seen.insert(a.name.as_str()) {
+                    e.err(
+                        at(&ap, "name"),
+                        format!("duplicate cookie attribute name {:?}", a.name),
+                    );
+                }
+            }
         }
         if ch.minimum_ring_size.is_some() {
             e.warn(
@@ -227,6 +247,30 @@ fn load_balancer(lb: &LoadBalancerSettings, has_outlier: bool, p: &str, e: &mut 
         locality_lb(loc, has_outlier, &at(p, "localityLbSetting"), e);
     }
     check_duration(&lb.warmup_duration_secs, &at(p, "warmupDurationSecs"), e);
+    if lb.locality_lb_setting.is_some() && lb.zone_aware_lb_setting.is_some() {
+        e.err(
+            p,
+            "only one of localityLbSetting and zoneAwareLbSetting can be set",
+        );
+    }
+    if let Some(w) = &lb.warmup {
+        let wp = at(p, "warmup");
+        match &w.duration {
+            None => e.err(at(&wp, "duration"), "duration is required"),
+            Some(d) => e.check(at(&wp, "duration"), validate_duration(d)),
+        }
+        if w.minimum_percent
+            .is_some_and(|m| !(0.0..=100.0).contains(&m))
+        {
+            e.err(
+                at(&wp, "minimumPercent"),
+                "minimumPercent must be within 0..100",
+            );
+        }
+        if w.aggression.is_some_and(|a| a <= 0.0) {
+            e.err(at(&wp, "aggression"), "aggression must be greater than 0");
+        }
+    }
 }
 
 fn is_prime(x: u64) -> bool {
@@ -342,6 +386,18 @@ fn connection_pool(cp: &ConnectionPoolSettings, p: &str, e: &mut Errs) {
             }
         }
         check_duration(&h.idle_timeout, &at(&hp, "idleTimeout"), e);
+        if let Some(ka) = &h.http2_keep_alive {
+            let kp = at(&hp, "http2KeepAlive");
+            for (field, d) in [("interval", &ka.interval), ("timeout", &ka.timeout)] {
+                match d {
+                    None => e.err(
+                        at(&kp, field),
+                        format!("http2 keepalive {field} is required"),
+                    ),
+                    Some(d) => e.check(at(&kp, field), validate_duration(d)),
+                }
+            }
+        }
         if h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade)
             && h.use_client_protocol == Some(true)
         {
@@ -398,6 +454,14 @@ fn outlier_detection(od: &OutlierDetection, p: &str, e: &mut Errs) {
     }
     check_percent_int(od.max_ejection_percent, &at(p, "maxEjectionPercent"), e);
     check_percent_int(od.min_health_percent, &at(p, "minHealthPercent"), e);
+    for (i, code) in od.outlier_detection_http_error_codes.iter().enumerate() {
+        if !(100..=599).contains(code) {
+            e.err(
+                idx(&at(p, "outlierDetectionHttpErrorCodes"), i),
+                format!("HTTP status {code} is not in range 100-599"),
+            );
+        }
+    }
 }
 
 fn client_tls(t: &ClientTlsSettings, p: &str, e: &mut Errs) {

@@ -122,7 +122,7 @@ pub(super) fn http_route(r: &HttpRoute, p: &str, delegate_vs: bool, e: &mut Errs
         }
     }
     if let Some(rd) = &r.redirect {
-        redirect(rd, &at(p, "redirect"), e);
+        redirect(rd, &r.matches, &at(p, "redirect"), e);
     }
     if let Some(dr) = &r.direct_response {
         let dp = at(p, "directResponse");
@@ -360,8 +360,24 @@ fn fault(f: &HttpFaultInjection, p: &str, e: &mut Errs) {
     }
 }
 
-fn redirect(r: &HttpRedirect, p: &str, e: &mut Errs) {
+fn redirect(r: &HttpRedirect, matches: &[HttpMatchRequest], p: &str, e: &mut Errs) {
+    if r.uri.is_some() && r.prefix_rewrite.is_some() {
+        e.err(p, "redirect may only specify one of uri or prefixRewrite");
+    }
+    if r.prefix_rewrite.is_some()
+        && matches.iter().any(|m| {
+            m.uri
+                .as_ref()
+                .is_some_and(|u| !matches!(u.kind(), Some(StringMatchKind::Prefix(_))))
+        })
+    {
+        e.err(
+            at(p, "prefixRewrite"),
+            "prefixRewrite requires all URI matches to use prefix match type",
+        );
+    }
     if r.uri.is_none()
+        && r.prefix_rewrite.is_none()
         && r.authority.is_none()
         && r.port.is_none()
         && r.scheme.is_none()

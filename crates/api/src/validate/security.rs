@@ -1,5 +1,7 @@
 //! PeerAuthentication and AuthorizationPolicy structural rules.
 
+use std::collections::BTreeMap;
+
 use super::common::*;
 use super::{Errs, at, idx};
 use crate::networking::LabelSelector;
@@ -23,13 +25,20 @@ pub(super) fn validate_peer_authentication(pa: &PeerAuthentication, e: &mut Errs
         .selector
         .as_ref()
         .is_none_or(|s| s.match_labels.is_empty());
-    if empty_selector && !pa.port_level_mtls.is_empty() {
+    let ports = pa.port_level_mtls.as_ref();
+    if ports.is_some_and(BTreeMap::is_empty) {
+        e.err(
+            "spec.portLevelMtls",
+            "port level mTLS, if defined, must have at least one element",
+        );
+    }
+    if empty_selector && ports.is_some_and(|p| !p.is_empty()) {
         e.err(
             "spec.portLevelMtls",
             "mesh/namespace peer authentication cannot have port level mTLS",
         );
     }
-    for port in pa.port_level_mtls.keys() {
+    for port in ports.into_iter().flat_map(BTreeMap::keys) {
         e.check(
             at("spec.portLevelMtls", &port.0.to_string()),
             validate_port(port.0),
@@ -91,6 +100,14 @@ pub(super) fn validate_authorization_policy(ap: &AuthorizationPolicy, e: &mut Er
                 None => e.err(at(&fp, "source"), "source is required"),
                 Some(src) => {
                     let sp = at(&fp, "source");
+                    if !src.service_accounts.is_empty()
+                        && (!src.namespaces.is_empty() || !src.principals.is_empty())
+                    {
+                        e.err(
+                            &sp,
+                            "cannot set serviceAccounts with namespaces or principals",
+                        );
+                    }
                     if src.fields().iter().all(|(_, v)| v.is_empty()) {
                         e.err(&sp, "source must have at least one field");
                     }

@@ -42,7 +42,7 @@ pub(super) fn validate_service_entry(se: &ServiceEntry, ns: &str, e: &mut Errs) 
             e.warn(&p, m);
         }
         // Hosts are looked up as written: a short name never resolves.
-        if !h.contains('.') {
+        if !h.contains('.') && !h.starts_with('*') {
             e.err(&p, format!("host {h:?} is not fully qualified (service entry hosts must be FQDNs such as api.example.com)"));
         }
     }
@@ -174,8 +174,19 @@ pub(super) fn validate_workload_entry(
             e.err(&ap, "address is required");
         }
     } else if let Some(path) = we.address.strip_prefix("unix://") {
-        if path.is_empty() {
-            e.err(&ap, "unix address must name a socket path");
+        if !(path.starts_with('/') || path.starts_with('@')) {
+            e.err(
+                &ap,
+                format!(
+                    "unix address {:?} must be an absolute path or an abstract socket (@name)",
+                    we.address
+                ),
+            );
+        } else if path.ends_with('/') {
+            e.err(
+                &ap,
+                format!("unix address {:?} may not be a directory", we.address),
+            );
         }
         if !we.ports.is_empty() {
             e.err(

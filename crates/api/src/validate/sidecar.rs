@@ -279,11 +279,30 @@ pub(super) fn validate_gateway(gw: &Gateway, e: &mut Errs) {
 
 fn server_tls(tls: &ServerTlsSettings, p: &str, e: &mut Errs) {
     let has = |o: &Option<String>| o.as_deref().is_some_and(|s| !s.is_empty());
+    for (i, c) in tls.tls_certificates.iter().enumerate() {
+        let cp = idx(&at(p, "tlsCertificates"), i);
+        if !has(&c.server_certificate) {
+            e.err(
+                at(&cp, "serverCertificate"),
+                "server certificate is required",
+            );
+        }
+        if !has(&c.private_key) {
+            e.err(at(&cp, "privateKey"), "private key is required");
+        }
+    }
+    if tls.tls_certificates.len() > 2 {
+        e.warn(
+            at(p, "tlsCertificates"),
+            "at most 2 server certificates are supported",
+        );
+    }
     if matches!(
         tls.mode,
         Some(ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)
     ) && !has(&tls.credential_name)
         && tls.credential_names.is_empty()
+        && tls.tls_certificates.is_empty()
     {
         let which = if tls.mode == Some(ServerTlsMode::Simple) {
             "SIMPLE TLS"

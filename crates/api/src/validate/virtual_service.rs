@@ -99,6 +99,9 @@ pub(super) fn validate(vs: &VirtualService, ns: &str, e: &mut Errs) {
                 &mp,
                 e,
             );
+            if let Some(s) = &m.source_subnet {
+                e.check(at(&mp, "sourceSubnet"), validate_ip_subnet(s));
+            }
         }
         if r.route.is_empty() {
             e.err(at(&p, "route"), "TCP route is required");

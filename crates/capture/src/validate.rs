@@ -6,10 +6,12 @@
 //! the original destination (`SO_ORIGINAL_DST`) of what they accept; a
 //! client connects to 127.0.0.6:<probe port> (from the proxy's uid, this
 //! connection is captured back to the inbound port). Validation passes when
-//! a listener sees the probe port as the original destination.
+//! a listener sees the probe port as the original destination. A pod whose
+//! primary address is IPv6 (with IPv6 capture on) is checked over `::1` and
+//! `::6` instead, like Istio.
 
 use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -17,17 +19,68 @@ use crate::config::CaptureConfig;
 use crate::error::CaptureError;
 
 /// The original destination port of an accepted (redirected) connection.
-fn original_port(stream: &TcpStream) -> Option<u16> {
-    let addr = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::OriginalDst).ok()?;
-    Some(u16::from_be(addr.sin_port))
+fn original_port(stream: &TcpStream, v6: bool) -> Option<u16> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    if v6 {
+        let addr = getsockopt(stream, sockopt::Ip6tOriginalDst).ok()?;
+        Some(u16::from_be(addr.sin6_port))
+    } else {
+        let addr = getsockopt(stream, sockopt::OriginalDst).ok()?;
+        Some(u16::from_be(addr.sin_port))
+    }
+}
+
+/// Connects to `target` from `source` (port chosen by the kernel), as
+/// Istio's probe does: left to itself the kernel would pick `::6` as the
+/// source for `::6`, which the rules deliberately do not capture.
+fn connect_from(source: IpAddr, target: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::os::fd::AsRawFd as _;
+
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6, bind, connect, socket,
+    };
+    let family = match source {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    match (SocketAddr::new(source, 0), target) {
+        (SocketAddr::V4(src), SocketAddr::V4(dst)) => {
+            bind(fd.as_raw_fd(), &SockaddrIn::from(src))?;
+            connect(fd.as_raw_fd(), &SockaddrIn::from(dst))?;
+        }
+        (SocketAddr::V6(src), SocketAddr::V6(dst)) => {
+            bind(fd.as_raw_fd(), &SockaddrIn6::from(src))?;
+            connect(fd.as_raw_fd(), &SockaddrIn6::from(dst))?;
+        }
+        _ => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "source and target families differ",
+            ));
+        }
+    }
+    Ok(TcpStream::from(fd))
 }
 
 /// Runs the check; fails after `timeout` without a captured probe.
 pub fn run(cfg: &CaptureConfig, probe_port: u16, timeout: Duration) -> Result<(), CaptureError> {
+    let v6 = cfg.enable_ipv6 && crate::detect::pod_has_ipv6(false).unwrap_or(false);
+    let (listen_ip, target_ip): (IpAddr, IpAddr) = if v6 {
+        (
+            Ipv6Addr::LOCALHOST.into(),
+            Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6).into(),
+        )
+    } else {
+        (
+            Ipv4Addr::LOCALHOST.into(),
+            Ipv4Addr::new(127, 0, 0, 6).into(),
+        )
+    };
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let mut bound = Vec::new();
     for port in [cfg.proxy_port, cfg.inbound_capture_port] {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let addr = SocketAddr::new(listen_ip, port);
         match TcpListener::bind(addr) {
             Ok(listener) => bound.push((addr, listener)),
             Err(e) => tracing::warn!(%addr, error = %e, "validation cannot listen"),
@@ -36,7 +89,7 @@ pub fn run(cfg: &CaptureConfig, probe_port: u16, timeout: Duration) -> Result<()
     if bound.is_empty() {
         return Err(CaptureError::Validation {
             detail: format!(
-                "no listener available on 127.0.0.1:{} or 127.0.0.1:{}",
+                "no listener available on {listen_ip} ports {} or {}",
                 cfg.proxy_port, cfg.inbound_capture_port
             ),
         });
@@ -46,7 +99,7 @@ pub fn run(cfg: &CaptureConfig, probe_port: u16, timeout: Duration) -> Result<()
         tracing::info!(%addr, "validation listening");
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let port = original_port(&stream);
+                let port = original_port(&stream, v6);
                 let mut stream = stream;
                 let _ = write!(stream, "{}", port.unwrap_or(0));
                 if port == Some(probe_port) {
@@ -56,11 +109,11 @@ pub fn run(cfg: &CaptureConfig, probe_port: u16, timeout: Duration) -> Result<()
             }
         });
     }
-    let target = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 6), probe_port));
+    let target = SocketAddr::new(target_ip, probe_port);
     let deadline = Instant::now() + timeout;
     let mut last_error = String::from("no attempt made");
     while Instant::now() < deadline {
-        match TcpStream::connect_timeout(&target, Duration::from_millis(500)) {
+        match connect_from(listen_ip, target) {
             Ok(_) => last_error = format!("connected to {target}, but no capture listener saw it"),
             Err(e) => last_error = format!("connecting to {target}: {e}"),
         }

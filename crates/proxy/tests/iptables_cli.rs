@@ -526,3 +526,44 @@ fn run_validation_passes_with_rules_and_fails_without() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn run_validation_on_an_ipv6_pod_uses_ipv6_loopback() {
+    let ns = NetNs::new();
+    // The pod's only address is IPv6, so validation goes over ::1 / ::6.
+    ns.ok(&[
+        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    ns.ok(&["ip", "link", "set", "eth0p", "up"]);
+    ns.ok(&["ip", "link", "set", "eth0", "up"]);
+    ns.ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00::5/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let apply = ns.weft(&["iptables", "-b", "*", "-i", "*", "--ipv6"]);
+    assert!(apply.status.success(), "{}", text(&apply.stderr));
+    let out = ns.exec(&[
+        "/usr/bin/setpriv",
+        "--reuid=1337",
+        "--regid=1337",
+        "--clear-groups",
+        BIN,
+        "iptables",
+        "--skip-rule-apply",
+        "--run-validation",
+        "--ipv6",
+        "--probe-timeout",
+        "3s",
+    ]);
+    assert!(
+        out.status.success(),
+        "IPv6 validation must pass: {}",
+        text(&out.stderr)
+    );
+}

@@ -56,20 +56,28 @@ impl Serialize for Duration {
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Accept a bare number too (YAML `timeout: 10`): it is kept as text and
-        // rejected by validation ("missing unit"), as Istio rejects it.
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            Int(i64),
-            Float(f64),
+        // A bare number (YAML `timeout: 10`) is kept as text and rejected by
+        // validation ("missing unit"), as Istio rejects it.
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"1s\", \"100ms\" or \"1h2m\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+                Ok(Duration::new(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+                Ok(Duration::new(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+                Ok(Duration::new(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Duration, E> {
+                Ok(Duration::new(v.to_string()))
+            }
         }
-        Ok(match Raw::deserialize(d)? {
-            Raw::Text(s) => Duration::new(s),
-            Raw::Int(i) => Duration::new(i.to_string()),
-            Raw::Float(f) => Duration::new(f.to_string()),
-        })
+        d.deserialize_any(V)
     }
 }
 

@@ -645,3 +645,28 @@ fn unix_addresses_and_port_level_and_service_account_rules() {
         "cannot set serviceAccounts with namespaces or principals",
     );
 }
+
+#[test]
+fn a_mistyped_field_is_the_only_error_reported() {
+    let y = vs(
+        "hosts: [reviews]\nhttp:\n- route:\n  - destination: {host: reviews}\n  timeout: {seconds: 1}\n",
+    );
+    let errs = errors_of_checked(&y);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].0, "spec.http[0].timeout");
+    assert!(
+        errs[0].1.contains("a duration such as \"1s\""),
+        "{}",
+        errs[0].1
+    );
+}
+
+fn errors_of_checked(yaml: &str) -> Vec<(String, String)> {
+    weft_api::analyze::check_file("t.yaml", yaml)
+        .objects
+        .into_iter()
+        .flat_map(|(_, errs)| errs)
+        .filter(weft_api::FieldError::is_error)
+        .map(|e| (e.path, e.message))
+        .collect()
+}

@@ -129,6 +129,7 @@ pub struct ServerTlsSettings {
     pub max_protocol_version: Option<String>,
     pub cipher_suites: Vec<String>,
     pub ca_cert_credential_name: Option<String>,
+    pub insecure_skip_verify: Option<bool>,
     pub ecdh_curves: Vec<String>,
     pub tls_certificates: Vec<TlsCertificate>,
 }

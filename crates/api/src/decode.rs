@@ -302,7 +302,11 @@ pub fn decode_value(
                 .unwrap_or("");
             match serde_yaml::from_str::<Value>(mesh_text) {
                 Ok(Value::Null) => Resource::MeshConfig(mesh::MeshConfig::default()),
-                Ok(v) => typed!(MeshConfig, v, "data.mesh", true),
+                Ok(v) => {
+                    let (t, errs) = mesh::decode_mesh_config(v, "data.mesh");
+                    errors.extend(errs);
+                    Resource::MeshConfig(t.unwrap_or_default())
+                }
                 Err(e) => {
                     errors.push(FieldError::error("data.mesh", format!("invalid YAML: {e}")));
                     Resource::MeshConfig(mesh::MeshConfig::default())

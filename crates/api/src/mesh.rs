@@ -48,7 +48,19 @@ pub struct MeshConfig {
     pub extension_providers: Vec<serde_json::Value>,
     pub default_providers: Option<serde_json::Value>,
     pub service_settings: Vec<serde_json::Value>,
+    #[serde(rename = "meshMTLS")]
     pub mesh_mtls: Option<serde_json::Value>,
+    pub inbound_traffic_policy: Option<serde_json::Value>,
+    pub default_traffic_policy: Option<serde_json::Value>,
+    pub path_normalization: Option<serde_json::Value>,
+    pub ca: Option<serde_json::Value>,
+    pub config_sources: Vec<serde_json::Value>,
+    pub service_scope_configs: Vec<serde_json::Value>,
+    pub zone_aware_lb_setting: Option<serde_json::Value>,
+    pub service_entry_visibility: Option<serde_json::Value>,
+    pub hbone_idle_timeout: Option<Duration>,
+    pub disable_envoy_listener_log: Option<bool>,
+    pub verify_certificate_at_client: Option<bool>,
     pub tls_defaults: Option<serde_json::Value>,
     pub tcp_keepalive: Option<serde_json::Value>,
     pub ca_certificates: Vec<serde_json::Value>,
@@ -56,6 +68,22 @@ pub struct MeshConfig {
     pub proxy_listen_port: Option<u32>,
     pub proxy_http_port: Option<u32>,
     pub proxy_inbound_listen_port: Option<u32>,
+}
+
+/// Decodes a MeshConfig value; unknown fields become warnings, as Istio
+/// accepts them (its mesh parser retries with unknown fields allowed).
+pub(crate) fn decode_mesh_config(
+    value: serde_yaml::Value,
+    prefix: &str,
+) -> (Option<MeshConfig>, Vec<crate::FieldError>) {
+    let (mesh, mut problems) = crate::decode::decode_typed::<MeshConfig>(value, prefix);
+    for p in &mut problems {
+        if p.message == "unknown field" {
+            p.severity = crate::Severity::Warning;
+            p.message = "unknown MeshConfig field, ignored (as Istio does)".into();
+        }
+    }
+    (mesh, problems)
 }
 
 /// `accessLogEncoding`.
@@ -104,6 +132,19 @@ pub struct ProxyConfig {
     pub readiness_probe: Option<serde_json::Value>,
     pub envoy_access_log_service: Option<serde_json::Value>,
     pub envoy_metrics_service: Option<serde_json::Value>,
+    pub mesh_id: Option<String>,
+    pub availability_zone: Option<String>,
+    pub custom_config_file: Option<String>,
+    pub proxy_bootstrap_template_path: Option<String>,
+    pub zipkin_address: Option<String>,
+    pub statsd_udp_address: Option<String>,
+    pub envoy_metrics_service_address: Option<String>,
+    pub discovery_refresh_delay: Option<Duration>,
+    pub file_flush_interval: Option<Duration>,
+    pub file_flush_min_size_kb: Option<u32>,
+    pub sds: Option<serde_json::Value>,
+    pub stats_compression: Option<serde_json::Value>,
+    pub connection_settings: Option<serde_json::Value>,
 }
 
 /// `interceptionMode`.
@@ -117,8 +158,12 @@ pub enum InterceptionMode {
 
 impl MeshConfig {
     /// Parses a MeshConfig document (the text of the `mesh` ConfigMap key).
-    /// Unknown fields are errors, each with its path.
-    pub fn from_yaml(text: &str) -> Result<MeshConfig, Vec<crate::FieldError>> {
+    /// Mistyped fields are errors; unknown fields are warnings (Istio ignores
+    /// them too). Returns the problems alongside the config when there are
+    /// only warnings.
+    pub fn from_yaml(
+        text: &str,
+    ) -> Result<(MeshConfig, Vec<crate::FieldError>), Vec<crate::FieldError>> {
         let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
             vec![crate::FieldError::error(
                 "",
@@ -126,12 +171,12 @@ impl MeshConfig {
             )]
         })?;
         if value.is_null() {
-            return Ok(MeshConfig::default());
+            return Ok((MeshConfig::default(), Vec::new()));
         }
-        let (mesh, errors) = crate::decode::decode_typed::<MeshConfig>(value, "");
+        let (mesh, problems) = decode_mesh_config(value, "");
         match mesh {
-            Some(m) if errors.is_empty() => Ok(m),
-            _ => Err(errors),
+            Some(m) if !problems.iter().any(crate::FieldError::is_error) => Ok((m, problems)),
+            _ => Err(problems),
         }
     }
 

@@ -375,17 +375,23 @@ fn kubernetes_objects_keep_metadata_and_ignore_unread_fields() {
 
 #[test]
 fn mesh_config_from_standalone_yaml() {
-    let mesh = weft_api::mesh::MeshConfig::from_yaml(
-        "accessLogFile: /dev/stdout\nenableAutoMtls: false\n",
+    let (mesh, warnings) = weft_api::mesh::MeshConfig::from_yaml(
+        "accessLogFile: /dev/stdout\nenableAutoMtls: false\nmeshMTLS: {minProtocolVersion: TLSV1_3}\n",
     )
     .expect("valid");
     assert_eq!(mesh.enable_auto_mtls, Some(false));
-    let errs = weft_api::mesh::MeshConfig::from_yaml(
+    assert!(mesh.mesh_mtls.is_some());
+    assert!(warnings.is_empty(), "{warnings:?}");
+    // Istio ignores unknown MeshConfig fields: a typo is a warning.
+    let (_, warnings) = weft_api::mesh::MeshConfig::from_yaml(
         "accessLogFile: /dev/stdout\nacessLogEncoding: JSON\n",
     )
-    .expect_err("typo");
-    assert_eq!(errs[0].path, "acessLogEncoding");
-    assert_eq!(errs[0].message, "unknown field");
+    .expect("unknown fields are not fatal");
+    assert_eq!(warnings[0].path, "acessLogEncoding");
+    assert!(!warnings[0].is_error());
+    let errs =
+        weft_api::mesh::MeshConfig::from_yaml("enableAutoMtls: maybe\n").expect_err("mistyped");
+    assert_eq!(errs[0].path, "enableAutoMtls");
 }
 
 #[test]

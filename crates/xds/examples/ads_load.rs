@@ -76,6 +76,10 @@ impl weft_xds::Generator for Mesh {
             _ => ResourceSet::new(),
         }
     }
+
+    fn cache_key(&self, _node: &NodeInfo, _type_url: &str) -> Option<String> {
+        Some("every-proxy".to_string())
+    }
 }
 
 fn cpu_seconds() -> f64 {

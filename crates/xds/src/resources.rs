@@ -231,6 +231,15 @@ pub trait Generator: Send + Sync + 'static {
     /// The full desired set of `type_url` for `node`. The server filters it
     /// by the names the proxy subscribed to (for RDS, EDS and SDS).
     fn generate(&self, node: &NodeInfo, type_url: &str) -> ResourceSet;
+
+    /// Proxies with the same key get the same resources of `type_url` (for
+    /// example same namespace, same Sidecar scope, same metadata that
+    /// translation reads). The server then generates once per key and push
+    /// and shares the result. `None` (the default) generates per proxy.
+    fn cache_key(&self, node: &NodeInfo, type_url: &str) -> Option<String> {
+        let _ = (node, type_url);
+        None
+    }
 }
 
 impl<F> Generator for F

@@ -360,3 +360,76 @@ async fn changed_eds_cluster_gets_its_unchanged_endpoints_again() {
     );
     srv.stop().await;
 }
+
+/// Generates per node cluster and counts how often it is asked.
+struct Counting {
+    calls: std::sync::atomic::AtomicUsize,
+    generation: std::sync::atomic::AtomicUsize,
+}
+
+impl weft_xds::Generator for Counting {
+    fn generate(&self, node: &weft_xds::NodeInfo, type_url: &str) -> weft_xds::ResourceSet {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        match type_url {
+            CLUSTER => set([static_cluster(&node.cluster, &generation.to_string())]),
+            _ => weft_xds::ResourceSet::new(),
+        }
+    }
+
+    fn cache_key(&self, node: &weft_xds::NodeInfo, _type_url: &str) -> Option<String> {
+        Some(node.cluster.clone())
+    }
+}
+
+#[tokio::test]
+async fn proxies_with_one_cache_key_share_one_generation_per_push() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let generator = std::sync::Arc::new(Counting {
+        calls: Default::default(),
+        generation: Default::default(),
+    });
+    let pusher = weft_xds::Pusher::spawn(debounce_ms(0));
+    let server = weft_xds::AdsServer::new(
+        generator.clone(),
+        &pusher,
+        std::sync::Arc::new(weft_xds::XdsMetrics::unregistered()),
+        weft_xds::ServerOptions::default(),
+    );
+    let listener = weft_xds::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let srv = server.clone();
+    tokio::spawn(async move { srv.serve(listener, std::future::pending()).await });
+
+    let mut streams = Vec::new();
+    for i in 0..5 {
+        let mut s = RawSotw::connect(&url).await;
+        s.subscribe(&format!("p{i}"), CLUSTER, &[]);
+        let r = s.recv().await;
+        assert_eq!(
+            names(&r),
+            ["test"],
+            "node.cluster of every test node is \"test\""
+        );
+        s.ack(&r, &[]);
+        streams.push((s, r.version_info));
+    }
+    assert_eq!(
+        generator.calls.load(SeqCst),
+        1,
+        "five proxies, one generation"
+    );
+
+    generator.generation.store(1, SeqCst);
+    pusher.trigger(PushRequest::types([XdsType::Cluster], "change"));
+    for (s, old) in &mut streams {
+        let r = s.recv().await;
+        assert_ne!(&r.version_info, old);
+    }
+    assert_eq!(
+        generator.calls.load(SeqCst),
+        2,
+        "one more generation for the push"
+    );
+    server.close();
+}

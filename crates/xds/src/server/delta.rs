@@ -330,7 +330,7 @@ impl DeltaStream {
         announce: &[String],
         force: &[String],
     ) -> Result<Vec<Arc<Resource>>, Closed> {
-        let all = self.ctx.generator().generate(&self.ctx.node, type_url);
+        let all = self.ctx.generate(type_url);
         let Some(watch) = self.watches.get_mut(type_url) else {
             return Ok(Vec::new());
         };

@@ -10,10 +10,11 @@
 mod delta;
 mod sotw;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -29,8 +30,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::error::XdsError;
 use crate::metrics::XdsMetrics;
 use crate::push::{PushState, Pusher};
-use crate::resources::{Generator, NodeInfo};
+use crate::resources::{Generator, NodeInfo, ResourceSet};
 use crate::status::{ProxySyncStatus, StatusEntry, StreamKind, SyncRegistry};
+use crate::types::XdsType;
 
 /// Server settings.
 #[derive(Clone, Debug)]
@@ -80,6 +82,8 @@ pub(crate) struct Shared {
     options: ServerOptions,
     next_conn: AtomicU64,
     closed: watch::Sender<bool>,
+    /// (cache key, type URL) → (push version, resources).
+    cache: Mutex<HashMap<(String, String), (u64, ResourceSet)>>,
 }
 
 impl AdsServer {
@@ -101,6 +105,7 @@ impl AdsServer {
                 options,
                 next_conn: AtomicU64::new(1),
                 closed,
+                cache: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -228,8 +233,35 @@ impl StreamCtx {
         format!("{}/{}", self.conn_id, self.nonces)
     }
 
-    pub(crate) fn generator(&self) -> &dyn Generator {
-        self.shared.generator.as_ref()
+    /// The proxy's desired set of `type_url`, shared between proxies with
+    /// the same [`Generator::cache_key`] within one push version.
+    pub(crate) fn generate(&self, type_url: &str) -> ResourceSet {
+        let generator = self.shared.generator.as_ref();
+        let Some(key) = generator.cache_key(&self.node, type_url) else {
+            return generator.generate(&self.node, type_url);
+        };
+        // Read the version before generating: the cached data is then at
+        // least as new as the version it is filed under.
+        let version = {
+            let state = self.shared.pushes.borrow();
+            match XdsType::from_type_url(type_url) {
+                Some(t) => state.type_versions.get(&t).copied().unwrap_or(0),
+                None => state.full_version,
+            }
+        };
+        let cache_key = (key, type_url.to_string());
+        if let Some((v, set)) = lock(&self.shared.cache).get(&cache_key)
+            && *v == version
+        {
+            return set.clone();
+        }
+        let set = generator.generate(&self.node, type_url);
+        let mut cache = lock(&self.shared.cache);
+        let newer = cache.get(&cache_key).is_some_and(|(v, _)| *v > version);
+        if !newer {
+            cache.insert(cache_key, (version, set.clone()));
+        }
+        set
     }
 
     pub(crate) fn metrics(&self) -> &XdsMetrics {
@@ -292,6 +324,10 @@ impl AggregatedDiscoveryService for AdsServer {
         tokio::spawn(delta::run(self.shared.clone(), request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether a NACK's `error_detail` is present (an ACK has none or code 0

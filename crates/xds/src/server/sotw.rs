@@ -284,7 +284,7 @@ impl SotwStream {
         trigger: Option<Instant>,
         force: &BTreeSet<String>,
     ) -> Result<Vec<Arc<Resource>>, Closed> {
-        let all = self.ctx.generator().generate(&self.ctx.node, type_url);
+        let all = self.ctx.generate(type_url);
         let Some(watch) = self.watches.get(type_url) else {
             return Ok(Vec::new());
         };

@@ -8,7 +8,8 @@
 //!   came from and every unknown or mistyped field;
 //! - [`validate`]: per-object rules like Istio's validating webhook, plus
 //!   cross-object checks (unknown subsets);
-//! - [`analyze`]: `analyze_dir`, the engine of `weft analyze DIR`;
+//! - [`analyze`]: `analyze_dir`, the engine of `weft analyze DIR`, with
+//!   [`locate`] mapping field paths to lines;
 //! - [`store`]: the file config source (immutable [`store::Snapshot`]s, last good
 //!   version of each invalid object kept), and [`watch`] to follow a directory;
 //! - [`registry`]: services and endpoints from Kubernetes objects and

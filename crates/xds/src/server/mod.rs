@@ -1,8 +1,8 @@
 //! The ADS gRPC service (`envoy.service.discovery.v3.AggregatedDiscoveryService`)
-//! that weftd serves on 15010: state of the world in [`sotw`], incremental
-//! in [`delta`]. Each stream runs on its own task, follows the
-//! [`Pusher`](crate::push::Pusher)'s state and asks the
-//! [`Generator`](crate::Generator) for the proxy's resources.
+//! that weftd serves on 15010: state of the world in `sotw.rs`, incremental
+//! in `delta.rs`. Each stream runs on its own task, follows the
+//! [`crate::Pusher`]'s state and asks the [`crate::Generator`] for the
+//! proxy's resources.
 //!
 //! Owns stream lifecycle, nonces and the per-stream bookkeeping; must not
 //! compute resources.

@@ -142,7 +142,7 @@ fn main() -> anyhow::Result<()> {
     };
     let drain_timeout = opts.drain_timeout;
     let proxy = weft_proxy::Proxy::start(loaded, opts)?;
-    weft_proxy::server::run_until_signal(&proxy, drain_timeout)?;
+    weft_proxy::server::run_until_signal(&proxy, drain_timeout, Some(&config))?;
     proxy.join();
     Ok(())
 }

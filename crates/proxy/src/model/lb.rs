@@ -225,3 +225,80 @@ fn build_maglev(hosts: &[Arc<Host>], table_size: u64) -> Vec<u32> {
     }
     table
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(weights: &[u32]) -> Vec<Arc<Host>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                Arc::new(Host::new(
+                    format!("10.0.0.{}:80", i + 1).parse().expect("addr"),
+                    *w,
+                    true,
+                ))
+            })
+            .collect()
+    }
+
+    fn counts(p: &PriorityHosts, policy: LbPolicy, n: u64, hashed: bool) -> Vec<usize> {
+        let mut c = vec![0; p.hosts.len()];
+        for i in 0..n {
+            let h = p
+                .pick(policy, hashed.then(|| hash_bytes(&i.to_le_bytes())), 0)
+                .expect("a host");
+            c[p.hosts
+                .iter()
+                .position(|x| Arc::ptr_eq(x, h))
+                .expect("known")] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn weighted_round_robin_follows_weights_exactly() {
+        let p = PriorityHosts::new(hosts(&[1, 2, 3]), LbPolicy::RoundRobin);
+        assert_eq!(
+            counts(&p, LbPolicy::RoundRobin, 600, false),
+            [100, 200, 300]
+        );
+    }
+
+    #[test]
+    fn maglev_and_ring_spread_keys_by_weight_and_stay_stable() {
+        for policy in [
+            LbPolicy::Maglev { table_size: 65537 },
+            LbPolicy::RingHash {
+                min_ring: 1024,
+                max_ring: 1 << 20,
+            },
+        ] {
+            let p = PriorityHosts::new(hosts(&[1, 1, 2]), policy);
+            let c = counts(&p, policy, 40_000, true);
+            // Weight 2 gets about half of the keys; each weight-1 host about a quarter.
+            assert!((16_000..24_000).contains(&c[2]), "{policy:?}: {c:?}");
+            assert!(
+                (7_000..13_000).contains(&c[0]) && (7_000..13_000).contains(&c[1]),
+                "{policy:?}: {c:?}"
+            );
+            let k = Some(hash_bytes(b"user-42"));
+            let first = p.pick(policy, k, 0).expect("host").address;
+            assert!((0..10).all(|_| p.pick(policy, k, 0).expect("host").address == first));
+        }
+    }
+
+    #[test]
+    fn least_request_prefers_the_idle_host() {
+        let hs = hosts(&[1, 1]);
+        for _ in 0..50 {
+            hs[0].begin();
+        }
+        let p = PriorityHosts::new(hs, LbPolicy::LeastRequest { choices: 2 });
+        let c = counts(&p, LbPolicy::LeastRequest { choices: 2 }, 1000, false);
+        // Two random choices pick the busy host only when both draws hit it.
+        assert!(c[1] > c[0] * 2, "{c:?}");
+    }
+}

@@ -344,8 +344,14 @@ pub async fn dns_refresh(shared: Arc<Shared>) {
 
 /// Blocks until SIGTERM/SIGINT or a stop request (`/quitquitquit`); on a
 /// signal, drains (stops accepting, lets requests finish) for up to
-/// `drain_timeout`, then stops.
-pub fn run_until_signal(proxy: &Proxy, drain_timeout: Duration) -> std::io::Result<()> {
+/// `drain_timeout`, then stops. SIGHUP re-reads `config` and swaps it in
+/// (open connections keep the version they started with; a bad file is
+/// refused and the running version keeps serving).
+pub fn run_until_signal(
+    proxy: &Proxy,
+    drain_timeout: Duration,
+    config: Option<&std::path::Path>,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -354,11 +360,21 @@ pub fn run_until_signal(proxy: &Proxy, drain_timeout: Duration) -> std::io::Resu
     rt.block_on(async move {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
         let mut stop = shared.stop_tx.subscribe();
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            _ = int.recv() => tracing::info!("SIGINT: draining"),
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
+                _ = hup.recv() => {
+                    let Some(path) = config else { continue };
+                    match crate::config::load_file(path).and_then(|l| proxy.reload(&l)) {
+                        Ok(()) => tracing::info!(config = %path.display(), "SIGHUP: configuration reloaded"),
+                        Err(e) => tracing::error!("SIGHUP: reload refused, the running configuration stays: {e}"),
+                    }
+                }
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
         }
         shared.drain();
         let deadline = tokio::time::Instant::now() + drain_timeout;

@@ -136,3 +136,63 @@ fn service_entries_without_addresses_get_stable_vips() {
             .is_some()
     );
 }
+
+#[test]
+fn destination_rule_lookup_order() {
+    let dr = |name: &str, ns: &str, host: &str, extra: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  host: \"{host}\"\n{extra}"
+        )
+    };
+    let texts = [
+        dr("in-service-ns", "shop", "cart", ""),
+        dr("in-client-ns", "web", "cart.shop.svc.cluster.local", ""),
+        dr("root-wild", "istio-system", "*.svc.cluster.local", ""),
+        dr(
+            "private",
+            "other",
+            "cart.shop.svc.cluster.local",
+            "  exportTo: [\".\"]\n",
+        ),
+        dr(
+            "selected",
+            "web",
+            "cart.shop.svc.cluster.local",
+            "  workloadSelector: {matchLabels: {app: x}}\n",
+        ),
+    ];
+    let objs: Vec<Object> = texts
+        .iter()
+        .flat_map(|t| decode_all("dr.yaml", t).into_iter().map(|(o, _)| o))
+        .collect();
+    let pick = |client: &str, host: &str| {
+        destination_rule_for(
+            &objs,
+            host,
+            client,
+            "shop",
+            "istio-system",
+            DEFAULT_DOMAIN,
+            &[],
+        )
+        .map(|o| o.name().to_string())
+    };
+    let cart = "cart.shop.svc.cluster.local";
+    assert_eq!(pick("web", cart).as_deref(), Some("in-client-ns"));
+    assert_eq!(pick("shop", cart).as_deref(), Some("in-service-ns"));
+    assert_eq!(pick("billing", cart).as_deref(), Some("in-service-ns"));
+    assert_eq!(
+        pick("billing", "pay.billing.svc.cluster.local").as_deref(),
+        Some("root-wild")
+    );
+    assert_eq!(
+        pick("other", "pay.billing.svc.cluster.local").as_deref(),
+        Some("root-wild")
+    );
+    assert_eq!(
+        pick("other", cart).as_deref(),
+        Some("private"),
+        "a rule in the client's namespace wins"
+    );
+    assert_eq!(pick("web", "httpbin.org"), None);
+}

@@ -17,7 +17,9 @@ pub use host::{
     DEFAULT_DOMAIN, host_matches, kube_fqdn, resolve_config_host, search_candidates,
     service_aliases,
 };
-pub use scope::{EgressHost, NamespaceSelector, export_visible, sidecar_for_workload};
+pub use scope::{
+    EgressHost, NamespaceSelector, destination_rule_for, export_visible, sidecar_for_workload,
+};
 
 use crate::validate::Protocol;
 

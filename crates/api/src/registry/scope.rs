@@ -114,3 +114,68 @@ pub fn sidecar_for_workload<'a>(
     }
     selected.or(ns_default).or(root_default)
 }
+
+/// The DestinationRule that applies when a proxy in `client_ns` calls
+/// `hostname` (a service defined in `service_ns`), as Istio looks it up:
+/// a rule in the client's namespace first, then in the service's
+/// namespace, then in the root namespace; only rules visible to the client
+/// (`exportTo`, else `default_export_to`); within a namespace the most
+/// specific host wins (exact before wildcards, longer wildcards first), then
+/// the first by name. Short rule hosts resolve relative to the rule's
+/// namespace. Rules with a `workloadSelector` are skipped here (they apply
+/// only to the selected workloads' own outbound traffic); Istio's merging of
+/// several rules for one host is not modelled.
+pub fn destination_rule_for<'a>(
+    objects: impl IntoIterator<Item = &'a Object>,
+    hostname: &str,
+    client_ns: &str,
+    service_ns: &str,
+    root_ns: &str,
+    domain: &str,
+    default_export_to: &[String],
+) -> Option<&'a Object> {
+    let mut best: Option<(usize, usize, &'a Object)> = None; // (ns rank, specificity rank, rule)
+    for o in objects {
+        let Resource::DestinationRule(dr) = &o.spec else {
+            continue;
+        };
+        if dr
+            .workload_selector
+            .as_ref()
+            .is_some_and(|s| !s.match_labels.is_empty())
+        {
+            continue;
+        }
+        let ns = o.namespace();
+        let ns_rank = if ns == client_ns {
+            0
+        } else if ns == service_ns {
+            1
+        } else if ns == root_ns {
+            2
+        } else {
+            continue;
+        };
+        if !export_visible(&dr.export_to, ns, client_ns, default_export_to) {
+            continue;
+        }
+        let host = super::resolve_config_host(&dr.host, ns, domain);
+        if !host_matches(&host, hostname) {
+            continue;
+        }
+        // Exact match ranks 0; wildcards rank by how little they cover.
+        let specificity = if host.eq_ignore_ascii_case(hostname) {
+            0
+        } else {
+            usize::MAX - host.len()
+        };
+        let better = match best {
+            None => true,
+            Some((bn, bs, b)) => (ns_rank, specificity, o.name()) < (bn, bs, b.name()),
+        };
+        if better {
+            best = Some((ns_rank, specificity, o));
+        }
+    }
+    best.map(|(_, _, o)| o)
+}

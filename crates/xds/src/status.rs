@@ -98,6 +98,9 @@ struct Row {
     status: Mutex<ProxySyncStatus>,
 }
 
+/// A `/debug/syncz` snapshot: one entry per open stream, sorted by proxy id.
+pub type SyncStatus = Vec<ProxySyncStatus>;
+
 /// Live table of all streams.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SyncRegistry {
@@ -128,7 +131,7 @@ impl SyncRegistry {
             .map(|r| r.node.clone())
     }
 
-    pub(crate) fn snapshot(&self) -> Vec<ProxySyncStatus> {
+    pub(crate) fn snapshot(&self) -> SyncStatus {
         let entries: Vec<_> = lock(&self.entries).values().cloned().collect();
         let mut out: Vec<ProxySyncStatus> =
             entries.iter().map(|e| lock(&e.status).clone()).collect();

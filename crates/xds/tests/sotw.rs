@@ -433,3 +433,29 @@ async fn proxies_with_one_cache_key_share_one_generation_per_push() {
     );
     server.close();
 }
+
+#[tokio::test]
+async fn streams_survive_a_dropped_pusher() {
+    let generator = std::sync::Arc::new(TestGenerator::default());
+    generator.set_all(CLUSTER, set([static_cluster("a", "1")]));
+    generator.set_all(LISTENER, set([rds_listener("l", "r")]));
+    let pusher = weft_xds::Pusher::spawn(debounce_ms(0));
+    let server = weft_xds::AdsServer::new(
+        generator,
+        &pusher,
+        std::sync::Arc::new(weft_xds::XdsMetrics::unregistered()),
+        weft_xds::ServerOptions::default(),
+    );
+    drop(pusher);
+    let listener = weft_xds::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let srv = server.clone();
+    tokio::spawn(async move { srv.serve(listener, std::future::pending()).await });
+    let mut s = RawSotw::connect(&url).await;
+    s.subscribe("p1", CLUSTER, &[]);
+    let r = s.recv().await;
+    s.ack(&r, &[]);
+    s.subscribe("p1", LISTENER, &[]);
+    assert_eq!(s.recv().await.type_url, LISTENER);
+    server.close();
+}

@@ -47,6 +47,7 @@ pub(super) async fn run(
         }
     };
     let mut pushes = shared.pushes.clone();
+    let mut pushes_open = true;
     let seen = pushes.borrow_and_update().version;
     let ctx = StreamCtx::open(shared, node, StreamKind::Delta);
     let mut conn = DeltaStream {
@@ -72,9 +73,11 @@ pub(super) async fn run(
                     return;
                 }
             },
-            changed = pushes.changed() => {
+            changed = pushes.changed(), if pushes_open => {
                 if changed.is_err() {
-                    return;
+                    // The Pusher is gone: keep answering requests, push no more.
+                    pushes_open = false;
+                    continue;
                 }
                 let state = pushes.borrow_and_update().clone();
                 if conn.on_push(&state).await.is_err() {

@@ -31,7 +31,7 @@ use crate::error::XdsError;
 use crate::metrics::XdsMetrics;
 use crate::push::{PushState, Pusher};
 use crate::resources::{Generator, NodeInfo, ResourceSet};
-use crate::status::{ProxySyncStatus, StatusEntry, StreamKind, SyncRegistry};
+use crate::status::{ProxySyncStatus, StatusEntry, StreamKind, SyncRegistry, SyncStatus};
 use crate::types::XdsType;
 
 /// Server settings.
@@ -158,7 +158,7 @@ impl AdsServer {
     }
 
     /// Sync status of every open stream, sorted by proxy id.
-    pub fn sync_status(&self) -> Vec<ProxySyncStatus> {
+    pub fn sync_status(&self) -> SyncStatus {
         self.shared.status.snapshot()
     }
 

@@ -164,6 +164,8 @@ fn serve(listener: &TcpListener, name: &str, stop: &AtomicBool) {
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(10));
             }
+            // A signal (e.g. glibc's set*id broadcast) interrupted us: retry.
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => {
                 eprintln!("weft-testbed: responder {name}: accept: {err}");
                 return;
@@ -366,7 +368,9 @@ fn serve_udp(socket: &UdpSocket, name: &str, stop: &AtomicBool) {
             Err(err)
                 if matches!(
                     err.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) => {}
             Err(err) => {
                 eprintln!("weft-testbed: UDP responder {name}: {err}");
@@ -393,11 +397,21 @@ pub fn udp_probe(
             };
             let socket = UdpSocket::bind((any, 0))?;
             socket.connect(target)?;
-            socket.set_read_timeout(Some(timeout))?;
             socket.send(b"probe")?;
+            let deadline = std::time::Instant::now() + timeout;
             let mut buf = [0u8; 512];
-            let n = socket.recv(&mut buf)?;
-            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                socket.set_read_timeout(Some(left))?;
+                match socket.recv(&mut buf) {
+                    Ok(n) => return Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) => return Err(err),
+                }
+            }
         };
         match exchange() {
             Ok(reply) => Answer::parse(&reply).ok_or(format!("unexpected reply {reply:?}")),

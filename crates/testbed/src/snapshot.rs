@@ -19,7 +19,10 @@ pub struct Snapshot {
     pub nft: String,
     /// `ip -4 rule` and `ip -6 rule`.
     pub rules: String,
-    /// `ip -4 route show table all` and `ip -6 route show table all`.
+    /// `ip -4 route show table all` and `ip -6 route show table all`,
+    /// without the kernel's `table local` entries (they follow the
+    /// addresses, compared in `addrs`, and appear asynchronously after an
+    /// IPv6 address is added).
     pub routes: String,
     /// `ip -o addr`.
     pub addrs: String,
@@ -36,8 +39,10 @@ impl Snapshot {
             ip6tables: normalize_save(&out("ip6tables-save", &[])?),
             nft: normalize_nft(&out("nft", &["list", "ruleset"])?),
             rules: out("ip", &["-4", "rule"])? + &out("ip", &["-6", "rule"])?,
-            routes: out("ip", &["-4", "route", "show", "table", "all"])?
-                + &out("ip", &["-6", "route", "show", "table", "all"])?,
+            routes: without_local_table(
+                &(out("ip", &["-4", "route", "show", "table", "all"])?
+                    + &out("ip", &["-6", "route", "show", "table", "all"])?),
+            ),
             addrs: out("ip", &["-o", "addr"])?,
         })
     }
@@ -74,6 +79,15 @@ pub fn normalize_save(save: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Drops the routes of the kernel's `local` table.
+fn without_local_table(routes: &str) -> String {
+    routes
+        .lines()
+        .filter(|l| !l.contains(" table local "))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// The tables iptables-nft manages; `iptables-save` already covers them.

@@ -18,6 +18,28 @@ use crate::store::{Snapshot, Store};
 /// Default quiet period before reloading.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
 
+/// Default interval of the safety-net reload that runs even without events
+/// (covers missed events, e.g. when the directory itself was replaced).
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
+
+/// Watch settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchOptions {
+    /// Quiet period after the last event before reloading.
+    pub debounce: Duration,
+    /// Reload at least this often even without events.
+    pub resync: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            debounce: DEFAULT_DEBOUNCE,
+            resync: DEFAULT_RESYNC,
+        }
+    }
+}
+
 /// Failure to start watching.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -55,9 +77,24 @@ impl Drop for Watcher {
 /// Watches `store`'s directory. After each burst of changes (quiet for
 /// `debounce`), reloads the store and, if the content changed, calls
 /// `on_change` with the new snapshot.
-pub fn watch<F>(
+pub fn watch<F>(store: Arc<Store>, debounce: Duration, on_change: F) -> Result<Watcher, WatchError>
+where
+    F: FnMut(Arc<Snapshot>) + Send + 'static,
+{
+    watch_with(
+        store,
+        WatchOptions {
+            debounce,
+            ..WatchOptions::default()
+        },
+        on_change,
+    )
+}
+
+/// As [`watch`], with explicit options (including the periodic resync).
+pub fn watch_with<F>(
     store: Arc<Store>,
-    debounce: Duration,
+    opts: WatchOptions,
     mut on_change: F,
 ) -> Result<Watcher, WatchError>
 where
@@ -86,10 +123,15 @@ where
     let thread = std::thread::Builder::new()
         .name("weft-config-watch".into())
         .spawn(move || {
-            while rx.recv().is_ok() {
+            loop {
+                // An event, or the resync interval without one.
+                match rx.recv_timeout(opts.resync) {
+                    Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
                 // Debounce: wait until no event arrives for `debounce`.
                 loop {
-                    match rx.recv_timeout(debounce) {
+                    match rx.recv_timeout(opts.debounce) {
                         Ok(()) => continue,
                         Err(RecvTimeoutError::Timeout) => break,
                         Err(RecvTimeoutError::Disconnected) => return,

@@ -365,3 +365,39 @@ fn many_files_give_the_same_result_as_a_sequential_check() {
     // claim host `reviews` already claimed by the first.
     assert_eq!(report.errors().count(), 6 * 3 + 5);
 }
+
+#[test]
+fn resync_picks_up_a_replaced_directory() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("config");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::write(dir.join("dr.yaml"), dr(SUBSETS)).expect("write");
+    std::fs::write(dir.join("vs.yaml"), vs(90, 10)).expect("write");
+    let store = Arc::new(Store::load(&dir, StoreOptions::default()).expect("load"));
+    let (tx, rx) = mpsc::channel();
+    let opts = weft_api::watch::WatchOptions {
+        debounce: Duration::from_millis(50),
+        resync: Duration::from_millis(300),
+    };
+    let _watcher = weft_api::watch::watch_with(Arc::clone(&store), opts, move |s| {
+        let _ = tx.send(s);
+    })
+    .expect("watch");
+    // Replacing the directory drops the inotify watch; the resync still
+    // notices the new content.
+    std::fs::remove_dir_all(&dir).expect("rm");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::write(dir.join("dr.yaml"), dr(SUBSETS)).expect("write");
+    std::fs::write(dir.join("vs.yaml"), vs(30, 70)).expect("write");
+    let snap = loop {
+        let s = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a snapshot after the directory was replaced");
+        if s.get(&key(Kind::VirtualService, "reviews")).is_some()
+            && weights(&s) == [Some(30), Some(70)]
+        {
+            break s;
+        }
+    };
+    assert!(snap.version >= 2);
+}

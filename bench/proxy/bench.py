@@ -162,6 +162,7 @@ class Proxy:
         with open(cfg, "w") as f:
             json.dump(bootstrap(self.admin, self.ports, nginx, clusters_extra), f, indent=1)
         self.stderr_path = f"{work}/{kind}{tag}.stderr"
+        self.last_hwm = None
         if kind == "envoy":
             cmd = [binary, "-c", cfg, "--concurrency", "1", "--disable-hot-restart", "--log-level", "error",
                    "--base-id", str(os.getpid() % 10000 * 10 + (1 if tag else 0))]
@@ -314,12 +315,26 @@ def main():
                     log(f"{t} {proto}: not measured: {e}")
 
         raw = {t: {p: {"rps": [], "p50": [], "p99": [], "cpu10k": []} for p in PROTOCOLS} for t in TARGETS}
+        peak_seen = {}
+        restarts = []
         for rep in range(args.reps):
             order = TARGETS[rep % 3:] + TARGETS[:rep % 3]
             for proto in PROTOCOLS:
                 for t in order:
                     if usable[(t, proto)]:
                         continue
+                    if t in procs and procs[t].proc.poll() is not None:
+                        # Something else on this shared machine may end our
+                        # process; note it, keep its peak RSS, start a new one.
+                        dead = procs[t]
+                        peak_seen[t] = max(peak_seen.get(t) or 0, dead.last_hwm or 0)
+                        restarts.append(f"{t} exited unexpectedly (returncode {dead.proc.returncode}) "
+                                        f"before rep {rep + 1} {proto}; restarted")
+                        log(restarts[-1])
+                        procs[t] = Proxy(t, envoy_bin if t == "envoy" else args.weft, work, nginx_ports,
+                                         tag=f"-r{len(restarts)}")
+                        ports[t] = procs[t].ports
+                        time.sleep(1)
                     port = ports[t][proto]
                     try:
                         cpu0 = procs[t].cpu_seconds() if t in procs else None
@@ -328,14 +343,21 @@ def main():
                             raw[t][proto]["cpu10k"].append((procs[t].cpu_seconds() - cpu0) / total * 10000)
                         raw[t][proto]["rps"].append(rps)
                         p50, p99 = fixed_rate(proto, port, args.seconds, args.rate)
+                        if t in procs:
+                            procs[t].last_hwm = procs[t].status_kib("VmHWM")
                         raw[t][proto]["p50"].append(p50)
                         raw[t][proto]["p99"].append(p99)
                         log(f"rep {rep + 1}/{args.reps} {proto:5} {t:6} {rps:9.0f} req/s  "
                             f"p50 {p50:.3f} ms  p99 {p99:.3f} ms")
                     except Exception as e:  # noqa: BLE001
+                        if t in procs and procs[t].proc.poll() is not None:
+                            log(f"{t} {proto}: {t} died during the measurement: {e}")
+                            continue  # restarted before the next measurement
                         usable[(t, proto)] = f"failed during the run: {e}"
                         log(f"{t} {proto}: {e}")
-        peak = {k: p.status_kib("VmHWM") for k, p in procs.items()}
+        peak = {k: max(p.status_kib("VmHWM") or 0, peak_seen.get(k) or 0) for k, p in procs.items()}
+        if restarts:
+            notes["restarts"] = "; ".join(restarts)
         for p in procs.values():
             p.stop()
 
@@ -389,8 +411,10 @@ def fmt(v, unit="", digits=0):
 
 
 def ratio(a, b, digits=2):
-    if a is None or b is None or b == 0:
+    if a is None or b is None:
         return "n/m"
+    if a <= 0 or b <= 0:
+        return "n/a (≤ 0: within noise)"
     return f"{a / b:.{digits}f}"
 
 
@@ -440,7 +464,8 @@ def write_results(path, r):
     nm = dict(r["not_measured"])
     nm.update(r["notes"])
     if nm:
-        lines += ["", "Not measured:", ""] + [f"- {k}: {v}" for k, v in sorted(nm.items())]
+        lines += ["", "Not measured, or measured with a caveat:", ""] + [
+            f"- {k}: {' '.join(str(v).split())[:300]}" for k, v in sorted(nm.items())]
     section = "\n".join(lines) + "\n"
 
     text = ""

@@ -359,7 +359,22 @@ impl Runner {
                 }
                 merged.extend(incoming.iter().map(|(k, v)| (k.as_str(), v)));
                 let all: Vec<Any> = merged.into_values().cloned().collect();
-                self.handler.apply(&type_url, &all)
+                // A panicking handler NACKs instead of ending the client.
+                let handler = &mut self.handler;
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    handler.apply(&type_url, &all)
+                }))
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(format!(
+                        "weft-proxy failed applying {}: panic: {what}",
+                        short_name(&type_url)
+                    ))
+                })
             }
         };
         self.state.send_modify(|s| s.responses += 1);

@@ -26,6 +26,9 @@ fn recording_handler(applied: Applied) -> impl FnMut(&str, &[Any]) -> Result<(),
         if type_url == CLUSTER && names.iter().any(|n| n == "bad") {
             return Err("cluster bad: field name: reserved".to_string());
         }
+        if type_url == CLUSTER && names.iter().any(|n| n == "boom") {
+            panic!("compiler bug on cluster boom");
+        }
         applied.lock().unwrap().insert(type_url.to_string(), names);
         Ok(())
     }
@@ -173,6 +176,21 @@ async fn client_nacks_and_keeps_last_good() {
             .contains("cluster bad")
     );
     assert_eq!(st.types[CLUSTER].acked_version, good.version(CLUSTER));
+
+    // A handler that panics NACKs too, and the client keeps running.
+    srv.generator.set_all(
+        CLUSTER,
+        set([eds_cluster("a"), static_cluster("boom", "1")]),
+    );
+    srv.pusher
+        .trigger(PushRequest::types([XdsType::Cluster], "panicking cluster"));
+    let state = wait_client(&mut rx, "a second NACK", |s| s.nacks == 2).await;
+    let (_, message) = state.last_nack.clone().unwrap();
+    assert!(
+        message.contains("compiler bug on cluster boom"),
+        "{message}"
+    );
+    assert_eq!(state.version(CLUSTER), good.version(CLUSTER));
 
     srv.generator.set_all(
         CLUSTER,

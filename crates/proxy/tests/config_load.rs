@@ -70,3 +70,41 @@ fn names_the_path_of_an_unknown_field() {
         "{text}"
     );
 }
+
+#[test]
+fn compile_errors_name_the_field_and_value() {
+    let stats = weft_proxy::stats::Stats::new();
+    let loaded = load_str(&HCM.replace("CODEC", "codec_type: HTTP3"), "test.yaml").expect("parses");
+    let err = weft_proxy::model::Snapshot::compile(&loaded, &stats)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "test.yaml: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.codec_type: unsupported (HTTP3)"
+    );
+    let loaded = load_str(
+        &HCM.replace("CODEC", "")
+            .replace("cluster: c0, timeout", "cluster: nope, timeout"),
+        "test.yaml",
+    )
+    .expect("parses");
+    let err = weft_proxy::model::Snapshot::compile(&loaded, &stats)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "route_config.virtual_hosts[0].routes[0].route.cluster: unknown cluster \"nope\""
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn typed_config_of_an_unimplemented_filter_is_refused() {
+    let yaml = HCM.replace("CODEC", "").replace(
+        "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+        "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+    );
+    let err = load_str(&yaml, "test.yaml").unwrap_err().to_string();
+    assert!(err.contains("http_filters[0].typed_config"), "{err}");
+}

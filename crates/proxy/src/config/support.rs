@@ -31,7 +31,6 @@ const OPEN: &[&str] = &[
     "envoy.config.core.v3.HeaderValue",
     "envoy.config.core.v3.RuntimeFractionalPercent",
     "envoy.config.core.v3.AggregatedConfigSource",
-    "envoy.config.core.v3.Http1ProtocolOptions",
     "envoy.type.matcher.v3.RegexMatcher.GoogleRE2",
     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
@@ -54,6 +53,7 @@ const OPEN: &[&str] = &[
 
 /// Messages of which only the listed fields are understood.
 const PARTIAL: &[(&str, &[&str])] = &[
+    ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
         &["name", "typed_config"],
@@ -76,7 +76,7 @@ const PARTIAL: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.bootstrap.v3.Admin",
-        &["address", "access_log_path", "access_log"],
+        &["address", "access_log_path"],
     ),
     (
         "envoy.config.core.v3.Node",
@@ -186,13 +186,11 @@ const PARTIAL: &[(&str, &[&str])] = &[
             "http_filters",
             "access_log",
             "use_remote_address",
-            "xff_num_trusted_hops",
             "skip_xff_append",
             "generate_request_id",
             "preserve_external_request_id",
             "always_set_request_id_in_response",
             "stream_idle_timeout",
-            "request_timeout",
             "upgrade_configs",
             "server_name",
             "common_http_protocol_options",
@@ -375,7 +373,7 @@ const PARTIAL: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.extensions.filters.http.fault.v3.HTTPFault",
-        &["delay", "abort", "max_active_faults"],
+        &["delay", "abort"],
     ),
     (
         "envoy.extensions.filters.common.fault.v3.FaultDelay",

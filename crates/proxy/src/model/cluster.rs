@@ -167,6 +167,9 @@ pub struct Cluster {
     pub outlier: Option<Outlier>,
     pub stats: ClusterStats,
     pub client: UpstreamClient,
+    /// Envoy's healthy_panic_threshold (percent, default 50): below it a
+    /// priority level routes to all its hosts.
+    pub panic_threshold: f64,
 }
 
 // === impl Cluster ===
@@ -317,7 +320,17 @@ impl Cluster {
             .transpose()?;
         let name: Arc<str> = c.name.as_str().into();
         Ok(Cluster {
-            stats: stats.cluster(&name),
+            panic_threshold: c
+                .common_lb_config
+                .as_ref()
+                .and_then(|l| l.healthy_panic_threshold.as_ref())
+                .map(|p| p.value)
+                .unwrap_or(50.0),
+            stats: stats.cluster(if c.alt_stat_name.is_empty() {
+                &name
+            } else {
+                &c.alt_stat_name
+            }),
             client: UpstreamClient::new(connect_timeout, &http),
             name,
             discovery,
@@ -337,8 +350,19 @@ impl Cluster {
         let now = now_ms();
         let set = self.hosts.load();
         match set.priorities.iter().find(|p| p.any_available(now)) {
-            Some(level) => level.pick(self.lb, hash, now).cloned(),
-            None => set.priorities.first()?.pick_panic().cloned(),
+            Some(level) => {
+                if self.panic_threshold > 0.0
+                    && (self.outlier.is_some() || level.hosts.iter().any(|h| !h.healthy))
+                {
+                    let avail = level.hosts.iter().filter(|h| h.available(now)).count();
+                    if (avail as f64) * 100.0 < self.panic_threshold * level.hosts.len() as f64 {
+                        return level.pick_panic().cloned();
+                    }
+                }
+                level.pick(self.lb, hash, now).cloned()
+            }
+            None if self.panic_threshold > 0.0 => set.priorities.first()?.pick_panic().cloned(),
+            None => None,
         }
     }
 
@@ -610,6 +634,13 @@ fn http_settings(ctx: &Ctx<'_>, c: &pb::Cluster) -> Result<HttpSettings, ConfigE
         }
     }
     if let Some(o) = h2 {
+        if o.max_concurrent_streams.is_some() {
+            return Err(ctx
+                .field("http2_protocol_options.max_concurrent_streams")
+                .unsupported(
+                    "upstream stream limits are not implemented; the server's SETTINGS apply",
+                ));
+        }
         s.http2 = true;
         s.max_concurrent_streams = o.max_concurrent_streams.map(|v| v.value);
         s.initial_stream_window = o.initial_stream_window_size.map(|v| v.value);

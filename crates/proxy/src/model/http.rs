@@ -94,13 +94,13 @@ pub struct HttpManager {
     pub filters: Vec<NamedFilter>,
     pub access_logs: Vec<AccessLog>,
     pub use_remote_address: bool,
-    pub xff_num_trusted_hops: u32,
     pub skip_xff_append: bool,
     pub generate_request_id: bool,
     pub preserve_external_request_id: bool,
     pub always_set_request_id_in_response: bool,
     pub stream_idle_timeout: Option<Duration>,
-    pub request_timeout: Option<Duration>,
+    /// Downstream HTTP/2 settings (max concurrent streams, windows).
+    pub http2: super::cluster::HttpSettings,
     pub idle_timeout: Option<Duration>,
     pub websocket: bool,
     pub server_name: HeaderValue,
@@ -180,7 +180,6 @@ impl HttpManager {
             filters,
             access_logs: super::access_logs(ctx, &m.access_log)?,
             use_remote_address: m.use_remote_address.as_ref().is_some_and(|b| b.value),
-            xff_num_trusted_hops: m.xff_num_trusted_hops,
             skip_xff_append: m.skip_xff_append,
             generate_request_id: m
                 .generate_request_id
@@ -195,11 +194,15 @@ impl HttpManager {
             )?
             .or(Some(Duration::from_secs(300)))
             .filter(|d| !d.is_zero()),
-            request_timeout: opt_duration(
-                &ctx.field("request_timeout"),
-                m.request_timeout.as_ref(),
-            )?
-            .filter(|d| !d.is_zero()),
+            http2: {
+                let mut h = super::cluster::HttpSettings::default();
+                if let Some(o) = &m.http2_protocol_options {
+                    h.max_concurrent_streams = o.max_concurrent_streams.map(|v| v.value);
+                    h.initial_stream_window = o.initial_stream_window_size.map(|v| v.value);
+                    h.initial_connection_window = o.initial_connection_window_size.map(|v| v.value);
+                }
+                h
+            },
             idle_timeout: m
                 .common_http_protocol_options
                 .as_ref()

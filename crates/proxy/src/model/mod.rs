@@ -48,6 +48,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    #[allow(deprecated)]
     pub fn compile(loaded: &LoadedBootstrap, stats: &Stats) -> Result<Snapshot, ConfigError> {
         let b = &loaded.bootstrap;
         let root = Ctx::new(&loaded.origin, "");
@@ -81,6 +82,18 @@ impl Snapshot {
                     .invalid(format!("duplicate listener {:?}", compiled.name)));
             }
             listeners.push(Arc::new(compiled));
+        }
+        if let Some(a) = &b.admin
+            && !a.access_log_path.is_empty()
+            && a.access_log_path != "/dev/null"
+        {
+            return Err(root
+                .field("admin")
+                .field("access_log_path")
+                .unsupported(format!(
+                    "{:?}: the admin API keeps no access log; use /dev/null",
+                    a.access_log_path
+                )));
         }
         let admin = match b.admin.as_ref().and_then(|a| a.address.as_ref()) {
             Some(a) => Some(listener::socket_addr(

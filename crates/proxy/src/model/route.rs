@@ -170,6 +170,8 @@ impl WeightedTargets {
 #[derive(Debug)]
 pub struct ForwardAction {
     pub target: Target,
+    /// The status for a `Target::Missing` cluster (cluster_not_found_response_code).
+    pub not_found_status: StatusCode,
     pub prefix_rewrite: Option<String>,
     pub regex_rewrite: Option<(Regex, String)>,
     pub host_rewrite: Option<HeaderValue>,
@@ -791,6 +793,15 @@ impl ForwardAction {
             websocket = u.enabled.as_ref().map(|b| b.value).unwrap_or(true);
         }
         Ok(ForwardAction {
+            not_found_status: match a.cluster_not_found_response_code() {
+                route_action::ClusterNotFoundResponseCode::ServiceUnavailable => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                route_action::ClusterNotFoundResponseCode::NotFound => StatusCode::NOT_FOUND,
+                route_action::ClusterNotFoundResponseCode::InternalServerError => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            },
             target,
             prefix_rewrite: Some(a.prefix_rewrite.clone()).filter(|p| !p.is_empty()),
             regex_rewrite,

@@ -161,7 +161,7 @@ pub async fn forward(
         Target::Missing(_) => {
             x.flags.set(Flags::NC);
             x.details = "cluster_not_found";
-            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "");
+            return local_reply(action.not_found_status, "");
         }
         Target::Cluster(c) => (c.clone(), None),
         Target::Weighted(w) => {

@@ -34,13 +34,26 @@ pub async fn serve(
     stream: TcpStream,
     meta: Arc<ConnMeta>,
 ) {
+    use crate::model::cluster::now_ms;
+    use std::sync::atomic::AtomicUsize;
     let mut drain = shared.drain_rx.clone();
     let svc_hcm = hcm.clone();
     let meta_log = meta.clone();
+    // For the connection idle timeout: requests in flight and the last activity.
+    let active = Arc::new(AtomicUsize::new(0));
+    let last = Arc::new(AtomicU64::new(now_ms()));
+    let (svc_active, svc_last) = (active.clone(), last.clone());
     let svc = hyper::service::service_fn(move |req| {
         let hcm = svc_hcm.clone();
         let meta = meta.clone();
-        async move { Ok::<_, Infallible>(handle(req, hcm, meta).await) }
+        let (active, last) = (svc_active.clone(), svc_last.clone());
+        active.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let r = handle(req, hcm, meta).await;
+            active.fetch_sub(1, Ordering::Relaxed);
+            last.store(now_ms(), Ordering::Relaxed);
+            Ok::<_, Infallible>(r)
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     match hcm.codec {
@@ -53,12 +66,40 @@ pub async fn serve(
         .keep_alive(true)
         .timer(TokioTimer::new())
         .header_read_timeout(None);
-    builder.http2().timer(TokioTimer::new());
+    {
+        let mut h2 = builder.http2();
+        h2.timer(TokioTimer::new());
+        if let Some(n) = hcm.http2.max_concurrent_streams {
+            h2.max_concurrent_streams(n);
+        }
+        if let Some(w) = hcm.http2.initial_stream_window {
+            h2.initial_stream_window_size(w);
+        }
+        if let Some(w) = hcm.http2.initial_connection_window {
+            h2.initial_connection_window_size(w);
+        }
+    }
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     if *drain.borrow() {
         conn.as_mut().graceful_shutdown();
     }
+    let idle = async {
+        let Some(idle) = hcm.idle_timeout else {
+            return std::future::pending().await;
+        };
+        let idle_ms = idle.as_millis() as u64;
+        loop {
+            let since = now_ms().saturating_sub(last.load(Ordering::Relaxed));
+            if active.load(Ordering::Relaxed) == 0 && since >= idle_ms {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(
+                idle_ms.saturating_sub(since).max(10),
+            ))
+            .await;
+        }
+    };
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
@@ -68,6 +109,7 @@ pub async fn serve(
             return;
         }
         _ = drain.changed() => conn.as_mut().graceful_shutdown(),
+        _ = idle => conn.as_mut().graceful_shutdown(),
     }
     let _ = conn.await;
 }

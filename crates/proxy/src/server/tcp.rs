@@ -46,7 +46,9 @@ pub async fn proxy(tp: Arc<TcpProxy>, mut down: TcpStream, meta: Arc<ConnMeta>) 
         relay(&mut down, up, tp.idle_timeout, &rx, &tx, &tp).await;
         host.end();
     }
-    let _ = down.shutdown().await;
+    // Closing without a FIN of our own: unread client bytes make the kernel
+    // reset the connection, as Envoy's close does after a failed connect.
+    drop(down);
     entry.bytes_received = rx.load(Ordering::Relaxed);
     entry.bytes_sent = tx.load(Ordering::Relaxed);
     entry.duration_ms = start.elapsed().as_millis() as u64;

@@ -3,6 +3,8 @@
 # with a namespace labelled istio-injection=enabled, send 10,000
 # AdmissionReviews over keep-alive HTTPS, print reviews/s and latency
 # percentiles, stop weftd. Usage: bench/inject/run.sh [REQUESTS] [CONNECTIONS]
+# Runs twice: identical pods (a ReplicaSet scaling up; renderings are
+# reused) and distinct pods (every review renders its templates).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/weft-target}"
@@ -31,5 +33,7 @@ for _ in $(seq 100); do grep -q webhook-addr= "$work/weftd.out" 2>/dev/null && b
 addr="$(sed -n 's/.*webhook-addr=\([^ ]*\).*/\1/p' "$work/weftd.out")"
 [[ -n "$addr" ]] || { echo "weftd did not start" >&2; exit 1; }
 echo "weftd $addr, $(nproc) CPUs, $(date -u +%Y-%m-%dT%H:%MZ)"
-"$CARGO_TARGET_DIR/release/examples/webhook_load" --addr "$addr" --ca "$work/ca.pem" \
-  --requests "$requests" --connections "$connections" --namespace bench
+for mode in "" --distinct; do
+  "$CARGO_TARGET_DIR/release/examples/webhook_load" --addr "$addr" --ca "$work/ca.pem" \
+    --requests "$requests" --connections "$connections" --namespace bench $mode
+done

@@ -34,11 +34,16 @@ struct Args {
     /// Namespace of the reviewed pods (must select injection in weftd's config).
     #[arg(long, default_value = "bench")]
     namespace: String,
+    /// Make every pod different (a label with its index), so no rendering
+    /// can be reused; by default the pods are identical, as the pods of one
+    /// ReplicaSet are when it scales up.
+    #[arg(long)]
+    distinct: bool,
 }
 
 /// A typical application pod: two ports, HTTP probes to rewrite.
-fn review(namespace: &str, i: usize) -> Vec<u8> {
-    let pod = json!({
+fn review(namespace: &str, i: usize, distinct: bool) -> Vec<u8> {
+    let mut pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
             "generateName": "reviews-v1-7d8f9c-",
@@ -58,6 +63,9 @@ fn review(namespace: &str, i: usize) -> Vec<u8> {
             }]
         }
     });
+    if distinct {
+        pod["metadata"]["labels"]["bench-index"] = json!(i.to_string());
+    }
     serde_json::to_vec(&json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": {
@@ -90,18 +98,19 @@ async fn main() -> anyhow::Result<()> {
     }
     // Warm-up outside the measurement.
     for c in clients.iter_mut() {
-        c.review(review(&args.namespace, 0)).await?;
+        c.review(review(&args.namespace, 0, false)).await?;
     }
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (n, mut client) in clients.into_iter().enumerate() {
         let ns = args.namespace.clone();
+        let distinct = args.distinct;
         let count = per_conn.min(args.requests.saturating_sub(n * per_conn));
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(count);
             let mut errors = 0usize;
             for i in 0..count {
-                let body = review(&ns, n * per_conn + i);
+                let body = review(&ns, n * per_conn + i, distinct);
                 let t = Instant::now();
                 let (status, resp) = client.review(body).await?;
                 lat.push(t.elapsed());

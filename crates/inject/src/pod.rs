@@ -133,12 +133,8 @@ pub fn inject_pod(
                 format!("not a ProxyConfig: {e}"),
             )
         })?;
-        if !overrides.is_object() && !overrides.is_null() {
-            return Err(InjectError::annotation(
-                PROXY_CONFIG_ANNOTATION,
-                text,
-                "expected a mapping of ProxyConfig fields",
-            ));
+        if let Err(why) = check_proxy_config(&overrides) {
+            return Err(InjectError::annotation(PROXY_CONFIG_ANNOTATION, text, why));
         }
         merge_into(&mut proxy_config, &overrides);
     }
@@ -278,6 +274,31 @@ pub fn inject_pod(
 
 fn sort_map(m: &mut Map<String, Value>) {
     m.sort_keys();
+}
+
+/// Type checks for the ProxyConfig fields injection reads; other fields
+/// pass through to the proxy untouched.
+fn check_proxy_config(overrides: &Value) -> Result<(), String> {
+    let map = match overrides {
+        Value::Null => return Ok(()),
+        Value::Object(m) => m,
+        _ => return Err("expected a mapping of ProxyConfig fields".into()),
+    };
+    for (field, v) in map {
+        let ok = match field.as_str() {
+            "holdApplicationUntilProxyStarts" => v.is_boolean(),
+            "concurrency" | "statusPort" => v.as_u64().is_some_and(|n| n <= 65535),
+            "interceptionMode" => matches!(v.as_str(), Some("REDIRECT" | "TPROXY" | "NONE")),
+            "proxyMetadata" => v
+                .as_object()
+                .is_some_and(|m| m.values().all(|x| x.is_string())),
+            _ => true,
+        };
+        if !ok {
+            return Err(format!("field {field} has an invalid value {v}"));
+        }
+    }
+    Ok(())
 }
 
 /// The templates to apply: the annotation's list (aliases expanded,
@@ -465,5 +486,26 @@ pub(crate) fn set_proxy_env(pod: &mut Value, name: &str, value: &str) {
         if list.is_empty() {
             ensure_map(pod, &["spec"]).remove(field);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_proxy_config;
+    use serde_json::json;
+
+    #[test]
+    fn proxy_config_fields_are_type_checked() {
+        assert!(
+            check_proxy_config(&json!({"concurrency": 2, "holdApplicationUntilProxyStarts": true}))
+                .is_ok()
+        );
+        let err = check_proxy_config(&json!({"interceptionMode": "MAGIC"})).unwrap_err();
+        assert!(
+            err.contains("interceptionMode") && err.contains("MAGIC"),
+            "{err}"
+        );
+        assert!(check_proxy_config(&json!({"proxyMetadata": {"A": 1}})).is_err());
+        assert!(check_proxy_config(&json!("text")).is_err());
     }
 }

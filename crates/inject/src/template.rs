@@ -8,7 +8,8 @@ use crate::error::InjectError;
 use minijinja::value::{Kwargs, Value as JinjaValue};
 use minijinja::{Environment, Error as JinjaError, ErrorKind, State, UndefinedBehavior};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 fn merge_filter(base: JinjaValue, other: JinjaValue) -> Result<JinjaValue, JinjaError> {
@@ -67,10 +68,16 @@ fn annotation_fn(state: &State<'_, '_>, key: String, default: Option<JinjaValue>
     }
 }
 
-/// Compiled templates.
+/// Compiled templates, plus the most recent renderings: the pods of one
+/// ReplicaSet reach the webhook with identical contexts, so a scale-up
+/// renders and parses each template once.
 pub struct TemplateSet {
     env: Environment<'static>,
+    rendered: Mutex<HashMap<(String, u64), (String, Value)>>,
 }
+
+/// Renderings kept (the cache is cleared when full).
+const RENDER_CACHE_ENTRIES: usize = 256;
 
 impl std::fmt::Debug for TemplateSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,12 +97,38 @@ impl TemplateSet {
             env.add_template_owned(name.clone(), source.clone())
                 .map_err(|e| template_error(name, &e))?;
         }
-        Ok(TemplateSet { env })
+        Ok(TemplateSet {
+            env,
+            rendered: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Render template `name` with `context` and parse the YAML it produces.
     /// An empty rendering yields an empty object.
     pub fn render(&self, name: &str, context: &Value) -> Result<Value, InjectError> {
+        // Same template and same context give the same output (rendering is pure).
+        let key_text = context.to_string();
+        let mut h = DefaultHasher::new();
+        key_text.hash(&mut h);
+        let key = (name.to_string(), h.finish());
+        {
+            let cache = self.rendered.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((ctx, value)) = cache.get(&key)
+                && *ctx == key_text
+            {
+                return Ok(value.clone());
+            }
+        }
+        let value = self.render_uncached(name, context)?;
+        let mut cache = self.rendered.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= RENDER_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, (key_text, value.clone()));
+        Ok(value)
+    }
+
+    fn render_uncached(&self, name: &str, context: &Value) -> Result<Value, InjectError> {
         let text = self
             .env
             .get_template(name)
@@ -177,6 +210,31 @@ mod tests {
     fn errors_name_the_template() {
         let err = render("broken", "{% if %}", &json!({})).unwrap_err();
         assert!(err.to_string().contains("broken"), "{err}");
+    }
+
+    #[test]
+    fn renderings_are_reused_only_for_identical_contexts() {
+        let mut t = BTreeMap::new();
+        t.insert("a".to_string(), "x: {{ v }}".to_string());
+        let set = TemplateSet::compile(&t).expect("compiles");
+        assert_eq!(
+            set.render("a", &json!({"v": 1})).expect("r"),
+            json!({"x": 1})
+        );
+        assert_eq!(
+            set.render("a", &json!({"v": 1})).expect("r"),
+            json!({"x": 1})
+        );
+        assert_eq!(
+            set.render("a", &json!({"v": 2})).expect("r"),
+            json!({"x": 2})
+        );
+        for i in 0..(RENDER_CACHE_ENTRIES + 5) {
+            assert_eq!(
+                set.render("a", &json!({"v": i})).expect("r"),
+                json!({"x": i})
+            );
+        }
     }
 
     #[test]

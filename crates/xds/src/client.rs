@@ -29,6 +29,21 @@ use crate::error::XdsError;
 use crate::names::{eds_names, rds_names, resource_name};
 use crate::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE, XdsType, short_name};
 
+/// One response as the proxy would hold it if it accepts.
+#[derive(Debug)]
+pub struct Update<'a> {
+    /// The resource type.
+    pub type_url: &'a str,
+    /// The complete set after this response, by name in name order.
+    pub resources: &'a BTreeMap<&'a str, &'a Any>,
+    /// Names this response added or changed.
+    pub changed: &'a [&'a str],
+    /// Names no longer held: for LDS/CDS those absent from this response;
+    /// for RDS/EDS those dropped since the last update because no listener
+    /// or cluster needs them any more.
+    pub removed: &'a [&'a str],
+}
+
 /// Receives configuration. Returning `Err(message)` NACKs the response with
 /// that message (name the resource and field); the handler must then keep
 /// serving what it had.
@@ -36,6 +51,14 @@ pub trait ConfigHandler: Send + 'static {
     /// `resources` is the complete set of `type_url` after this response,
     /// in name order.
     fn apply(&mut self, type_url: &str, resources: &[Any]) -> Result<(), String>;
+
+    /// The same with the changed and removed names and without copying
+    /// the resources; override it to update incrementally. The default
+    /// copies the set and calls [`ConfigHandler::apply`].
+    fn apply_update(&mut self, update: &Update<'_>) -> Result<(), String> {
+        let all: Vec<Any> = update.resources.values().map(|a| (*a).clone()).collect();
+        self.apply(update.type_url, &all)
+    }
 }
 
 impl<F> ConfigHandler for F
@@ -183,6 +206,8 @@ struct TypeState {
     version: String,
     nonce: String,
     resources: BTreeMap<String, Any>,
+    /// Names pruned since the last update (reported as removed with it).
+    dropped: Vec<String>,
     /// Whether this stream already carried a request for the type.
     requested: bool,
 }
@@ -358,11 +383,31 @@ impl Runner {
                     merged.extend(state.resources.iter().map(|(k, v)| (k.as_str(), v)));
                 }
                 merged.extend(incoming.iter().map(|(k, v)| (k.as_str(), v)));
-                let all: Vec<Any> = merged.into_values().cloned().collect();
+                let changed: Vec<&str> = incoming
+                    .iter()
+                    .filter(|(k, v)| state.resources.get(k) != Some(v))
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                let mut removed: Vec<&str> = state.dropped.iter().map(String::as_str).collect();
+                if state.names.is_none() {
+                    removed.extend(
+                        state
+                            .resources
+                            .keys()
+                            .filter(|k| !merged.contains_key(k.as_str()))
+                            .map(String::as_str),
+                    );
+                }
+                let update = Update {
+                    type_url: &type_url,
+                    resources: &merged,
+                    changed: &changed,
+                    removed: &removed,
+                };
                 // A panicking handler NACKs instead of ending the client.
                 let handler = &mut self.handler;
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    handler.apply(&type_url, &all)
+                    handler.apply_update(&update)
                 }))
                 .unwrap_or_else(|panic| {
                     let what = panic
@@ -384,6 +429,7 @@ impl Runner {
                     state.resources.clear();
                 }
                 state.resources.extend(incoming);
+                state.dropped.clear();
                 state.version = resp.version_info;
                 let accepted = AcceptedType {
                     version: state.version.clone(),
@@ -430,7 +476,16 @@ impl Runner {
         if state.names.as_ref() == Some(&names) && (state.requested || names.is_empty()) {
             return;
         }
-        state.resources.retain(|k, _| names.contains(k));
+        let dropped: Vec<String> = state
+            .resources
+            .keys()
+            .filter(|k| !names.contains(*k))
+            .cloned()
+            .collect();
+        for name in &dropped {
+            state.resources.remove(name);
+        }
+        state.dropped.extend(dropped);
         state.names = Some(names);
         sender.request(dependent, state, None);
     }

@@ -242,3 +242,82 @@ async fn client_reconnects_after_server_restart() {
     client.shutdown().await;
     srv.stop().await;
 }
+
+/// (type, changed, removed, size of the complete set) per update.
+type Updates = Arc<Mutex<Vec<(String, Vec<String>, Vec<String>, usize)>>>;
+
+struct Incremental(Updates);
+
+impl weft_xds::ConfigHandler for Incremental {
+    fn apply(&mut self, _: &str, _: &[Any]) -> Result<(), String> {
+        unreachable!("apply_update is overridden")
+    }
+
+    fn apply_update(&mut self, u: &weft_xds::Update<'_>) -> Result<(), String> {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        self.0.lock().unwrap().push((
+            u.type_url.to_string(),
+            strings(u.changed),
+            strings(u.removed),
+            u.resources.len(),
+        ));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn incremental_handler_sees_changed_and_removed_names() {
+    let srv = TestServer::start(debounce_ms(0)).await;
+    full_mesh(&srv, "1");
+    let updates = Updates::default();
+    let client =
+        AdsClient::spawn(client_config(srv.url(), "p1"), Incremental(updates.clone())).unwrap();
+    let mut rx = client.state();
+    wait_client(&mut rx, "synced", |s| synced_with(s, &srv, "p1")).await;
+    let last = |t: &str| {
+        updates
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|u| u.0 == t)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        last(CLUSTER),
+        (
+            CLUSTER.to_string(),
+            vec!["PassthroughCluster".into(), "a".into()],
+            vec![],
+            2
+        )
+    );
+
+    // EDS-only push: one changed load assignment, the complete set of one.
+    srv.generator
+        .set_all(ENDPOINT, set([cla("a", "2"), cla("unrelated", "1")]));
+    srv.pusher.trigger(PushRequest::endpoints("a moved"));
+    wait_client(&mut rx, "eds 2", |s| synced_with(s, &srv, "p1")).await;
+    assert_eq!(
+        last(ENDPOINT),
+        (ENDPOINT.to_string(), vec!["a".into()], vec![], 1)
+    );
+
+    // CDS drops PassthroughCluster.
+    srv.generator.set_all(CLUSTER, set([eds_cluster("a")]));
+    srv.pusher
+        .trigger(PushRequest::types([XdsType::Cluster], "drop"));
+    wait_client(&mut rx, "cds 2", |s| synced_with(s, &srv, "p1")).await;
+    assert_eq!(
+        last(CLUSTER),
+        (
+            CLUSTER.to_string(),
+            vec![],
+            vec!["PassthroughCluster".into()],
+            1
+        )
+    );
+    client.shutdown().await;
+    srv.stop().await;
+}

@@ -163,6 +163,24 @@ fn excluded_ports_and_cidrs_are_not_captured(mode: &str, backend: &str) {
 
 for_each_mode_and_backend!(excluded_ports_and_cidrs_are_not_captured);
 
+fn excluded_ipv6_cidrs_are_not_captured(mode: &str, backend: &str) {
+    let bed = bed();
+    let cidrs = format!("{}/32,{}/128", bed.other.addr(), bed.other.addr_v6());
+    capture(
+        &bed.app,
+        &istio_flags(mode, backend, &format!("-b * --ipv6 -i * -x {cidrs}")),
+    );
+    let from6: IpAddr = bed.app.addr_v6().into();
+    let direct = connect(&bed.app, APP, v6(&bed.other, 8080));
+    assert_direct(&direct, "other-8080", from6);
+    assert_captured(
+        &connect(&bed.app, APP, v6(&bed.svc, 8080)),
+        v6(&bed.svc, 8080),
+    );
+}
+
+for_each_mode_and_backend!(excluded_ipv6_cidrs_are_not_captured);
+
 // === -i captures only the listed CIDRs ===
 
 fn only_included_cidrs_are_captured(mode: &str, backend: &str) {

@@ -410,3 +410,26 @@ fn commands_die_with_their_thread_unless_detached() {
         "pod teardown killed it"
     );
 }
+
+#[test]
+fn cleanup_stale_removes_namespaces_of_dead_processes_only() {
+    require_root();
+    // Above pid_max: no process can have this pid.
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let dead = pid_max + 1;
+    let stale = format!("wtb-{dead}-0-node");
+    weft_testbed::run(std::process::Command::new("ip").args(["netns", "add", &stale])).unwrap();
+    let live = Node::new().unwrap();
+
+    let removed = weft_testbed::cleanup_stale().unwrap();
+    assert!(removed.contains(&stale), "{removed:?}");
+    assert!(!netns_exists(&stale));
+    assert!(
+        netns_exists(live.netns().name()),
+        "a live process's node stays"
+    );
+}

@@ -85,7 +85,11 @@ for_each_mode_and_backend!(applying_twice_leaves_one_copy);
 const BAD_FLAGS: &[(&str, &str, &str)] = &[
     ("-p/--envoy-port", "70000", "-p 70000"),
     ("-z/--inbound-capture-port", "0x10", "-z 0x10"),
-    ("-u/--proxy-uid", "no-such-user-weft", "-u no-such-user-weft"),
+    (
+        "-u/--proxy-uid",
+        "no-such-user-weft",
+        "-u no-such-user-weft",
+    ),
     ("-m/--istio-inbound-interception-mode", "DNAT", "-m DNAT"),
     ("-b/--istio-inbound-ports", "8080,99999", "-b 8080,99999"),
     (

@@ -98,6 +98,9 @@ impl InjectionConfig {
     /// Parse an injection config file (YAML). `template` replaces the
     /// `sidecar` template; `templates` add or replace named templates.
     pub fn parse(source_name: &str, text: &str) -> Result<Self, InjectError> {
+        // The istio-sidecar-injector ConfigMap itself: use its `config` key.
+        let inner = configmap_key(source_name, text, "config")?;
+        let text = inner.as_deref().unwrap_or(text);
         let file: InjectionConfigFile =
             serde_yaml::from_str(text).map_err(|e| InjectError::Config {
                 source_name: source_name.to_string(),
@@ -161,7 +164,9 @@ impl Settings {
     /// Merge a values document (YAML or JSON) over the current values. An
     /// IstioOperator document contributes its `spec.values` and `spec.meshConfig`.
     pub fn merge_values(&mut self, source_name: &str, text: &str) -> Result<(), InjectError> {
-        let doc = parse_yaml_value(source_name, text)?;
+        // The istio-sidecar-injector ConfigMap: its `values` key (JSON).
+        let inner = configmap_key(source_name, text, "values")?;
+        let doc = parse_yaml_value(source_name, inner.as_deref().unwrap_or(text))?;
         if doc.get("kind").and_then(Value::as_str) == Some("IstioOperator") {
             return self.merge_operator(&doc);
         }
@@ -222,6 +227,24 @@ impl Settings {
             .cloned()
             .unwrap_or_else(|| json!({}))
     }
+}
+
+/// When `text` is a ConfigMap, the string under `data.<key>` (an error
+/// naming the key when missing); otherwise None.
+fn configmap_key(source_name: &str, text: &str, key: &str) -> Result<Option<String>, InjectError> {
+    let Ok(doc) = serde_yaml::from_str::<Value>(text) else {
+        return Ok(None);
+    };
+    if doc.get("kind").and_then(Value::as_str) != Some("ConfigMap") {
+        return Ok(None);
+    }
+    doc.pointer(&format!("/data/{key}"))
+        .and_then(Value::as_str)
+        .map(|s| Some(s.to_string()))
+        .ok_or_else(|| InjectError::Config {
+            source_name: source_name.to_string(),
+            message: format!("ConfigMap has no data.{key}"),
+        })
 }
 
 /// Parse YAML into a JSON value, naming the source on error.
@@ -340,6 +363,21 @@ mod tests {
         let mut base = json!({"a": {"b": 1, "c": [1, 2]}, "d": 1});
         merge_into(&mut base, &json!({"a": {"c": [3], "e": null}}));
         assert_eq!(base, json!({"a": {"b": 1, "c": [3], "e": null}, "d": 1}));
+    }
+
+    #[test]
+    fn configmaps_are_unwrapped() {
+        let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio-sidecar-injector}\ndata:\n  config: |\n    policy: disabled\n  values: '{\"global\": {\"proxy\": {\"statusPort\": 1234}}}'\n";
+        let c = InjectionConfig::parse("cm.yaml", cm).expect("config key");
+        assert_eq!(c.policy, Policy::Disabled);
+        let mut s = Settings::default();
+        s.merge_values("cm.yaml", cm).expect("values key");
+        assert_eq!(
+            s.values.pointer("/global/proxy/statusPort"),
+            Some(&json!(1234))
+        );
+        let err = InjectionConfig::parse("cm.yaml", "kind: ConfigMap\ndata: {}\n").unwrap_err();
+        assert!(err.to_string().contains("data.config"), "{err}");
     }
 
     #[test]

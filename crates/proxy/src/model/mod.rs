@@ -2,6 +2,7 @@
 //! version from the `envoy-types` protos and swapped in whole (`arc-swap`).
 //! Requests read it without locks. Compile errors name the field's path.
 
+mod action;
 pub mod cluster;
 pub mod common;
 pub mod http;

@@ -322,7 +322,12 @@ pub async fn forward(
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = version;
-        *req.headers_mut() = parts.headers.clone();
+        // Without retries there is exactly one attempt: move the headers.
+        *req.headers_mut() = if retry.is_some() {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
         cluster.stats.rq_total.inc();
         host.begin();
         let try_timeout = match (per_try, deadline) {

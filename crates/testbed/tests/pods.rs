@@ -70,7 +70,7 @@ fn pods_reach_each_other_over_ipv4_and_ipv6() {
 }
 
 #[test]
-fn a_pod_cannot_see_the_hosts_interfaces() {
+fn nothing_leads_out_of_the_node() {
     require_root();
     let node = Node::new().unwrap();
     let a = node.add_pod("a").unwrap();
@@ -88,6 +88,25 @@ fn a_pod_cannot_see_the_hosts_interfaces() {
         .enter(|| std::fs::read_link("/proc/thread-self/ns/net").unwrap())
         .unwrap();
     assert_ne!(host, in_node);
+    // The node has only its bridge and the pods' veths, no way out, and
+    // forwards nothing: packets for other addresses die there.
+    let node_ip = |args: &[&str]| {
+        weft_testbed::run(node.netns().command("ip", RunAs::Root).unwrap().args(args)).unwrap()
+    };
+    let links = node_ip(&["-o", "link", "show"]);
+    let kinds: Vec<&str> = links
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap())
+        .collect();
+    assert_eq!(kinds, ["lo", "br0", "vp1"], "{links}");
+    let routes = node_ip(&["-4", "route"]) + &node_ip(&["-6", "route"]);
+    assert!(!routes.contains("default"), "{routes}");
+    let forwarding = node
+        .netns()
+        .enter(|| std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap())
+        .unwrap();
+    assert_eq!(forwarding.trim(), "0");
 }
 
 #[test]

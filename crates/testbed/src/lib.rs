@@ -8,8 +8,12 @@
 //! leave the machine.
 //!
 //! Code runs inside a pod either as a process ([`Pod::command`],
-//! [`Pod::command_as`], supervised by [`Pod::spawn`]) or as a closure on a
-//! thread that joined the pod's namespace ([`Pod::enter`]).
+//! [`Pod::command_as`] for a chosen uid/gid, [`Pod::command_detached`] for
+//! long-running ones; supervised by [`Pod::spawn`]) or as a closure on a
+//! thread that joined the pod's namespace ([`Pod::enter`]; with
+//! [`Pod::enter_as`], sockets made there count as a chosen user's for
+//! netfilter owner matches). [`Pod::link_to`] wires two pods directly, for
+//! a VM-like extra interface.
 //!
 //! Everything is torn down on drop, also while unwinding from a panic. Names
 //! carry a per-process unique prefix (`wtb-<pid>-<n>-`), so parallel test
@@ -17,9 +21,9 @@
 //! process did not create. [`cleanup_prefix`] removes what a crashed run left
 //! behind.
 //!
-//! For capture tests, [`probe`] has TCP responders and clients that report
-//! the original destination, and [`snapshot`] a normalized picture of a
-//! pod's iptables and routing state.
+//! For capture tests, [`probe`] has TCP and UDP responders and clients that
+//! report the original destination, and [`snapshot`] a normalized picture
+//! of a pod's iptables, nftables and routing state.
 //!
 //! ```no_run
 //! use weft_testbed::probe::{ListenMode, Responder, probe_as};

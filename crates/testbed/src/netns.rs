@@ -103,7 +103,8 @@ impl Netns {
     /// Sockets created inside `f` are then owned by that user as far as
     /// netfilter's owner matches (`-m owner --uid-owner`, nft `meta skuid`)
     /// are concerned, so a test can act as the app or as the proxy (1337)
-    /// without a separate process.
+    /// without a separate process. File access inside `f` is checked
+    /// against that user too.
     pub fn enter_as<F, T>(&self, run_as: RunAs, f: F) -> Result<T>
     where
         F: FnOnce() -> T + Send,

@@ -5,4 +5,5 @@
 //! ([`namespaces`]) and the sidecar-injection webhook ([`webhook`]).
 
 pub mod namespaces;
+pub mod translate;
 pub mod webhook;

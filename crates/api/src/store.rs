@@ -145,7 +145,13 @@ impl Snapshot {
     }
 
     fn same_content(&self, other: &Snapshot) -> bool {
-        self.objects == other.objects
+        // Pointer equality first: unchanged objects share their Arc.
+        self.objects.len() == other.objects.len()
+            && self
+                .objects
+                .iter()
+                .zip(&other.objects)
+                .all(|((ka, a), (kb, b))| ka == kb && (Arc::ptr_eq(a, b) || **a == **b))
             && self.stale == other.stale
             && self.problems == other.problems
     }

@@ -209,7 +209,8 @@ fn server_info(shared: &Shared) -> Response<Body> {
 
 fn config_dump(shared: &Shared) -> Response<Body> {
     let snap = shared.snapshot.load();
-    let sr = &snap.config_json["staticResources"];
+    let bootstrap: serde_json::Value = serde_json::from_str(&snap.config_json).unwrap_or_default();
+    let sr = &bootstrap["staticResources"];
     let listeners: Vec<_> = sr["listeners"]
         .as_array()
         .map(|a| a.iter().map(|l| json!({ "listener": l })).collect())
@@ -220,7 +221,7 @@ fn config_dump(shared: &Shared) -> Response<Body> {
         .unwrap_or_default();
     json_reply(json!({
         "configs": [
-            { "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": snap.config_json },
+            { "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": bootstrap },
             { "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "static_clusters": clusters },
             { "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "static_listeners": listeners },
         ]

@@ -98,7 +98,8 @@ pub struct LoadedBootstrap {
     pub origin: String,
     pub bootstrap: Bootstrap,
     /// The bootstrap in proto3 JSON form, for `/config_dump`.
-    pub json: serde_json::Value,
+    /// Compact JSON text (parsed again only when an admin asks for it).
+    pub json: std::sync::Arc<str>,
 }
 
 /// Reads, parses and checks a bootstrap file.
@@ -121,7 +122,9 @@ pub fn load_str(text: &str, origin: &str) -> Result<LoadedBootstrap, ConfigError
         path: String::new(),
         message: format!("transcoding to envoy-types: {e}"),
     })?;
-    let json = serde_json::to_value(&msg).unwrap_or(serde_json::Value::Null);
+    let json: std::sync::Arc<str> = serde_json::to_string(&msg)
+        .unwrap_or_else(|_| "null".into())
+        .into();
     Ok(LoadedBootstrap {
         origin: origin.to_owned(),
         bootstrap,

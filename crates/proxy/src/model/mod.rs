@@ -45,7 +45,7 @@ pub struct Snapshot {
     pub node_id: String,
     pub node_cluster: String,
     /// The bootstrap in JSON form, for `/config_dump`.
-    pub config_json: serde_json::Value,
+    pub config_json: std::sync::Arc<str>,
 }
 
 impl Snapshot {

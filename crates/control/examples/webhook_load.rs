@@ -133,8 +133,13 @@ async fn main() -> anyhow::Result<()> {
     all.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "reviews: {} over {} keep-alive HTTPS connections, errors: {errors}",
+        "reviews: {} ({} pods) over {} keep-alive HTTPS connections, errors: {errors}",
         all.len(),
+        if args.distinct {
+            "distinct"
+        } else {
+            "identical"
+        },
         args.connections
     );
     println!("elapsed: {:.3} s", elapsed.as_secs_f64());

@@ -82,6 +82,19 @@ impl weft_xds::Generator for Mesh {
     }
 }
 
+/// Accepts everything without copying (weft-proxy compiles here).
+struct NoWork;
+
+impl weft_xds::ConfigHandler for NoWork {
+    fn apply(&mut self, _: &str, _: &[Any]) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn apply_update(&mut self, _: &weft_xds::Update<'_>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -155,7 +168,7 @@ async fn main() {
         config.connect_timeout = Duration::from_secs(30);
         // weft-proxy would compile the resources here; this measures the
         // protocol, so the handler accepts without work.
-        let handle = AdsClient::spawn(config, |_: &str, _: &[Any]| Ok(())).unwrap();
+        let handle = AdsClient::spawn(config, NoWork).unwrap();
         let mut state = handle.state();
         tokio::spawn(async move {
             let mut last = String::new();

@@ -36,7 +36,8 @@ pub struct Resource {
 #[derive(Clone, Debug, Default)]
 pub struct ResourceSet {
     resources: Arc<BTreeMap<String, Arc<Resource>>>,
-    version: OnceLock<String>,
+    /// Shared by clones until one of them is modified.
+    version: Arc<OnceLock<String>>,
 }
 
 impl PartialEq for ResourceSet {
@@ -70,7 +71,7 @@ impl ResourceSet {
             version: version.into(),
             any,
         };
-        self.version = OnceLock::new();
+        self.version = Arc::default();
         Arc::make_mut(&mut self.resources).insert(name, Arc::new(resource));
     }
 
@@ -79,7 +80,7 @@ impl ResourceSet {
         if !self.resources.contains_key(name) {
             return false;
         }
-        self.version = OnceLock::new();
+        self.version = Arc::default();
         Arc::make_mut(&mut self.resources).remove(name).is_some()
     }
 
@@ -111,7 +112,7 @@ impl ResourceSet {
     /// The subset whose names are in `names` (a cheap clone when every
     /// resource is named).
     pub fn filtered(&self, names: &BTreeSet<String>) -> ResourceSet {
-        if self.resources.keys().all(|n| names.contains(n)) {
+        if is_subset(self.resources.keys(), names.iter()) {
             return self.clone();
         }
         let resources = names
@@ -120,8 +121,44 @@ impl ResourceSet {
             .collect();
         ResourceSet {
             resources: Arc::new(resources),
-            version: OnceLock::new(),
+            version: Arc::default(),
         }
+    }
+
+    /// Resources of this set that `held` lacks or holds at another
+    /// version, in name order. One pass over both sets; resources shared
+    /// between them (same `Arc`) are skipped without comparing names.
+    pub fn changed_from(&self, held: &ResourceSet) -> Vec<Arc<Resource>> {
+        if Arc::ptr_eq(&self.resources, &held.resources) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut held = held.resources.values().peekable();
+        for r in self.resources.values() {
+            loop {
+                match held.peek() {
+                    Some(h) if Arc::ptr_eq(h, r) => {
+                        held.next();
+                        break;
+                    }
+                    Some(h) if h.name < r.name => {
+                        held.next();
+                    }
+                    Some(h) if h.name == r.name => {
+                        if h.version != r.version {
+                            out.push(r.clone());
+                        }
+                        held.next();
+                        break;
+                    }
+                    _ => {
+                        out.push(r.clone());
+                        break;
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The version of the whole set: a hash over every name and version.
@@ -251,6 +288,24 @@ where
     }
 }
 
+/// Whether every item of sorted `a` is in sorted `b`: one pass over both.
+fn is_subset<'a>(
+    a: impl Iterator<Item = &'a String>,
+    mut b: impl Iterator<Item = &'a String>,
+) -> bool {
+    'outer: for x in a {
+        for y in b.by_ref() {
+            match y.cmp(x) {
+                std::cmp::Ordering::Less => continue,
+                std::cmp::Ordering::Equal => continue 'outer,
+                std::cmp::Ordering::Greater => return false,
+            }
+        }
+        return false;
+    }
+    true
+}
+
 // === hashing ===
 
 /// 64-bit FNV-1a: stable across processes and Rust versions, which the
@@ -315,6 +370,34 @@ mod tests {
         assert_eq!(a.get("y").unwrap().version, c.get("y").unwrap().version);
         let only_y = a.filtered(&BTreeSet::from(["y".to_string(), "z".to_string()]));
         assert_eq!(only_y.names().collect::<Vec<_>>(), vec!["y"]);
+        let all = a.filtered(&BTreeSet::from(["w", "x", "y", "z"].map(String::from)));
+        assert_eq!(all, a);
+        assert!(
+            Arc::ptr_eq(&all.resources, &a.resources),
+            "superset filter copies"
+        );
+        let none = a.filtered(&BTreeSet::new());
+        assert!(none.is_empty());
+        let x_only = a.filtered(&BTreeSet::from(["x".to_string()]));
+        assert_eq!(x_only.names().collect::<Vec<_>>(), vec!["x"]);
+        // Clones share the computed version until modified.
+        let v = a.version();
+        let mut d = a.clone();
+        assert!(Arc::ptr_eq(&d.version, &a.version));
+        assert_eq!(d.version(), v);
+        d.insert("x", any(b"3"));
+        assert_ne!(d.version(), v);
+        assert_eq!(a.version(), v);
+        // changed_from: changed and added, in name order.
+        let mut e = a.clone();
+        e.insert("x", any(b"9"));
+        e.insert("z", any(b"1"));
+        e.insert("0", any(b"1"));
+        let changed: Vec<_> = e.changed_from(&a).iter().map(|r| r.name.clone()).collect();
+        assert_eq!(changed, ["0", "x", "z"]);
+        assert!(a.changed_from(&a.clone()).is_empty());
+        assert_eq!(a.changed_from(&ResourceSet::new()).len(), 2);
+        assert!(ResourceSet::new().changed_from(&a).is_empty());
         assert_ne!(ResourceSet::new().version(), a.version());
     }
 

@@ -256,6 +256,8 @@ impl StreamCtx {
             return set.clone();
         }
         let set = generator.generate(&self.node, type_url);
+        // Computed once here, shared by every proxy that gets this set.
+        set.version();
         let mut cache = lock(&self.shared.cache);
         let newer = cache.get(&cache_key).is_some_and(|(v, _)| *v > version);
         if !newer {

@@ -24,7 +24,7 @@ use tonic::{Status, Streaming};
 use super::{ResponseTx, Shared, StreamCtx, first_request, nack_message};
 use crate::names::eds_names;
 use crate::push::PushState;
-use crate::resources::{NodeInfo, Resource};
+use crate::resources::{NodeInfo, Resource, ResourceSet};
 use crate::status::{Nack, StreamKind};
 use crate::types::{XdsType, short_name};
 
@@ -97,10 +97,11 @@ struct Watch {
     names: Option<BTreeSet<String>>,
     nonce: String,
     sent_version: String,
-    /// Name → version the proxy holds if it accepts what was sent.
-    sent: BTreeMap<String, String>,
-    /// Name → version the proxy ACKed.
-    acked: BTreeMap<String, String>,
+    /// What the proxy holds (of its subscription) if it accepts what was
+    /// sent: a snapshot shared with the generated set, not a copy.
+    sent: ResourceSet,
+    /// What the proxy ACKed.
+    acked: ResourceSet,
     /// Trigger time of the oldest push not yet ACKed.
     pending_trigger: Option<Instant>,
 }
@@ -218,8 +219,9 @@ impl SotwStream {
         }
         if names != watch.names {
             if let Some(n) = &names {
-                watch.sent.retain(|k, _| n.contains(k));
-                watch.acked.retain(|k, _| n.contains(k));
+                // Unsubscribed resources are dropped by the proxy.
+                watch.sent = watch.sent.filtered(n);
+                watch.acked = watch.acked.filtered(n);
             }
             self.ctx
                 .status
@@ -297,19 +299,24 @@ impl SotwStream {
         };
         let version = desired.version();
         let whole = mode == Mode::Full || watch.names.is_none();
-        let is_new = |r: &Arc<Resource>| watch.sent.get(&r.name) != Some(&r.version);
         let forced = desired.iter().any(|r| force.contains(&r.name));
         if mode == Mode::Changed && version == watch.sent_version && !forced {
             return Ok(Vec::new());
         }
+        let updated = desired.changed_from(&watch.sent);
         let resources: Vec<Arc<Resource>> = if whole {
             desired.iter().cloned().collect()
         } else {
-            let picked: Vec<_> = desired
-                .iter()
-                .filter(|r| is_new(r) || force.contains(&r.name))
-                .cloned()
-                .collect();
+            let mut picked = updated.clone();
+            picked.extend(
+                desired
+                    .iter()
+                    .filter(|r| {
+                        force.contains(&r.name) && !updated.iter().any(|u| u.name == r.name)
+                    })
+                    .cloned(),
+            );
+            picked.sort_by(|a, b| a.name.cmp(&b.name));
             if picked.is_empty() {
                 // Only removals: state of the world cannot say so for
                 // named types; the proxy drops them when it unsubscribes.
@@ -317,7 +324,6 @@ impl SotwStream {
             }
             picked
         };
-        let updated: Vec<Arc<Resource>> = resources.iter().filter(|r| is_new(r)).cloned().collect();
         let nonce = self.ctx.next_nonce();
         let response = DiscoveryResponse {
             version_info: version.clone(),
@@ -329,17 +335,11 @@ impl SotwStream {
             }),
             ..Default::default()
         };
-        let sent_now: Vec<(String, String)> = resources
-            .iter()
-            .map(|r| (r.name.clone(), r.version.clone()))
-            .collect();
         let count = response.resources.len();
         let watch = self.watches.get_mut(type_url).expect("watch checked above");
-        if whole {
-            watch.sent = sent_now.into_iter().collect();
-        } else {
-            watch.sent.extend(sent_now);
-        }
+        // Everything that differed was sent: the proxy now holds `desired`
+        // (plus, for named types, resources SotW cannot remove; irrelevant).
+        watch.sent = desired;
         watch.nonce = nonce.clone();
         watch.sent_version = version.clone();
         watch.pending_trigger = watch.pending_trigger.or(trigger);

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -37,9 +37,38 @@ pub enum UpstreamError {
 
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, Body>,
+    /// HTTP/1.1 keep-alive pools, one per worker thread, built on first use:
+    /// a connection is only ever driven by the worker that opened it.
+    h1: Arc<[OnceLock<Box<H1Client>>]>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
     h2: Option<Arc<H2Pool>>,
     pub transport: Transport,
+}
+
+/// An HTTP/1.1 keep-alive client (pool keyed by endpoint).
+type H1Client = Client<HttpConnector, Body>;
+
+/// Workers beyond this share the last pool.
+const MAX_WORKER_POOLS: usize = 64;
+
+/// How many worker pools a cluster compiled from now on gets.
+static POOLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// Sets the number of workers (before compiling clusters).
+pub fn set_worker_count(n: usize) {
+    POOLS.store(
+        n.clamp(1, MAX_WORKER_POOLS),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as worker `i` (its upstream pools are its own).
+pub fn set_worker_id(i: usize) {
+    WORKER.with(|w| w.set(i.min(MAX_WORKER_POOLS - 1)));
 }
 
 /// HTTP/2 upstreams: one multiplexed connection per endpoint, so that
@@ -127,24 +156,6 @@ impl H2Pool {
 
 impl UpstreamClient {
     pub fn new(connect_timeout: Duration, http: &HttpSettings) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let mut b = Client::builder(TokioExecutor::new());
-        b.pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(http.idle_timeout.unwrap_or(Duration::from_secs(3600)))
-            .pool_max_idle_per_host(usize::MAX);
-        if http.http2 {
-            b.http2_only(true);
-            if let Some(w) = http.initial_stream_window {
-                b.http2_initial_stream_window_size(w);
-            }
-            if let Some(w) = http.initial_connection_window {
-                b.http2_initial_connection_window_size(w);
-            }
-        }
         let h2 = http.http2.then(|| {
             Arc::new(H2Pool {
                 connect_timeout,
@@ -153,10 +164,30 @@ impl UpstreamClient {
             })
         });
         UpstreamClient {
-            client: b.build(connector),
+            h1: (0..POOLS.load(std::sync::atomic::Ordering::Relaxed))
+                .map(|_| OnceLock::new())
+                .collect(),
+            connect_timeout,
+            idle_timeout: http.idle_timeout.unwrap_or(Duration::from_secs(3600)),
             h2,
             transport: Transport::Plain,
         }
+    }
+
+    fn h1_client(&self) -> &H1Client {
+        let i = WORKER.with(|w| w.get()).min(self.h1.len() - 1);
+        self.h1[i].get_or_init(|| {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(self.connect_timeout));
+            connector.set_nodelay(true);
+            connector.enforce_http(true);
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(self.idle_timeout)
+                .pool_max_idle_per_host(usize::MAX);
+            Box::new(b.build(connector))
+        })
     }
 
     /// Sends `req` (whose URI names `addr`) to the endpoint `addr`.
@@ -167,7 +198,7 @@ impl UpstreamClient {
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         match &self.h2 {
             Some(pool) => pool.send(addr, req).await,
-            None => self.client.request(req).await.map_err(classify),
+            None => self.h1_client().request(req).await.map_err(classify),
         }
     }
 }

@@ -128,9 +128,10 @@ fn bind(addr: SocketAddr, transparent: bool) -> std::io::Result<StdListener> {
 impl Proxy {
     /// Compiles the bootstrap, binds listeners and starts the workers.
     pub fn start(loaded: LoadedBootstrap, opts: Options) -> Result<Proxy, StartError> {
+        let workers = opts.concurrency.max(1);
+        crate::upstream::set_worker_count(workers);
         let stats = Arc::new(Stats::new());
         let snapshot = Snapshot::compile(&loaded, &stats)?;
-        let workers = opts.concurrency.max(1);
         // Bind every listener once per worker; port 0 is resolved by the first bind.
         let mut per_worker: Vec<Vec<(Arc<str>, StdListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
@@ -192,7 +193,7 @@ impl Proxy {
             let drain_timeout = opts.drain_timeout;
             let t = std::thread::Builder::new()
                 .name(format!("wrk:worker_{i}"))
-                .spawn(move || worker(shared, socks, drain_timeout))
+                .spawn(move || worker(i, shared, socks, drain_timeout))
                 .map_err(|source| StartError::Io {
                     what: "spawning a worker".into(),
                     source,
@@ -264,7 +265,13 @@ fn release_startup_memory() {
     }
 }
 
-fn worker(shared: Arc<Shared>, socks: Vec<(Arc<str>, StdListener)>, drain_timeout: Duration) {
+fn worker(
+    index: usize,
+    shared: Arc<Shared>,
+    socks: Vec<(Arc<str>, StdListener)>,
+    drain_timeout: Duration,
+) {
+    crate::upstream::set_worker_id(index);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -40,5 +40,10 @@ fn translation_is_deterministic() {
         assert_eq!(all_json(&a.clusters), all_json(&b.clusters), "{name}");
         assert_eq!(a.routes, b.routes, "{name}");
         assert_eq!(a.endpoints, b.endpoints, "{name}");
+        // Byte-equal encodings, so weft_xds versions do not change either.
+        for t in weft_xds::XdsType::ALL {
+            let (x, y) = (a.resource_set(t.type_url()), b.resource_set(t.type_url()));
+            assert_eq!(x.version(), y.version(), "{name}: {t:?}");
+        }
     }
 }

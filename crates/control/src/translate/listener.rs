@@ -24,6 +24,7 @@ use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::Tl
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use weft_api::networking::OutboundTrafficMode;
 use weft_api::registry::{Service, labels_match};
+use weft_api::validate::Protocol;
 
 use super::cluster::{
     BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, inbound_name, inbound_ports, outbound_name,
@@ -67,6 +68,17 @@ fn cidr(ip: &str) -> CidrRange {
             value: if ip.contains(':') { 128 } else { 32 },
         }),
     }
+}
+
+/// A CIDR address (`203.0.113.0/24`) as a prefix range.
+fn cidr_range(a: &str) -> Option<CidrRange> {
+    let (ip, len) = a.split_once('/')?;
+    Some(CidrRange {
+        address_prefix: ip.to_string(),
+        prefix_len: Some(UInt32Value {
+            value: len.parse().ok()?,
+        }),
+    })
 }
 
 fn http_alpn() -> Vec<String> {
@@ -220,6 +232,56 @@ fn outbound_listeners(
         let auto = by_proto.get(&ListenerProtocol::Auto);
         let tcp = by_proto.get(&ListenerProtocol::Tcp);
         let wildcard = format!("0.0.0.0_{port}");
+        // TCP services: a `VIP_PORT` listener each, or, without a VIP, a
+        // chain on `0.0.0.0_PORT` matched by CIDR address or TLS SNI.
+        let mut wild_tcp: Vec<FilterChain> = Vec::new();
+        let mut sni = false;
+        for svc in tcp.into_iter().flatten() {
+            let stat = outbound_name(port, "", &svc.hostname);
+            let dests = tcp_destinations(scope, node, svc, port);
+            let addresses = vips(svc, node);
+            for a in &addresses {
+                let name = format!("{a}_{port}");
+                if !taken.insert(name.clone()) {
+                    continue;
+                }
+                let mut l = port_listener(name.clone(), a, port);
+                l.filter_chains = vec![chain(&name, None, vec![tcp_proxy(&stat, &dests, logs)])];
+                out.push(l);
+            }
+            if !addresses.is_empty() {
+                continue;
+            }
+            let cidrs: Vec<CidrRange> =
+                svc.addresses.iter().filter_map(|a| cidr_range(a)).collect();
+            let tls = svc
+                .port(port)
+                .is_some_and(|p| matches!(p.protocol, Protocol::Tls | Protocol::Https));
+            let m = if !cidrs.is_empty() {
+                Some(FilterChainMatch {
+                    prefix_ranges: cidrs,
+                    ..FilterChainMatch::default()
+                })
+            } else if tls {
+                sni = true;
+                Some(FilterChainMatch {
+                    server_names: vec![svc.hostname.clone()],
+                    ..FilterChainMatch::default()
+                })
+            } else {
+                None
+            };
+            // Envoy refuses two chains with the same match; like Istio,
+            // the first service (by hostname) wins.
+            if wild_tcp.iter().any(|c| c.filter_chain_match == m) {
+                continue;
+            }
+            wild_tcp.push(chain(
+                &format!("{wildcard}-{}", svc.hostname),
+                m,
+                vec![tcp_proxy(&stat, &dests, logs)],
+            ));
+        }
         if http.is_some() || auto.is_some() {
             let mut l = port_listener(wildcard.clone(), "0.0.0.0", port);
             let http_chain = |name: &str, m: Option<FilterChainMatch>| {
@@ -274,38 +336,36 @@ fn outbound_listeners(
                         ..FilterChainMatch::default()
                     }),
                 ));
+                l.filter_chains.extend(wild_tcp);
             } else {
                 l.filter_chains.push(http_chain(&wildcard, None));
+                // A TCP catch-all would collide with the HTTP one: HTTP wins.
+                l.filter_chains.extend(
+                    wild_tcp
+                        .into_iter()
+                        .filter(|c| c.filter_chain_match.is_some()),
+                );
+                if sni {
+                    l.listener_filters = vec![listener_filter(
+                        "envoy.filters.listener.tls_inspector",
+                        &TlsInspector::default(),
+                    )];
+                }
             }
             l.default_filter_chain = Some(passthrough());
             taken.insert(wildcard.clone());
             out.push(l);
-        }
-        for svc in tcp.into_iter().flatten() {
-            let addresses = vips(svc, node);
-            let names: Vec<(String, &str)> = if addresses.is_empty() {
-                vec![(wildcard.clone(), "0.0.0.0")]
-            } else {
-                addresses
-                    .iter()
-                    .map(|a| (format!("{a}_{port}"), a.as_str()))
-                    .collect()
-            };
-            for (name, address) in names {
-                // Two TCP services without VIPs on one port cannot be told
-                // apart; like Istio, the first (by hostname) wins.
-                if !taken.insert(name.clone()) {
-                    continue;
-                }
-                let stat = outbound_name(port, "", &svc.hostname);
-                let dests = tcp_destinations(scope, node, svc, port);
-                let mut l = port_listener(name.clone(), address, port);
-                l.filter_chains = vec![chain(&name, None, vec![tcp_proxy(&stat, &dests, logs)])];
-                if address == "0.0.0.0" {
-                    l.default_filter_chain = Some(passthrough());
-                }
-                out.push(l);
+        } else if !wild_tcp.is_empty() && taken.insert(wildcard.clone()) {
+            let mut l = port_listener(wildcard.clone(), "0.0.0.0", port);
+            if sni {
+                l.listener_filters = vec![listener_filter(
+                    "envoy.filters.listener.tls_inspector",
+                    &TlsInspector::default(),
+                )];
             }
+            l.filter_chains = wild_tcp;
+            l.default_filter_chain = Some(passthrough());
+            out.push(l);
         }
     }
     out

@@ -22,6 +22,7 @@
 //! Nothing here performs I/O. Output is deterministic: every list is sorted
 //! by resource name, so equal inputs give byte-equal resources.
 
+pub mod canonical;
 pub mod cluster;
 pub mod endpoint;
 pub mod filters;
@@ -46,8 +47,8 @@ use weft_api::mesh::MeshConfig;
 use weft_api::registry::{Registry, RegistryOptions};
 use weft_api::store::Snapshot;
 use weft_api::{Kind, Object};
+use weft_xds::Any;
 use weft_xds::ResourceSet;
-use weft_xds::names::to_any;
 use weft_xds::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
 pub use generator::TranslationGenerator;
@@ -183,28 +184,35 @@ impl ProxyResources {
     }
 
     /// The resources of one type URL as a [`ResourceSet`] keyed by name;
-    /// empty for types translation does not produce.
+    /// empty for types translation does not produce. Encoding is
+    /// deterministic ([`canonical`]): equal resources get equal versions.
     pub fn resource_set(&self, type_url: &str) -> ResourceSet {
+        fn any<M: prost::Name>(m: &M, spec: &canonical::Spec) -> Any {
+            Any {
+                type_url: M::type_url(),
+                value: canonical::canonicalize(&m.encode_to_vec(), spec),
+            }
+        }
         match type_url {
             LISTENER => self
                 .listeners
                 .iter()
-                .map(|r| (r.name.clone(), to_any(r)))
+                .map(|r| (r.name.clone(), any(r, &canonical::LISTENER)))
                 .collect(),
             ROUTE => self
                 .routes
                 .iter()
-                .map(|r| (r.name.clone(), to_any(r)))
+                .map(|r| (r.name.clone(), any(r, &canonical::ROUTE_CONFIG)))
                 .collect(),
             CLUSTER => self
                 .clusters
                 .iter()
-                .map(|r| (r.name.clone(), to_any(r)))
+                .map(|r| (r.name.clone(), any(r, &canonical::CLUSTER)))
                 .collect(),
             ENDPOINT => self
                 .endpoints
                 .iter()
-                .map(|r| (r.cluster_name.clone(), to_any(r)))
+                .map(|r| (r.cluster_name.clone(), any(r, &canonical::ASSIGNMENT)))
                 .collect(),
             _ => ResourceSet::new(),
         }

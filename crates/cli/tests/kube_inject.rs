@@ -298,4 +298,8 @@ fn revision_flag_sets_the_status_revision() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(r#""revision":"canary""#), "{text}");
     assert!(text.contains("istio.io/rev: canary"), "{text}");
+    assert!(
+        text.contains("weftd-canary.istio-system.svc:15012"),
+        "CA address of the revision: {text}"
+    );
 }

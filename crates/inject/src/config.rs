@@ -342,7 +342,7 @@ pub fn default_mesh() -> Value {
         "enableAutoMtls": true,
         "accessLogFile": "",
         "defaultConfig": {
-            "discoveryAddress": "istiod.istio-system.svc:15012",
+            "discoveryAddress": "weftd.istio-system.svc:15012",
             "statusPort": 15020,
             "proxyMetadata": {}
         }

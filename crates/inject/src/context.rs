@@ -144,13 +144,14 @@ pub(crate) fn build_context(
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .unwrap_or_else(|| {
-            let rev = values.get("revision").and_then(Value::as_str).unwrap_or("");
-            let suffix = if rev.is_empty() {
+            // weftd's Service, per revision (`weftd-canary` for revision canary).
+            let rev = settings.revision.as_str();
+            let suffix = if rev.is_empty() || rev == "default" {
                 String::new()
             } else {
                 format!("-{rev}")
             };
-            format!("istiod{suffix}.{istio_ns}.svc:15012")
+            format!("weftd{suffix}.{istio_ns}.svc:15012")
         });
     let user_json = |name: &str| -> Result<Value, InjectError> {
         match annotations.get(name).and_then(Value::as_str) {

@@ -30,8 +30,10 @@ fn main() {
     let merge_time = t.elapsed();
     drop((checks, checked));
 
+    println!("rss_after_files_and_sequential_check_mb={:.0}", rss_mb());
     let t = Instant::now();
     let snap = build_snapshot(&files, vec![], None, &StoreOptions::default());
+    println!("rss_after_snapshot_mb={:.0}", rss_mb());
     let snapshot_time = t.elapsed();
     assert!(
         !snap.has_errors(),
@@ -54,6 +56,7 @@ fn main() {
     let next = build_snapshot(&changed, vec![], Some(&snap), &StoreOptions::default());
     let reload_time = t.elapsed();
 
+    println!("rss_after_all_mb={:.0}", rss_mb());
     println!(
         "services={n} objects={} yaml_bytes={bytes} decode_validate_ms={:.1} merge_cross_ms={:.1} snapshot_ms={:.1} registry_ms={:.1} reload_ms={:.1} endpoints={} version_after_reload={}",
         snap.len(),
@@ -67,6 +70,17 @@ fn main() {
             .sum::<usize>(),
         next.version,
     );
+}
+
+/// Resident set size of this process in MiB (Linux `/proc/self/statm`).
+fn rss_mb() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / (1024.0 * 1024.0)
 }
 
 fn generate(n: usize) -> BTreeMap<String, String> {

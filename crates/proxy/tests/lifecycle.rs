@@ -119,3 +119,34 @@ async fn draining_stops_accepting_and_flips_readiness() {
     assert!(refused, "listener still accepting after drain");
     p.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_share_the_listener() {
+    let ua = upstream("a").await;
+    let p = proxy_with(
+        &http_bootstrap(&to("a"), "", "", &[cluster("a", &[ua.addr.port()], "")]),
+        3,
+    );
+    let addr = p.listener_address("http").expect("bound");
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        tasks.push(tokio::spawn(async move {
+            // A fresh connection each time, so SO_REUSEPORT spreads them over the workers.
+            let mut c = connection(addr).await;
+            ask(&mut c).await["server"].as_str().map(str::to_owned)
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("join").as_deref(), Some("a"));
+    }
+    assert_eq!(ua.hits(), 30);
+    let admin = p.admin_address.expect("admin");
+    let (_, info) = tokio::task::spawn_blocking(move || {
+        weft_proxy::agent::request(admin, "GET", "/server_info")
+    })
+    .await
+    .expect("join")
+    .expect("info");
+    assert!(info.contains("\"concurrency\": 3"), "{info}");
+    p.shutdown();
+}

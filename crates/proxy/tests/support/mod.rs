@@ -175,10 +175,15 @@ pub fn dead_port() -> u16 {
 
 /// Starts weft-proxy (one worker, admin on an ephemeral port) from a bootstrap.
 pub fn proxy(yaml: &str) -> weft_proxy::Proxy {
+    proxy_with(yaml, 1)
+}
+
+/// Starts weft-proxy with `workers` worker threads.
+pub fn proxy_with(yaml: &str, workers: usize) -> weft_proxy::Proxy {
     let loaded = weft_proxy::config::load_str(yaml, "test.yaml")
         .unwrap_or_else(|e| panic!("bootstrap: {e}"));
     let opts = weft_proxy::Options {
-        concurrency: 1,
+        concurrency: workers,
         admin_address: Some("127.0.0.1:0".parse().expect("addr")),
         health_address: Some("127.0.0.1:0".parse().expect("addr")),
         prometheus_address: Some("127.0.0.1:0".parse().expect("addr")),

@@ -55,11 +55,15 @@ fn golden(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
+/// One table of a restore payload: its name, the sorted `-N` declarations and
+/// each chain's rules in order.
+type Table = (String, Vec<String>, Vec<(String, Vec<String>)>);
+
 /// Per table (in order) and per chain (rules in order), plus the sorted
 /// `-N` declarations; `iptables-save` call lines are ignored.
-fn by_table_and_chain(payload: &str) -> Vec<(String, Vec<String>, Vec<(String, Vec<String>)>)> {
+fn by_table_and_chain(payload: &str) -> Vec<Table> {
     let mut out = Vec::new();
-    let mut cur: Option<(String, Vec<String>, Vec<(String, Vec<String>)>)> = None;
+    let mut cur: Option<Table> = None;
     for line in payload.lines().map(str::trim) {
         if line.is_empty() || line.ends_with("tables-save") {
             continue;

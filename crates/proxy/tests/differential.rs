@@ -430,6 +430,38 @@ scenarios!(
     weighted_clusters,
 );
 
+/// Every deviation names a field that is really compared and says why, so a
+/// typo cannot skip nothing (or the wrong thing); known gaps say why too.
+#[test]
+fn deviations_name_real_fields_and_say_why() {
+    let mut problems = Vec::new();
+    for name in ALL {
+        let sc = scenario::load(name);
+        for (field, why) in &sc.deviations {
+            let known = observe::FIELDS.contains(&field.as_str())
+                || field
+                    .strip_prefix("access_log.")
+                    .is_some_and(|l| sc.extra_logs.contains_key(l));
+            if !known {
+                problems.push(format!(
+                    "{name}: deviation `{field}` is not a compared field"
+                ));
+            }
+            if why.trim().len() < 20 {
+                problems.push(format!(
+                    "{name}: deviation `{field}` needs a real reason, got {why:?}"
+                ));
+            }
+        }
+        if let Some(gap) = &sc.known_gap
+            && gap.trim().len() < 10
+        {
+            problems.push(format!("{name}: known_gap needs a reason, got {gap:?}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 /// Every scenario file has a test above, and there are enough of them.
 #[test]
 fn every_scenario_file_is_listed() {

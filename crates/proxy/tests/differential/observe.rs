@@ -18,6 +18,32 @@ const VOLATILE: &[&str] = &[
     "x-envoy-upstream-service-time",
 ];
 
+/// Names of every compared field (what `deviations` may name, besides
+/// `access_log.NAME` for an extra access log).
+pub const FIELDS: &[&str] = &[
+    "status",
+    "upstream",
+    "attempts",
+    "upstream_method",
+    "upstream_path",
+    "upstream_host",
+    "upstream_version",
+    "upstream_headers",
+    "response_headers",
+    "body",
+    "trailers",
+    "echo",
+    "transport_error",
+    "flags",
+    "cluster",
+    "route",
+    "log_upstream_host",
+    "log_code",
+    "log_protocol",
+    "bytes_received",
+    "bytes_sent",
+];
+
 /// Everything observed about one request instance.
 #[derive(Debug, Clone, Default)]
 pub struct Observation {
@@ -133,6 +159,11 @@ impl Observation {
                 f.insert("flags", "<no access log line>".into());
             }
         }
+        assert!(
+            f.keys().all(|k| FIELDS.contains(k)),
+            "observe::FIELDS lacks one of {:?}",
+            f.keys().collect::<Vec<_>>()
+        );
         f
     }
 }

@@ -34,14 +34,66 @@ use crate::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE, XdsType, short_name};
 pub struct Update<'a> {
     /// The resource type.
     pub type_url: &'a str,
-    /// The complete set after this response, by name in name order.
-    pub resources: &'a BTreeMap<&'a str, &'a Any>,
+    /// The complete set after this response.
+    pub resources: ResourceView<'a>,
     /// Names this response added or changed.
     pub changed: &'a [&'a str],
     /// Names no longer held: for LDS/CDS those absent from this response;
     /// for RDS/EDS those dropped since the last update because no listener
     /// or cluster needs them any more.
     pub removed: &'a [&'a str],
+}
+
+/// The complete set of a type after a response, without copying: what
+/// was held, overlaid with the response (for LDS/CDS the response alone).
+#[derive(Clone, Copy, Debug)]
+pub struct ResourceView<'a> {
+    held: Option<&'a BTreeMap<String, Any>>,
+    incoming: &'a BTreeMap<String, Any>,
+}
+
+impl<'a> ResourceView<'a> {
+    /// The resource called `name`.
+    pub fn get(&self, name: &str) -> Option<&'a Any> {
+        self.incoming
+            .get(name)
+            .or_else(|| self.held.and_then(|h| h.get(name)))
+    }
+
+    /// Number of resources.
+    pub fn len(&self) -> usize {
+        match self.held {
+            None => self.incoming.len(),
+            Some(h) => h.len() + self.incoming.keys().filter(|k| !h.contains_key(*k)).count(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// All resources by name, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a Any)> + 'a {
+        let mut held = self.held.into_iter().flatten().peekable();
+        let mut incoming = self.incoming.iter().peekable();
+        std::iter::from_fn(move || {
+            let next = match (held.peek(), incoming.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => held.next(),
+                (None, Some(_)) => incoming.next(),
+                (Some((h, _)), Some((i, _))) => match h.cmp(i) {
+                    std::cmp::Ordering::Less => held.next(),
+                    std::cmp::Ordering::Greater => incoming.next(),
+                    std::cmp::Ordering::Equal => {
+                        held.next();
+                        incoming.next()
+                    }
+                },
+            };
+            next.map(|(k, v)| (k.as_str(), v))
+        })
+    }
 }
 
 /// Receives configuration. Returning `Err(message)` NACKs the response with
@@ -56,7 +108,7 @@ pub trait ConfigHandler: Send + 'static {
     /// the resources; override it to update incrementally. The default
     /// copies the set and calls [`ConfigHandler::apply`].
     fn apply_update(&mut self, update: &Update<'_>) -> Result<(), String> {
-        let all: Vec<Any> = update.resources.values().map(|a| (*a).clone()).collect();
+        let all: Vec<Any> = update.resources.iter().map(|(_, a)| a.clone()).collect();
         self.apply(update.type_url, &all)
     }
 }
@@ -350,7 +402,7 @@ impl Runner {
                 ..TypeState::default()
             });
         state.nonce = resp.nonce.clone();
-        let mut incoming: Vec<(String, Any)> = Vec::with_capacity(resp.resources.len());
+        let mut incoming: BTreeMap<String, Any> = BTreeMap::new();
         let mut problem = None;
         for any in resp.resources {
             if any.type_url != type_url {
@@ -364,7 +416,7 @@ impl Runner {
             match resource_name(&any) {
                 Ok(name) => {
                     if state.names.as_ref().is_none_or(|n| n.contains(&name)) {
-                        incoming.push((name, any));
+                        incoming.insert(name, any);
                     }
                 }
                 Err(e) => {
@@ -378,14 +430,13 @@ impl Runner {
             None => {
                 // The set the proxy would hold: the response alone for LDS
                 // and CDS, merged into what it holds for named types.
-                let mut merged: BTreeMap<&str, &Any> = BTreeMap::new();
-                if state.names.is_some() {
-                    merged.extend(state.resources.iter().map(|(k, v)| (k.as_str(), v)));
-                }
-                merged.extend(incoming.iter().map(|(k, v)| (k.as_str(), v)));
+                let view = ResourceView {
+                    held: state.names.is_some().then_some(&state.resources),
+                    incoming: &incoming,
+                };
                 let changed: Vec<&str> = incoming
                     .iter()
-                    .filter(|(k, v)| state.resources.get(k) != Some(v))
+                    .filter(|(k, v)| state.resources.get(k.as_str()) != Some(*v))
                     .map(|(k, _)| k.as_str())
                     .collect();
                 let mut removed: Vec<&str> = state.dropped.iter().map(String::as_str).collect();
@@ -394,13 +445,13 @@ impl Runner {
                         state
                             .resources
                             .keys()
-                            .filter(|k| !merged.contains_key(k.as_str()))
+                            .filter(|k| !incoming.contains_key(k.as_str()))
                             .map(String::as_str),
                     );
                 }
                 let update = Update {
                     type_url: &type_url,
-                    resources: &merged,
+                    resources: view,
                     changed: &changed,
                     removed: &removed,
                 };
@@ -549,6 +600,38 @@ fn backoff(config: &ClientConfig, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn view_overlays_the_response_on_what_is_held() {
+        let any = |v: u8| Any {
+            type_url: "t".into(),
+            value: vec![v],
+        };
+        let held: BTreeMap<String, Any> = [("a", 1), ("c", 1), ("d", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), any(v)))
+            .collect();
+        let incoming: BTreeMap<String, Any> = [("b", 2), ("c", 2), ("e", 2)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), any(v)))
+            .collect();
+        let view = ResourceView {
+            held: Some(&held),
+            incoming: &incoming,
+        };
+        let all: Vec<(&str, u8)> = view.iter().map(|(k, v)| (k, v.value[0])).collect();
+        assert_eq!(all, [("a", 1), ("b", 2), ("c", 2), ("d", 1), ("e", 2)]);
+        assert_eq!(view.len(), 5);
+        assert_eq!(view.get("c").unwrap().value, [2]);
+        assert_eq!(view.get("d").unwrap().value, [1]);
+        assert!(view.get("z").is_none());
+        let only_response = ResourceView {
+            held: None,
+            incoming: &incoming,
+        };
+        assert_eq!(only_response.len(), 3);
+        assert_eq!(only_response.iter().count(), 3);
+    }
 
     #[test]
     fn backoff_grows_caps_and_jitters() {

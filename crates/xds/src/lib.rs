@@ -80,7 +80,9 @@ pub use envoy_types::pb::envoy::service::discovery::v3::{
 };
 pub use envoy_types::pb::google::protobuf::Any;
 
-pub use client::{AdsClient, ClientConfig, ClientHandle, ClientState, ConfigHandler, Update};
+pub use client::{
+    AdsClient, ClientConfig, ClientHandle, ClientState, ConfigHandler, ResourceView, Update,
+};
 pub use error::XdsError;
 pub use metrics::XdsMetrics;
 pub use proxy_node::{ProxyKind, ProxyMetadata};

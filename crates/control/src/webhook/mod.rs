@@ -23,6 +23,11 @@ use weft_inject::Settings;
 /// Largest AdmissionReview accepted (the API server's own limit is ~3 MiB).
 pub const MAX_BODY: usize = 8 << 20;
 
+/// Time allowed for a TLS handshake and for a request's headers; a client
+/// that stalls longer is dropped (the API server's own webhook timeout is
+/// at most 30 s).
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What the webhook needs to answer reviews.
 pub struct WebhookState {
     /// Injection settings (templates, values, mesh config, revision).
@@ -103,16 +108,22 @@ pub async fn serve_https(
         let acceptor = acceptor.clone();
         let state = state.clone();
         tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
             };
             let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
                 .serve_connection(TokioIo::new(tls), service)
                 .await
             {

@@ -44,6 +44,14 @@ const KNOWN_GAPS: &[(&str, &str)] = &[
     ),
     ("request_mirror_policies", "VirtualService mirror"),
     ("json_format", "accessLogEncoding: JSON"),
+    (
+        "max_requests_per_connection",
+        "DestinationRule http.maxRequestsPerConnection",
+    ),
+    (
+        "transport_socket",
+        "DestinationRule tls SIMPLE/MUTUAL origination (upstream TLS)",
+    ),
     ("envoy.extensions.filters.http.cors.v3.Cors", "CORS filter"),
     (
         "envoy.extensions.filters.http.cors.v3.CorsPolicy",

@@ -83,6 +83,7 @@ pub fn build_clusters(view: &MeshView, scope: &ProxyScope<'_>, node: &ProxyNode)
                     proto == ListenerProtocol::Http,
                     is_http2(port.protocol),
                 );
+                policy::apply_tls(&mut c, eff.tls.as_ref(), &svc.hostname);
                 if svc.resolution == Resolution::Passthrough {
                     c.lb_policy = LbPolicy::ClusterProvided as i32;
                     c.lb_config = None;

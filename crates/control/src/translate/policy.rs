@@ -26,6 +26,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
 use weft_api::networking::{
+    ClientTlsMode, ClientTlsSettings,
     ConnectionPoolSettings, DestinationRule, H2UpgradePolicy, HashKey, LoadBalancerSettings,
     OutlierDetection as IstioOutlier, SimpleLb, TrafficPolicy,
 };
@@ -41,6 +42,7 @@ pub struct Effective {
     pub load_balancer: Option<LoadBalancerSettings>,
     pub connection_pool: Option<ConnectionPoolSettings>,
     pub outlier_detection: Option<IstioOutlier>,
+    pub tls: Option<ClientTlsSettings>,
 }
 
 impl Effective {
@@ -54,6 +56,9 @@ impl Effective {
         if p.outlier_detection.is_some() {
             self.outlier_detection.clone_from(&p.outlier_detection);
         }
+        if p.tls.is_some() {
+            self.tls.clone_from(&p.tls);
+        }
         for pl in &p.port_level_settings {
             if pl.port.as_ref().is_some_and(|s| s.number == port) {
                 if pl.load_balancer.is_some() {
@@ -64,6 +69,9 @@ impl Effective {
                 }
                 if pl.outlier_detection.is_some() {
                     self.outlier_detection.clone_from(&pl.outlier_detection);
+                }
+                if pl.tls.is_some() {
+                    self.tls.clone_from(&pl.tls);
                 }
             }
         }
@@ -168,6 +176,62 @@ pub fn apply(cluster: &mut Cluster, eff: &Effective, http: bool, http2: bool) {
     if let Some(od) = &eff.outlier_detection {
         apply_outlier(cluster, od);
     }
+}
+
+/// Default CA bundle for `SIMPLE` TLS without `caCertificates` (the system
+/// bundle on Debian-style images, as Istio's proxy image uses).
+pub const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// TLS origination from `trafficPolicy.tls`: `SIMPLE` and `MUTUAL` with
+/// files (`ISTIO_MUTUAL` needs the SDS identity and is not written here).
+/// `sni_default` is the SNI when `tls.sni` is unset (the service host).
+pub fn apply_tls(cluster: &mut Cluster, tls: Option<&ClientTlsSettings>, sni_default: &str) {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::config::core::v3::{DataSource, TransportSocket, data_source};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CertificateValidationContext, CommonTlsContext, TlsCertificate, UpstreamTlsContext,
+    };
+    let Some(tls) = tls else { return };
+    let mode = tls.mode.unwrap_or(ClientTlsMode::Disable);
+    if !matches!(mode, ClientTlsMode::Simple | ClientTlsMode::Mutual) {
+        return;
+    }
+    let file = |f: &str| DataSource {
+        specifier: Some(data_source::Specifier::Filename(f.to_string())),
+        ..DataSource::default()
+    };
+    let mut common = CommonTlsContext::default();
+    if tls.insecure_skip_verify != Some(true) {
+        let ca = tls.ca_certificates.as_deref().unwrap_or(SYSTEM_CA);
+        common.validation_context_type = Some(ValidationContextType::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: Some(file(ca)),
+                ..CertificateValidationContext::default()
+            },
+        ));
+    }
+    if mode == ClientTlsMode::Mutual
+        && let (Some(cert), Some(key)) = (&tls.client_certificate, &tls.private_key)
+    {
+        common.tls_certificates = vec![TlsCertificate {
+            certificate_chain: Some(file(cert)),
+            private_key: Some(file(key)),
+            ..TlsCertificate::default()
+        }];
+    }
+    let ctx = UpstreamTlsContext {
+        common_tls_context: Some(common),
+        sni: tls
+            .sni
+            .clone()
+            .unwrap_or_else(|| sni_default.trim_start_matches("*.").to_string()),
+        ..UpstreamTlsContext::default()
+    };
+    cluster.transport_socket = Some(TransportSocket {
+        name: "envoy.transport_sockets.tls".to_string(),
+        config_type: Some(ConfigType::TypedConfig(pb::any(&ctx))),
+    });
 }
 
 fn apply_lb(cluster: &mut Cluster, lb: Option<&LoadBalancerSettings>) {

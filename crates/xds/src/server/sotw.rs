@@ -130,6 +130,33 @@ fn subscription(type_url: &str, names: &[String]) -> Option<BTreeSet<String>> {
     Some(names.iter().cloned().collect())
 }
 
+/// Whether `names` (as a request lists them, any order) asks for exactly `current`.
+fn same_subscription(type_url: &str, names: &[String], current: &Option<BTreeSet<String>>) -> bool {
+    match current {
+        None => {
+            let wildcard_type =
+                XdsType::from_type_url(type_url).is_some_and(|t| t.is_wildcard_type());
+            (wildcard_type && names.is_empty()) || names.iter().any(|n| n == "*")
+        }
+        Some(set) => {
+            if names.iter().any(|n| n == "*") {
+                return false;
+            }
+            if names.is_empty() {
+                let wildcard_type =
+                    XdsType::from_type_url(type_url).is_some_and(|t| t.is_wildcard_type());
+                return set.is_empty() && !wildcard_type;
+            }
+            // Fast path without allocating: strictly sorted names (no
+            // duplicates), as many as the set, all in it.
+            if names.len() == set.len() && names.windows(2).all(|w| w[0] < w[1]) {
+                return names.iter().all(|n| set.contains(n));
+            }
+            names.iter().cloned().collect::<BTreeSet<_>>() == *set
+        }
+    }
+}
+
 fn subscribed_list(names: &Option<BTreeSet<String>>) -> Vec<String> {
     match names {
         None => vec!["*".to_string()],
@@ -144,9 +171,9 @@ impl SotwStream {
             tracing::warn!(proxy = %self.ctx.node.id, "discovery request without type_url ignored");
             return Ok(());
         }
-        let names = subscription(&type_url, &req.resource_names);
         let known = self.watches.contains_key(&type_url);
         if req.response_nonce.is_empty() || !known {
+            let names = subscription(&type_url, &req.resource_names);
             // First request of this type on this stream (possibly a proxy
             // reconnecting with the version it kept): answer in full.
             tracing::debug!(
@@ -217,7 +244,9 @@ impl SotwStream {
                     .update(&type_url, |s| s.acked_version = version);
             }
         }
-        if names != watch.names {
+        // ACKs repeat the subscription; build a new one only if it changed.
+        if !same_subscription(&type_url, &req.resource_names, &watch.names) {
+            let names = subscription(&type_url, &req.resource_names);
             if let Some(n) = &names {
                 // Unsubscribed resources are dropped by the proxy.
                 watch.sent = watch.sent.filtered(n);
@@ -360,5 +389,38 @@ impl SotwStream {
         );
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
         Ok(updated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{CLUSTER, ENDPOINT};
+
+    #[test]
+    fn same_subscription_agrees_with_building_one() {
+        let lists: [&[&str]; 7] = [
+            &[],
+            &["*"],
+            &["a"],
+            &["a", "b"],
+            &["b", "a"],
+            &["a", "a"],
+            &["a", "*"],
+        ];
+        for type_url in [CLUSTER, ENDPOINT] {
+            for current in lists {
+                let current: Vec<String> = current.iter().map(|s| s.to_string()).collect();
+                let current = subscription(type_url, &current);
+                for names in lists {
+                    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+                    assert_eq!(
+                        same_subscription(type_url, &names, &current),
+                        subscription(type_url, &names) == current,
+                        "{type_url} {names:?} vs {current:?}"
+                    );
+                }
+            }
+        }
     }
 }

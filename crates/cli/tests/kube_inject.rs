@@ -286,6 +286,60 @@ defaultConfig:
 }
 
 #[test]
+fn bootstrap_override_runs_the_proxy_on_the_mounted_bootstrap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("pod.yaml");
+    std::fs::write(
+        &input,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  annotations:\n    sidecar.istio.io/bootstrapOverride: web-bootstrap\n\
+         spec:\n  containers:\n  - {name: web, image: nginx}\n",
+    )
+    .expect("write");
+    let out = weft(&["kube-inject", "-f", path(&input)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = weft_inject::parse_stream(&String::from_utf8_lossy(&out.stdout)).expect("yaml");
+    let spec = &docs[0]["spec"];
+    let proxy = spec["initContainers"]
+        .as_array()
+        .expect("inits")
+        .iter()
+        .find(|c| c["name"] == "istio-proxy")
+        .expect("proxy");
+    let args: Vec<&str> = proxy["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    let i = args
+        .iter()
+        .position(|a| *a == "--config")
+        .expect("--config");
+    assert_eq!(
+        args[i + 1],
+        "/etc/istio/custom-bootstrap/custom_bootstrap.json"
+    );
+    assert!(
+        proxy["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .any(|m| m["name"] == "custom-bootstrap-volume")
+    );
+    let vol = spec["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "custom-bootstrap-volume")
+        .expect("volume");
+    assert_eq!(vol["configMap"]["name"], "web-bootstrap");
+}
+
+#[test]
 fn revision_flag_sets_the_status_revision() {
     let out = weft(&[
         "kube-inject",

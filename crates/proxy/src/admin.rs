@@ -319,16 +319,14 @@ fn stats_text(shared: &Shared) -> String {
     for l in &snap.listeners {
         let _ = writeln!(
             out,
-            "listener.{}_{}.downstream_cx_total: {}",
-            l.address.ip(),
-            l.address.port(),
+            "listener.{}.downstream_cx_total: {}",
+            l.stat_name,
             l.stats.cx_total.get()
         );
         let _ = writeln!(
             out,
-            "listener.{}_{}.downstream_cx_active: {}",
-            l.address.ip(),
-            l.address.port(),
+            "listener.{}.downstream_cx_active: {}",
+            l.stat_name,
             l.stats.cx_active.get()
         );
         for chain in l.chains.iter().chain(l.default_chain.iter()) {

@@ -109,7 +109,7 @@ const PARTIAL: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.core.v3.HttpProtocolOptions",
-        &["idle_timeout", "max_requests_per_connection"],
+        &["idle_timeout"],
     ),
     (
         "envoy.config.core.v3.TransportSocket",

@@ -104,6 +104,8 @@ pub struct FilterChain {
 #[derive(Debug)]
 pub struct Listener {
     pub name: Arc<str>,
+    /// The name its stats go by (stat_prefix, else `ip_port`).
+    pub stat_name: Arc<str>,
     pub address: SocketAddr,
     pub bind_to_port: bool,
     pub use_original_dst: bool,
@@ -173,9 +175,15 @@ impl Listener {
         } else {
             l.name.as_str().into()
         };
-        let stat_addr = format!("{}_{}", address.ip(), address.port());
+        // Envoy names listener stats by stat_prefix, else by address.
+        let stat_addr = if l.stat_prefix.is_empty() {
+            format!("{}_{}", address.ip(), address.port())
+        } else {
+            l.stat_prefix.clone()
+        };
         Ok(Listener {
             stats: stats.listener(&stat_addr),
+            stat_name: stat_addr.as_str().into(),
             name,
             address,
             bind_to_port: l.bind_to_port.as_ref().map(|b| b.value).unwrap_or(true),

@@ -301,15 +301,15 @@ pub fn decode_value(
                 .and_then(Value::as_str)
                 .unwrap_or("");
             match serde_yaml::from_str::<Value>(mesh_text) {
-                Ok(Value::Null) => Resource::MeshConfig(mesh::MeshConfig::default()),
+                Ok(Value::Null) => Resource::MeshConfig(Box::default()),
                 Ok(v) => {
                     let (t, errs) = mesh::decode_mesh_config(v, "data.mesh");
                     errors.extend(errs);
-                    Resource::MeshConfig(t.unwrap_or_default())
+                    Resource::MeshConfig(Box::new(t.unwrap_or_default()))
                 }
                 Err(e) => {
                     errors.push(FieldError::error("data.mesh", format!("invalid YAML: {e}")));
-                    Resource::MeshConfig(mesh::MeshConfig::default())
+                    Resource::MeshConfig(Box::default())
                 }
             }
         }

@@ -14,10 +14,12 @@ use crate::security as sec;
 #[serde(untagged)]
 pub enum Resource {
     VirtualService(net::VirtualService),
-    DestinationRule(net::DestinationRule),
+    /// Boxed: large, and keeping `Resource` small keeps every object small.
+    DestinationRule(Box<net::DestinationRule>),
     Gateway(net::Gateway),
     ServiceEntry(net::ServiceEntry),
-    Sidecar(net::Sidecar),
+    /// Boxed: the largest remaining spec.
+    Sidecar(Box<net::Sidecar>),
     WorkloadEntry(net::WorkloadEntry),
     PeerAuthentication(sec::PeerAuthentication),
     AuthorizationPolicy(sec::AuthorizationPolicy),
@@ -25,7 +27,8 @@ pub enum Resource {
     Service(k8s::ServiceSpec),
     EndpointSlice(k8s::EndpointSlice),
     Pod(k8s::Pod),
-    MeshConfig(MeshConfig),
+    /// Boxed for the same reason as DestinationRule.
+    MeshConfig(Box<MeshConfig>),
     /// A kind Weft passes through untyped: the whole document.
     Other(serde_yaml::Value),
 }
@@ -107,7 +110,7 @@ impl Object {
     /// The DestinationRule spec, if this is one.
     pub fn as_destination_rule(&self) -> Option<&net::DestinationRule> {
         match &self.spec {
-            Resource::DestinationRule(v) => Some(v),
+            Resource::DestinationRule(v) => Some(v.as_ref()),
             _ => None,
         }
     }
@@ -121,7 +124,7 @@ impl Object {
     /// The Sidecar spec, if this is one.
     pub fn as_sidecar(&self) -> Option<&net::Sidecar> {
         match &self.spec {
-            Resource::Sidecar(v) => Some(v),
+            Resource::Sidecar(v) => Some(v.as_ref()),
             _ => None,
         }
     }
@@ -156,7 +159,7 @@ impl Object {
     /// The MeshConfig, if this is one.
     pub fn as_mesh_config(&self) -> Option<&MeshConfig> {
         match &self.spec {
-            Resource::MeshConfig(v) => Some(v),
+            Resource::MeshConfig(v) => Some(v.as_ref()),
             _ => None,
         }
     }

@@ -340,6 +340,24 @@ fn bootstrap_override_runs_the_proxy_on_the_mounted_bootstrap() {
 }
 
 #[test]
+fn yaml_1_1_booleans_stay_strings_for_kubectl() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("pod.yaml");
+    std::fs::write(
+        &input,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels: {a: \"on\", b: \"yes\", c: \"n\"}\n\
+         spec:\n  containers: [{name: c, image: x}]\n",
+    )
+    .expect("write");
+    let out = weft(&["kube-inject", "-f", path(&input)]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in ["a: \"on\"", "b: \"yes\"", "c: \"n\""] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+}
+
+#[test]
 fn revision_flag_sets_the_status_revision() {
     let out = weft(&[
         "kube-inject",
@@ -350,7 +368,12 @@ fn revision_flag_sets_the_status_revision() {
     ]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(r#""revision":"canary""#), "{text}");
+    let docs = weft_inject::parse_stream(&text).expect("yaml");
+    let status = docs[0]
+        .pointer("/spec/template/metadata/annotations/sidecar.istio.io~1status")
+        .and_then(|s| s.as_str())
+        .expect("status annotation");
+    assert!(status.contains(r#""revision":"canary""#), "{status}");
     assert!(text.contains("istio.io/rev: canary"), "{text}");
     assert!(
         text.contains("weftd-canary.istio-system.svc:15012"),

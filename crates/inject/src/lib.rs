@@ -28,6 +28,7 @@ pub mod selector;
 pub mod template;
 pub mod webhook_config;
 pub mod workload;
+pub mod yaml;
 
 pub use config::{InjectionConfig, Policy, Settings};
 pub use decision::{SkipReason, WebhookEntry, webhook_entries};

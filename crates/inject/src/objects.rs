@@ -204,8 +204,7 @@ pub fn parse_stream(text: &str) -> Result<Vec<Value>, StreamError> {
 pub fn render_stream(docs: &[Value]) -> String {
     let mut out = String::new();
     for d in docs {
-        // serde_json::Value always serializes to YAML.
-        out.push_str(&serde_yaml::to_string(d).unwrap_or_default());
+        out.push_str(&crate::yaml::to_yaml(d));
         out.push_str("---\n");
     }
     out

@@ -34,6 +34,17 @@ pub fn now_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
+/// Which addresses of a STRICT_DNS name become hosts (Envoy's dns_lookup_family).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsFamily {
+    V4,
+    V6,
+    /// AUTO: IPv6 if the name has any, else IPv4.
+    PreferV6,
+    PreferV4,
+    All,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Discovery {
     Static,
@@ -41,7 +52,7 @@ pub enum Discovery {
     StrictDns {
         names: Vec<(String, u16, u32, u32)>,
         refresh: Duration,
-        v4_only: bool,
+        family: DnsFamily,
     },
     OriginalDst {
         use_http_header: bool,
@@ -253,7 +264,13 @@ impl Cluster {
                 names: dns_names(ctx, c.load_assignment.as_ref())?,
                 refresh: opt_duration(&ctx.field("dns_refresh_rate"), c.dns_refresh_rate.as_ref())?
                     .unwrap_or(Duration::from_secs(5)),
-                v4_only: c.dns_lookup_family() == pb::cluster::DnsLookupFamily::V4Only,
+                family: match c.dns_lookup_family() {
+                    pb::cluster::DnsLookupFamily::Auto => DnsFamily::PreferV6,
+                    pb::cluster::DnsLookupFamily::V4Only => DnsFamily::V4,
+                    pb::cluster::DnsLookupFamily::V6Only => DnsFamily::V6,
+                    pb::cluster::DnsLookupFamily::V4Preferred => DnsFamily::PreferV4,
+                    pb::cluster::DnsLookupFamily::All => DnsFamily::All,
+                },
             },
             DiscoveryType::LogicalDns => return Err(ctx.field("type").unsupported("LOGICAL_DNS")),
         };
@@ -273,7 +290,7 @@ impl Cluster {
             Discovery::Static | Discovery::Eds => {
                 static_hosts(ctx, c.load_assignment.as_ref(), lb, locality_weighted)?
             }
-            Discovery::StrictDns { names, v4_only, .. } => resolve_blocking(names, *v4_only, lb),
+            Discovery::StrictDns { names, family, .. } => resolve_blocking(names, *family, lb),
             Discovery::OriginalDst { .. } => HostSet {
                 priorities: Vec::new(),
             },
@@ -566,11 +583,23 @@ fn dns_names(
 }
 
 /// Resolves STRICT_DNS names (every address of every name becomes a host).
-pub fn resolve(names: &[(String, u16, u32, u32)], v4_only: bool) -> Vec<(SocketAddr, u32, u32)> {
+pub fn resolve(
+    names: &[(String, u16, u32, u32)],
+    family: DnsFamily,
+) -> Vec<(SocketAddr, u32, u32)> {
     let mut out = Vec::new();
     for (name, port, w, p) in names {
         if let Ok(addrs) = (name.as_str(), *port).to_socket_addrs() {
-            for a in addrs.filter(|a| !v4_only || a.is_ipv4()) {
+            let addrs: Vec<SocketAddr> = addrs.collect();
+            let has = |v4: bool| addrs.iter().any(|a| a.is_ipv4() == v4);
+            let keep = |a: &SocketAddr| match family {
+                DnsFamily::V4 => a.is_ipv4(),
+                DnsFamily::V6 => a.is_ipv6(),
+                DnsFamily::PreferV4 => a.is_ipv4() || !has(true),
+                DnsFamily::PreferV6 => a.is_ipv6() || !has(false),
+                DnsFamily::All => true,
+            };
+            for a in addrs.iter().copied().filter(keep) {
                 if !out.iter().any(|(x, _, _)| *x == a) {
                     out.push((a, *w, *p));
                 }
@@ -580,8 +609,8 @@ pub fn resolve(names: &[(String, u16, u32, u32)], v4_only: bool) -> Vec<(SocketA
     out
 }
 
-fn resolve_blocking(names: &[(String, u16, u32, u32)], v4_only: bool, lb: LbPolicy) -> HostSet {
-    let hosts = resolve(names, v4_only)
+fn resolve_blocking(names: &[(String, u16, u32, u32)], family: DnsFamily, lb: LbPolicy) -> HostSet {
+    let hosts = resolve(names, family)
         .into_iter()
         .map(|(a, w, p)| (Arc::new(Host::new(a, w, true)), p))
         .collect();

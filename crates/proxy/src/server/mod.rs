@@ -343,13 +343,13 @@ pub async fn dns_refresh(shared: Arc<Shared>) {
             if let Discovery::StrictDns {
                 names,
                 refresh,
-                v4_only,
+                family,
             } = &c.discovery
             {
                 let due = last.get(name).is_none_or(|t| t.elapsed() >= *refresh);
                 if due {
                     last.insert(name.clone(), std::time::Instant::now());
-                    let (names, v4) = (names.clone(), *v4_only);
+                    let (names, v4) = (names.clone(), *family);
                     if let Ok(addrs) =
                         tokio::task::spawn_blocking(move || resolve(&names, v4)).await
                         && !addrs.is_empty()

@@ -73,11 +73,15 @@ impl tonic::server::UnaryService<IstioCertificateRequest> for CreateCertificateS
     fn call(&mut self, request: tonic::Request<IstioCertificateRequest>) -> Self::Future {
         let service = Arc::clone(&self.0);
         Box::pin(async move {
-            // A peer identity from 15012 mTLS is added here once that
-            // listener exists; today only the bearer token is read.
+            // Over `grpc_tls::mtls_incoming` the client certificate's ID
+            // rides in the request extensions; over plaintext it is absent.
+            let peer_identity = request
+                .extensions()
+                .get::<crate::grpc_tls::PeerIdentity>()
+                .and_then(|p| p.0.clone());
             let credentials = Credentials {
                 bearer_token: bearer_token(request.metadata()),
-                peer_identity: None,
+                peer_identity,
             };
             let req = request.into_inner();
             let issued = service

@@ -7,19 +7,22 @@
 //! - [`auth`]: who is asking (bootstrap tokens now; a TokenReview seam).
 //! - [`service`]: authorization and TTL policy of `CreateCertificate`.
 //! - [`grpc`]: Istio's `IstioCertificateService` wire protocol, server and client.
+//! - [`grpc_tls`]: the same service over mesh mTLS (15012), peer identity in requests.
 //! - [`workload`]: in-memory keys, CSRs, the rotating [`CertificateManager`].
 //! - [`tls`]: rustls mTLS configs with SPIFFE verification and failure reasons.
 
 pub mod auth;
 pub mod ca;
 pub mod grpc;
+pub mod grpc_tls;
 pub mod service;
 pub mod spiffe;
 pub mod tls;
 pub mod workload;
 
 pub use auth::{
-    AuthError, Authenticator, BootstrapTokenAuthenticator, CallerIdentity, Credentials, TokenStore,
+    AuthError, Authenticator, BootstrapTokenAuthenticator, CallerIdentity, Credentials,
+    PeerCertificateAuthenticator, TokenStore,
 };
 pub use ca::{CaError, CertificateAuthority, IssuedChain};
 pub use grpc::{

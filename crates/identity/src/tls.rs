@@ -131,11 +131,26 @@ impl fmt::Debug for SpiffeClientVerifier {
 }
 
 impl SpiffeClientVerifier {
+    /// A client certificate is required.
     pub fn new(trust: MeshTrust) -> Result<Self, TlsConfigError> {
-        let inner =
-            WebPkiClientVerifier::builder_with_provider(Arc::clone(&trust.roots), provider())
-                .build()
-                .map_err(|e| TlsConfigError::Rustls(e.to_string()))?;
+        Self::build(trust, false)
+    }
+
+    /// A client certificate is verified when presented but not required
+    /// (the CA port: bootstrapping proxies have only a token).
+    pub fn optional(trust: MeshTrust) -> Result<Self, TlsConfigError> {
+        Self::build(trust, true)
+    }
+
+    fn build(trust: MeshTrust, optional: bool) -> Result<Self, TlsConfigError> {
+        let mut builder =
+            WebPkiClientVerifier::builder_with_provider(Arc::clone(&trust.roots), provider());
+        if optional {
+            builder = builder.allow_unauthenticated();
+        }
+        let inner = builder
+            .build()
+            .map_err(|e| TlsConfigError::Rustls(e.to_string()))?;
         Ok(Self { inner, trust })
     }
 }
@@ -143,6 +158,10 @@ impl SpiffeClientVerifier {
 impl ClientCertVerifier for SpiffeClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
     }
 
     fn verify_client_cert(
@@ -198,6 +217,23 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(resolver);
     config.alpn_protocols = alpn;
+    Ok(config)
+}
+
+/// Server config for the control plane's gRPC over TLS (15012): ALPN `h2`,
+/// a client certificate verified when presented but optional, so proxies can
+/// bootstrap with a token and renew with their certificate.
+pub fn control_plane_server_config(
+    resolver: Arc<dyn ResolvesServerCert>,
+    trust: &MeshTrust,
+) -> Result<ServerConfig, TlsConfigError> {
+    let verifier = Arc::new(SpiffeClientVerifier::optional(trust.clone())?);
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsConfigError::Rustls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
 
@@ -305,6 +341,24 @@ pub fn client_config(
         .chain(app_protocols.iter().copied())
         .map(<[u8]>::to_vec)
         .collect();
+    Ok(config)
+}
+
+/// Client config of a proxy that has no certificate yet (first contact with
+/// the CA): verifies the control plane like [`client_config`] and presents
+/// no client certificate; ALPN `h2`.
+pub fn bootstrap_client_config(
+    trust: &MeshTrust,
+    expected: Vec<SpiffeId>,
+) -> Result<ClientConfig, TlsConfigError> {
+    let verifier = Arc::new(SpiffeServerVerifier::new(trust.clone(), expected));
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsConfigError::Rustls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
 

@@ -32,7 +32,8 @@ use weft_xds::{
     ResourceSet, ServerOptions, XdsMetrics,
 };
 
-pub const WAIT: Duration = Duration::from_secs(10);
+/// Upper bound for anything a test waits on; only reached when a test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
 
 // === generator ===
 

@@ -305,6 +305,22 @@ impl Authenticator for BootstrapTokenAuthenticator {
     }
 }
 
+// === Kubernetes seam ===
+
+/// The Kubernetes authenticator, when written, implements [`Authenticator`]
+/// by sending the bearer token (the pod's projected service-account token,
+/// audience `istio-ca`) in a `TokenReview` to the API server and accepting
+/// `status.authenticated` with a username
+/// `system:serviceaccount:<namespace>:<service-account>`; this function is
+/// the mapping from that username to the caller's identity.
+pub fn service_account_from_username(username: &str) -> Option<(String, String)> {
+    let rest = username.strip_prefix("system:serviceaccount:")?;
+    let (namespace, service_account) = rest.split_once(':')?;
+    let valid = |s: &str| !s.is_empty() && !s.contains(':');
+    (valid(namespace) && valid(service_account))
+        .then(|| (namespace.to_string(), service_account.to_string()))
+}
+
 // === PeerCertificateAuthenticator ===
 
 /// Renewal over mTLS (Istio's client-certificate authenticator): a caller
@@ -398,6 +414,24 @@ mod tests {
 
         assert_eq!(auth.store.revoke_pod("reviews-v1"), 1);
         assert!(auth.authenticate(&creds).await.is_err());
+    }
+
+    #[test]
+    fn token_review_usernames_map_to_service_accounts() {
+        assert_eq!(
+            service_account_from_username("system:serviceaccount:default:bookinfo-reviews"),
+            Some(("default".into(), "bookinfo-reviews".into()))
+        );
+        for bad in [
+            "system:serviceaccount:default",
+            "system:serviceaccount::sa",
+            "system:serviceaccount:ns:",
+            "system:serviceaccount:ns:sa:extra",
+            "system:node:worker-1",
+            "alice",
+        ] {
+            assert_eq!(service_account_from_username(bad), None, "{bad}");
+        }
     }
 
     #[tokio::test]

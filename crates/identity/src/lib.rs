@@ -10,6 +10,19 @@
 //! - [`grpc_tls`]: the same service over mesh mTLS (15012), peer identity in requests.
 //! - [`workload`]: in-memory keys, CSRs, the rotating [`CertificateManager`].
 //! - [`tls`]: rustls mTLS configs with SPIFFE verification and failure reasons.
+//!
+//! How the pieces are wired:
+//! - weftd: `CertificateAuthority::load_or_generate(dir)` (or `load` for a
+//!   plugged-in `cacerts`), a `CertificateService` with the
+//!   `BootstrapTokenAuthenticator` (the local runtime issues per-pod tokens
+//!   with `TokenStore::issue_to_file`) and the `PeerCertificateAuthenticator`,
+//!   served as `IstioCertificateServer` on plaintext (15010) or on
+//!   `grpc_tls::mtls_incoming` with `tls::control_plane_server_config` (15012).
+//! - weft-proxy: `CaClient::connect_tls` with `tls::bootstrap_client_config`,
+//!   a `GrpcCertificateProvider` reading the token file, a
+//!   `CertificateManager` with `spawn_rotation`, and the manager as the cert
+//!   resolver of `tls::server_config` (inbound 15006) and
+//!   `tls::client_config` (ISTIO_MUTUAL clusters).
 
 pub mod auth;
 pub mod ca;

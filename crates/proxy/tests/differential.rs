@@ -362,6 +362,7 @@ scenarios!(
     cluster_original_dst_header,
     cluster_strict_dns,
     connect_timeout,
+    connection_pooling,
     direct_response,
     fault_abort,
     fault_abort_percentage,

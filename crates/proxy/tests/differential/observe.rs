@@ -42,6 +42,7 @@ pub const FIELDS: &[&str] = &[
     "log_protocol",
     "bytes_received",
     "bytes_sent",
+    "upstream_connections",
 ];
 
 /// Everything observed about one request instance.
@@ -359,6 +360,14 @@ pub fn check(spec: &RequestSpec, obs: &[Observation], errs: &mut Vec<String>) {
             "{label}..: expected one upstream for all, got {by_upstream:?}"
         ));
     }
+    if let Some(want) = e.upstream_connections {
+        let got = connections(obs);
+        if got != want {
+            errs.push(format!(
+                "{label}..: expected {want} upstream connections, got {got}"
+            ));
+        }
+    }
     if let Some(min) = e.min_distinct_upstreams
         && by_upstream.keys().filter(|k| k.as_str() != "none").count() < min
     {
@@ -366,6 +375,15 @@ pub fn check(spec: &RequestSpec, obs: &[Observation], errs: &mut Vec<String>) {
             "{label}..: expected at least {min} distinct upstreams, got {by_upstream:?}"
         ));
     }
+}
+
+/// Distinct upstream connections that carried any attempt of the group.
+fn connections(obs: &[Observation]) -> usize {
+    let set: std::collections::BTreeSet<(String, u64)> = obs
+        .iter()
+        .flat_map(|o| o.seen.iter().map(|s| (s.upstream.clone(), s.conn)))
+        .collect();
+    set.len()
 }
 
 /// Compares Envoy's and weft-proxy's observations of one request. Fields
@@ -394,6 +412,15 @@ pub fn compare(
             if a != b {
                 errs.push(format!(
                     "request {:?}: {field} counts differ: envoy {a:?}, weft {b:?}",
+                    label(spec)
+                ));
+            }
+        }
+        if spec.expect.upstream_connections.is_some() && !skip("upstream_connections") {
+            let (a, b) = (connections(envoy), connections(weft));
+            if a != b {
+                errs.push(format!(
+                    "request {:?}: upstream connections differ: envoy {a}, weft {b}",
                     label(spec)
                 ));
             }

@@ -271,6 +271,9 @@ pub struct Expect {
     pub same_upstream: bool,
     /// Group: at least this many distinct upstreams served the instances.
     pub min_distinct_upstreams: Option<usize>,
+    /// Group: the instances reached the upstreams over exactly this many
+    /// connections (pooling: keep-alive reuse, h2 multiplexing).
+    pub upstream_connections: Option<usize>,
 }
 
 impl Expect {
@@ -283,6 +286,7 @@ impl Expect {
             || !self.upstream_share.is_empty()
             || self.same_upstream
             || self.min_distinct_upstreams.is_some()
+            || self.upstream_connections.is_some()
     }
 }
 

@@ -34,6 +34,9 @@ pub struct Seen {
     pub authority: String,
     pub version: String,
     pub headers: Vec<(String, String)>,
+    /// Which of this upstream's connections carried it (0, 1, ... in
+    /// accept order; TCP upstreams count connections the same way).
+    pub conn: u64,
 }
 
 /// Everything the upstreams saw, in arrival order.
@@ -140,6 +143,7 @@ async fn tcp_echo(l: TcpListener, name: String, rec: Recorder) {
                 authority: String::new(),
                 version: "tcp".into(),
                 headers: Vec::new(),
+                conn: 0,
             });
             if read.is_err() {
                 return;
@@ -165,6 +169,7 @@ async fn greeter(l: TcpListener, name: String, rec: Recorder) {
             authority: String::new(),
             version: "tcp".into(),
             headers: Vec::new(),
+            conn: 0,
         });
         let greeting = format!("{name} hello\n");
         tokio::spawn(async move {
@@ -185,13 +190,13 @@ struct HttpCtx {
 }
 
 async fn http_echo(l: TcpListener, ctx: Arc<HttpCtx>) {
-    loop {
+    for conn in 0u64.. {
         let Ok((s, _)) = l.accept().await else {
             continue;
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(req, ctx.clone()));
+            let svc = hyper::service::service_fn(move |req| handle(req, conn, ctx.clone()));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let _ = builder
                 .serve_connection_with_upgrades(TokioIo::new(s), svc)
@@ -212,6 +217,7 @@ fn num<T: std::str::FromStr>(req: &Request<Incoming>, name: &str) -> Option<T> {
 
 async fn handle(
     mut req: Request<Incoming>,
+    conn: u64,
     ctx: Arc<HttpCtx>,
 ) -> Result<Response<Body>, std::io::Error> {
     let test_id = header(&req, TEST_ID).unwrap_or("").to_string();
@@ -242,6 +248,7 @@ async fn handle(
                 )
             })
             .collect(),
+        conn,
     });
     let n = {
         let mut counts = ctx.counts.lock().expect("counts lock");

@@ -42,7 +42,8 @@ pub struct UpstreamClient {
     h1: Arc<[OnceLock<Box<H1Client>>]>,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    h2: Option<Arc<H2Pool>>,
+    /// HTTP/2 pools, one per worker like `h1` (None: an HTTP/1.1 cluster).
+    h2: Option<Arc<[H2Pool]>>,
     pub transport: Transport,
 }
 
@@ -156,12 +157,15 @@ impl H2Pool {
 
 impl UpstreamClient {
     pub fn new(connect_timeout: Duration, http: &HttpSettings) -> Self {
+        let workers = POOLS.load(std::sync::atomic::Ordering::Relaxed);
         let h2 = http.http2.then(|| {
-            Arc::new(H2Pool {
-                connect_timeout,
-                settings: http.clone(),
-                conns: Mutex::new(HashMap::new()),
-            })
+            (0..workers)
+                .map(|_| H2Pool {
+                    connect_timeout,
+                    settings: http.clone(),
+                    conns: Mutex::new(HashMap::new()),
+                })
+                .collect::<Arc<[H2Pool]>>()
         });
         UpstreamClient {
             h1: (0..POOLS.load(std::sync::atomic::Ordering::Relaxed))
@@ -197,7 +201,10 @@ impl UpstreamClient {
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         match &self.h2 {
-            Some(pool) => pool.send(addr, req).await,
+            Some(pools) => {
+                let i = WORKER.with(|w| w.get()).min(pools.len() - 1);
+                pools[i].send(addr, req).await
+            }
             None => self.h1_client().request(req).await.map_err(classify),
         }
     }

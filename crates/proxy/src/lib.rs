@@ -1,8 +1,19 @@
-//! The Weft sidecar data plane (istio-proxy's counterpart): reads an Envoy
-//! v3 bootstrap (`config`), compiles it into immutable tables (`model`),
-//! and serves listeners on worker threads (`server`), with the admin API
-//! (`admin`), metrics (`stats`), access logs (`accesslog`) and the agent
-//! commands (`agent`).
+//! The Weft sidecar data plane (istio-proxy's counterpart).
+//!
+//! `weft-proxy --config FILE` runs an Envoy v3 bootstrap (`static_resources`):
+//!
+//! - `config`: YAML/JSON -> `envoy-types` protos via `prost-reflect`, with every
+//!   set field checked against what is implemented (`config/support.rs` is the
+//!   list); anything else is refused with its path.
+//! - `model`: the protos compiled into immutable tables (routes, clusters with
+//!   load balancers, listeners with filter chains), swapped whole on reload.
+//! - `server`: one single-threaded runtime per worker with SO_REUSEPORT accept
+//!   loops; connection handling (original destination, sniffing, filter chain),
+//!   `http_connection_manager` (hyper, HTTP/1.1 + h2c + HTTP/2) and `tcp_proxy`.
+//! - `upstream`: per-worker HTTP/1.1 and HTTP/2 pools; the TLS seam.
+//! - `admin`, `stats`, `accesslog`, `agent`, `logging`, `sniff`: the control
+//!   thread's ports, metrics, Envoy-format access logs, pilot-agent commands,
+//!   log levels, and the protocol sniffer.
 
 pub mod accesslog;
 pub mod config;

@@ -54,7 +54,7 @@ fn string_value(s: &str) -> Value {
 }
 
 /// The Envoy node of a scenario's `proxy.yaml` (Istio's metadata keys).
-fn node_of(path: &Path) -> Node {
+pub fn node_of(path: &Path) -> Node {
     let text = std::fs::read_to_string(path).unwrap();
     let doc: BTreeMap<String, serde_yaml::Value> = serde_yaml::from_str(&text).unwrap();
     let mut fields: HashMap<String, Value> = HashMap::new();
@@ -94,7 +94,8 @@ fn node_of(path: &Path) -> Node {
     }
 }
 
-pub fn translate_scenario(name: &str) -> ProxyResources {
+/// The config snapshot of a scenario.
+pub fn snapshot_of(name: &str) -> weft_api::store::Snapshot {
     let dir = golden_dir().join(name);
     let mut files = BTreeMap::new();
     if !dir.join("NO_BASE").exists() {
@@ -112,6 +113,13 @@ pub fn translate_scenario(name: &str) -> ProxyResources {
         errors.is_empty(),
         "scenario {name} has invalid config: {errors:#?}"
     );
+    snapshot
+}
+
+/// The resources of a scenario for its proxy.
+pub fn translate_scenario(name: &str) -> ProxyResources {
+    let dir = golden_dir().join(name);
+    let snapshot = snapshot_of(name);
     let proxy_file = if dir.join("proxy.yaml").exists() {
         dir.join("proxy.yaml")
     } else {

@@ -5,9 +5,9 @@
 //! weft-proxy did with what Envoy did.
 //!
 //! A scenario marked `known_gap` still runs in full; its differences from
-//! Envoy are printed loudly instead of failing the test, and the test fails
-//! once weft-proxy matches (so the mark gets removed). Expectations on Envoy
-//! always fail the test.
+//! Envoy are printed loudly instead of failing the test (and a run where
+//! weft-proxy matches says so, since some gaps are timing-dependent).
+//! Expectations on Envoy always fail the test.
 //!
 //! `WEFT_DIFF_ENVOY_ONLY=1` runs Envoy alone (to develop scenarios) and then
 //! fails the test on purpose: nothing was compared. `WEFT_DIFF_DUMP=1`
@@ -335,8 +335,10 @@ fn report(name: &str, sc: &Scenario, diffs: &[String]) {
                 diffs.join("\n  ")
             );
         }
-        (Some(gap), true) => panic!(
-            "scenario {name} is marked known_gap ({gap}) but weft-proxy now matches Envoy: remove `known_gap`"
+        // Not a failure: a gap can be timing-dependent (then it shows only in
+        // some runs), so a match is reported for someone to decide.
+        (Some(gap), true) => eprintln!(
+            "scenario {name} is marked known_gap ({gap}) but weft-proxy matched Envoy in this run: consider removing `known_gap`"
         ),
     }
 }

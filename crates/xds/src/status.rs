@@ -57,6 +57,8 @@ pub struct TypeSyncStatus {
     pub sent_resources: usize,
     /// Version of the last ACKed response.
     pub acked_version: String,
+    /// Nonce of the last ACKed response (Istio's syncz compares nonces).
+    pub acked_nonce: String,
     /// Names the proxy subscribed to; `["*"]` for a wildcard subscription.
     pub subscribed: Vec<String>,
     /// Responses sent.
@@ -96,6 +98,60 @@ pub struct ProxySyncStatus {
 struct Row {
     node: NodeInfo,
     status: Mutex<ProxySyncStatus>,
+}
+
+impl ProxySyncStatus {
+    /// This stream in Istio's `/debug/syncz` shape (what `istioctl
+    /// proxy-status` reads): `proxy`, `proxy_type`, and per type the nonce
+    /// sent and the nonce ACKed (`cluster_sent`, `cluster_acked`,
+    /// `listener_*`, `route_*`, `endpoint_*`, `secret_*`), plus weft's own
+    /// `weft_versions` and `weft_last_nack` per type.
+    pub fn istio_syncz(&self) -> serde_json::Value {
+        use crate::types::XdsType;
+        let mut out = serde_json::Map::new();
+        out.insert("proxy".into(), self.proxy_id.clone().into());
+        let proxy_type = self.proxy_id.split('~').next().unwrap_or("");
+        if matches!(proxy_type, "sidecar" | "router") {
+            out.insert("proxy_type".into(), proxy_type.into());
+        }
+        out.insert("cluster".into(), self.cluster.clone().into());
+        out.insert("stream".into(), self.kind.as_str().into());
+        let mut versions = serde_json::Map::new();
+        let mut nacks = serde_json::Map::new();
+        for t in XdsType::ALL {
+            let Some(s) = self.types.get(t.type_url()) else {
+                continue;
+            };
+            let prefix = match t {
+                XdsType::Cluster => "cluster",
+                XdsType::Endpoint => "endpoint",
+                XdsType::Listener => "listener",
+                XdsType::Route => "route",
+                XdsType::Secret => "secret",
+            };
+            if !s.sent_nonce.is_empty() {
+                out.insert(format!("{prefix}_sent"), s.sent_nonce.clone().into());
+            }
+            if !s.acked_nonce.is_empty() {
+                out.insert(format!("{prefix}_acked"), s.acked_nonce.clone().into());
+            }
+            versions.insert(
+                t.short_name().into(),
+                serde_json::json!({"sent": s.sent_version, "acked": s.acked_version}),
+            );
+            if let Some(n) = &s.last_nack {
+                nacks.insert(
+                    t.short_name().into(),
+                    serde_json::json!({"version": n.version, "nonce": n.nonce, "message": n.message}),
+                );
+            }
+        }
+        out.insert("weft_versions".into(), versions.into());
+        if !nacks.is_empty() {
+            out.insert("weft_last_nack".into(), nacks.into());
+        }
+        out.into()
+    }
 }
 
 /// A `/debug/syncz` snapshot: one entry per open stream, sorted by proxy id.

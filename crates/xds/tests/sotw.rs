@@ -146,6 +146,19 @@ async fn nack_keeps_last_version_and_is_not_resent_until_change() {
         status.types[CLUSTER].last_nack.is_some(),
         "last NACK kept for diagnosis"
     );
+    let syncz = status.istio_syncz();
+    assert_eq!(syncz["proxy"], "p1");
+    assert_eq!(syncz["cluster_sent"], fixed.nonce.as_str());
+    assert_eq!(syncz["cluster_acked"], fixed.nonce.as_str());
+    assert_eq!(syncz["listener_acked"], next.nonce.as_str());
+    assert_eq!(
+        syncz["weft_versions"]["cds"]["acked"],
+        fixed.version_info.as_str()
+    );
+    assert_eq!(
+        syncz["weft_last_nack"]["cds"]["message"],
+        "cluster a: field alt_stat_name: unsupported"
+    );
     srv.stop().await;
 }
 

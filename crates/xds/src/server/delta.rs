@@ -235,9 +235,10 @@ impl DeltaStream {
                             if let Some(t) = flight.trigger {
                                 self.ctx.shared.metrics.converged(t.elapsed().as_secs_f64());
                             }
-                            self.ctx
-                                .status
-                                .update(&type_url, |s| s.acked_version = flight.version);
+                            self.ctx.status.update(&type_url, |s| {
+                                s.acked_version = flight.version;
+                                s.acked_nonce = flight.nonce;
+                            });
                         }
                     }
                 }

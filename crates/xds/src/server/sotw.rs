@@ -239,9 +239,10 @@ impl SotwStream {
                     self.ctx.shared.metrics.converged(t.elapsed().as_secs_f64());
                 }
                 let version = watch.sent_version.clone();
-                self.ctx
-                    .status
-                    .update(&type_url, |s| s.acked_version = version);
+                self.ctx.status.update(&type_url, |s| {
+                    s.acked_version = version;
+                    s.acked_nonce = req.response_nonce.clone();
+                });
             }
         }
         // ACKs repeat the subscription; build a new one only if it changed.

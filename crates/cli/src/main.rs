@@ -2,6 +2,7 @@
 //! parses the command line and dispatches; each subcommand lives in its own
 //! module.
 
+mod analyze;
 mod kube_inject;
 mod manifest;
 mod output;
@@ -20,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Validate a directory of Kubernetes and Istio manifests (istioctl analyze).
+    Analyze(analyze::Args),
     /// Inject the Weft sidecar into Kubernetes manifests (istioctl kube-inject).
     #[command(name = "kube-inject")]
     KubeInject(kube_inject::Args),
@@ -35,6 +38,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Analyze(args) => analyze::run(&args),
         Command::KubeInject(args) => kube_inject::run(&args),
         Command::Manifest { command } => manifest::run(&command),
         Command::Version(args) => version::run(&args),

@@ -3,6 +3,7 @@
 //! module.
 
 mod analyze;
+mod app;
 mod kube_inject;
 mod manifest;
 mod output;
@@ -23,6 +24,11 @@ struct Cli {
 enum Command {
     /// Validate a directory of Kubernetes and Istio manifests (istioctl analyze).
     Analyze(analyze::Args),
+    /// Built-in demo workloads: HTTP server, TCP echo, load generator.
+    App {
+        #[command(subcommand)]
+        command: app::Command,
+    },
     /// Inject the Weft sidecar into Kubernetes manifests (istioctl kube-inject).
     #[command(name = "kube-inject")]
     KubeInject(kube_inject::Args),
@@ -39,6 +45,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Analyze(args) => analyze::run(&args),
+        Command::App { command } => app::run(command),
         Command::KubeInject(args) => kube_inject::run(&args),
         Command::Manifest { command } => manifest::run(&command),
         Command::Version(args) => version::run(&args),

@@ -80,6 +80,8 @@ pub struct CertificateAuthority {
     intermediates_pem: Vec<String>,
     root_pem: String,
     root_der: CertificateDer<'static>,
+    /// notAfter of the issuing certificate: no leaf outlives its issuer.
+    ca_not_after: SystemTime,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -199,12 +201,15 @@ impl CertificateAuthority {
             .self_signed(&key)
             .map_err(|e| CaError::Signing(format!("self-signing the root: {e}")))?;
         let root_pem = cert.pem();
+        let ca_not_after =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(params.not_after.unix_timestamp() as u64);
         Ok(Self {
             issuer: Issuer::new(params, key),
             ca_cert_pem: root_pem.clone(),
             intermediates_pem: Vec::new(),
             root_pem,
             root_der: cert.der().clone(),
+            ca_not_after,
         })
     }
 
@@ -321,6 +326,8 @@ impl CertificateAuthority {
         }
         verify_chain_to_root(&path, &root_der, &chain_path, &root_path)?;
 
+        let ca_not_after = SystemTime::UNIX_EPOCH
+            + Duration::from_secs(ca_x509.validity().not_after.timestamp().max(0) as u64);
         let issuer = Issuer::from_ca_cert_der(ca_der, key)
             .map_err(|e| bad_file(&ca_path, format!("cannot act as issuer: {e}")))?;
         Ok(Self {
@@ -329,6 +336,7 @@ impl CertificateAuthority {
             intermediates_pem: path.iter().map(|d| der_to_pem(d)).collect(),
             root_pem: der_to_pem(&root_der),
             root_der,
+            ca_not_after,
         })
     }
 
@@ -365,6 +373,12 @@ impl CertificateAuthority {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<IssuedChain, CaError> {
+        let not_after = not_after.min(self.ca_not_after);
+        if not_after <= not_before {
+            return Err(CaError::Signing(format!(
+                "empty validity window for {identity}: notAfter is not after notBefore (is the issuing CA expired?)"
+            )));
+        }
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
             CaError::BadCsr(format!(
                 "not a valid PKCS#10 request with a verifiable self-signature: {e}"

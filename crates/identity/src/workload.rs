@@ -18,7 +18,7 @@ use rcgen::{CertificateParams, KeyPair, SanType};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::watch;
 
 use crate::ca::CertificateAuthority;
 use crate::grpc::{CaClient, IstioCertificateRequest};
@@ -101,16 +101,13 @@ impl TokenSource {
 
 /// The remote CA over gRPC (weftd), as weft-proxy uses it.
 pub struct GrpcCertificateProvider {
-    client: Mutex<CaClient>,
+    client: CaClient,
     token: TokenSource,
 }
 
 impl GrpcCertificateProvider {
     pub fn new(client: CaClient, token: TokenSource) -> Self {
-        Self {
-            client: Mutex::new(client),
-            token,
-        }
+        Self { client, token }
     }
 }
 
@@ -128,7 +125,8 @@ impl CertificateProvider for GrpcCertificateProvider {
                 validity_duration: ttl.map(|t| t.as_secs() as i64).unwrap_or(0),
                 metadata: None,
             };
-            let mut client = self.client.lock().await.clone();
+            // Channels are cheap to clone and multiplex requests.
+            let mut client = self.client.clone();
             client
                 .create_certificate(request, token.as_deref())
                 .await

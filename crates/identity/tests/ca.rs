@@ -196,6 +196,13 @@ fn base64(data: &[u8]) -> String {
 
 /// A root and an intermediate made with rcgen, written as Istio's `cacerts`.
 fn write_plugged_in(dir: &std::path::Path) -> (String, String) {
+    write_plugged_in_until(dir, None)
+}
+
+fn write_plugged_in_until(
+    dir: &std::path::Path,
+    int_not_after: Option<time::OffsetDateTime>,
+) -> (String, String) {
     let root_key = KeyPair::generate().unwrap();
     let mut root_params = CertificateParams::default();
     root_params
@@ -216,6 +223,9 @@ fn write_plugged_in(dir: &std::path::Path) -> (String, String) {
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::DigitalSignature,
     ];
+    if let Some(t) = int_not_after {
+        int_params.not_after = t;
+    }
     let int = int_params.signed_by(&int_key, &root_issuer).unwrap();
 
     std::fs::write(dir.join(ca::CA_CERT_FILE), int.pem()).unwrap();
@@ -288,5 +298,25 @@ fn broken_cacerts_are_rejected_naming_the_file() {
     assert!(
         err.contains("cert-chain.pem") && err.contains("is not signed by"),
         "{err}"
+    );
+}
+
+#[test]
+fn leaves_never_outlive_the_issuing_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let int_end = time::OffsetDateTime::now_utc() + time::Duration::hours(2);
+    let int_end = int_end.replace_nanosecond(0).unwrap();
+    write_plugged_in_until(dir.path(), Some(int_end));
+    let ca = CertificateAuthority::load(dir.path()).unwrap();
+    let id = common::id("default", "reviews");
+    let (_k, csr) = generate_key_and_csr(&id).unwrap();
+    let issued = ca
+        .sign_csr(&csr, &id, Duration::from_secs(24 * 3600))
+        .unwrap();
+    let leaf_der = der(&issued.chain_pem[0]);
+    let (_, leaf) = X509Certificate::from_der(&leaf_der).unwrap();
+    assert_eq!(
+        leaf.validity().not_after.timestamp(),
+        int_end.unix_timestamp()
     );
 }

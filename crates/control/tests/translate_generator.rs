@@ -122,3 +122,33 @@ fn a_node_without_namespace_gets_nothing() {
     assert!(generator.resources(&node).is_err());
     assert!(generator.generate(&node, LISTENER).is_empty());
 }
+
+#[test]
+fn mesh_config_shapes_proxy_settings() {
+    let mesh = "---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    trustDomain: example.org
+    defaultConfig:
+      concurrency: 2
+      drainDuration: 45s
+";
+    let (v, _) = view(mesh, None);
+    let mut md = ProxyMetadata {
+        ips: vec!["10.1.0.21".into()],
+        pod_name: "reviews-v1-545db77b95-2ps7q".into(),
+        namespace: "default".into(),
+        ..ProxyMetadata::default()
+    };
+    md.extra.insert("DNS_CAPTURE".into(), "true".into());
+    md.extra.insert("DNS_AUTO_ALLOCATE".into(), "true".into());
+    let node = weft_control::translate::ProxyNode::from_node(&md.to_node()).unwrap();
+    let settings = v.translate(&node).settings;
+    assert_eq!(settings.concurrency, Some(2));
+    assert_eq!(settings.drain_duration.as_deref(), Some("45s"));
+    assert_eq!(settings.trust_domain, "example.org");
+    assert!(settings.dns_capture && settings.dns_auto_allocate);
+}

@@ -3,6 +3,7 @@
 //! hosts, VirtualServices bound to the mesh, the DestinationRule of each
 //! host (Istio's lookup order) and the outbound traffic policy.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use weft_api::Object;
@@ -27,6 +28,11 @@ pub struct ProxyScope<'a> {
     pub sidecar: Option<&'a Object>,
     pub outbound_mode: OutboundTrafficMode,
     egress: Option<Vec<EgressHost>>,
+    /// Visible services by hostname.
+    by_host: HashMap<&'a str, &'a Service>,
+    /// Resolved hosts of each visible VirtualService and DestinationRule.
+    vs_hosts: Vec<(String, &'a Object)>,
+    dr_hosts: Vec<(String, &'a Object)>,
     domain: &'a str,
     root_namespace: &'a str,
     proxy_namespace: String,
@@ -62,6 +68,9 @@ impl<'a> ProxyScope<'a> {
             sidecar,
             outbound_mode,
             egress,
+            by_host: HashMap::new(),
+            vs_hosts: Vec::new(),
+            dr_hosts: Vec::new(),
             domain: view.registry.domain(),
             root_namespace: root,
             proxy_namespace: node.namespace.clone(),
@@ -121,6 +130,32 @@ impl<'a> ProxyScope<'a> {
                 })
             })
             .collect();
+        scope.by_host = scope
+            .services
+            .iter()
+            .map(|s| (s.hostname.as_str(), *s))
+            .collect();
+        scope.vs_hosts = scope
+            .virtual_services
+            .iter()
+            .flat_map(|o| {
+                let hosts = o.as_virtual_service().map_or(&[][..], |vs| &vs.hosts[..]);
+                hosts
+                    .iter()
+                    .map(|h| (resolve_config_host(h, o.namespace(), scope.domain), *o))
+            })
+            .collect();
+        scope.dr_hosts = scope
+            .destination_rules
+            .iter()
+            .filter_map(|o| {
+                let dr = o.as_destination_rule()?;
+                Some((
+                    resolve_config_host(&dr.host, o.namespace(), scope.domain),
+                    *o,
+                ))
+            })
+            .collect();
         scope
     }
 
@@ -137,9 +172,8 @@ impl<'a> ProxyScope<'a> {
     /// `namespace`) resolves to, if the proxy may see it.
     pub fn service(&self, host: &str, namespace: &str) -> Option<&'a Service> {
         let fqdn = resolve_config_host(host, namespace, self.domain);
-        self.services
-            .iter()
-            .find(|s| s.hostname == fqdn)
+        self.by_host
+            .get(fqdn.as_str())
             .or_else(|| {
                 // A wildcard ServiceEntry host covering the name.
                 self.services
@@ -163,25 +197,14 @@ impl<'a> ProxyScope<'a> {
     /// namespace/name.
     pub fn virtual_service_for(&self, hostname: &str) -> Option<(&'a Object, &'a VirtualService)> {
         let mut best: Option<(u8, &Object)> = None;
-        for o in &self.virtual_services {
-            let Some(vs) = o.as_virtual_service() else {
+        for (host, o) in &self.vs_hosts {
+            let rank = if host == hostname {
+                0
+            } else if host_matches(host, hostname) {
+                2
+            } else {
                 continue;
             };
-            let rank = vs
-                .hosts
-                .iter()
-                .filter_map(|h| {
-                    let host = resolve_config_host(h, o.namespace(), self.domain);
-                    if host == hostname {
-                        Some(0)
-                    } else if host_matches(&host, hostname) {
-                        Some(2)
-                    } else {
-                        None
-                    }
-                })
-                .min();
-            let Some(rank) = rank else { continue };
             let rank = rank + u8::from(o.namespace() != self.proxy_namespace);
             if best.is_none_or(|(r, _)| rank < r) {
                 best = Some((rank, o));
@@ -200,14 +223,10 @@ impl<'a> ProxyScope<'a> {
         service_ns: &str,
     ) -> Option<(&'a Object, &'a DestinationRule)> {
         let mut best: Option<((u8, u8), &Object)> = None;
-        for o in &self.destination_rules {
-            let Some(dr) = o.as_destination_rule() else {
-                continue;
-            };
-            let host = resolve_config_host(&dr.host, o.namespace(), self.domain);
+        for (host, o) in &self.dr_hosts {
             let exact = if host == hostname {
                 0
-            } else if host_matches(&host, hostname) {
+            } else if host_matches(host, hostname) {
                 1
             } else {
                 continue;

@@ -347,3 +347,84 @@ fn broken_examples_together_report_one_error_per_file() {
         "{s}"
     );
 }
+
+/// All documents of the demo, as `(kind, name) → document`.
+fn demo_objects() -> std::collections::BTreeMap<(String, String), serde_yaml::Value> {
+    use serde::Deserialize;
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(repo_root().join("examples/demo")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v = serde_yaml::Value::deserialize(doc).unwrap();
+            let kind = v["kind"].as_str().unwrap().to_string();
+            let name = v["metadata"]["name"].as_str().unwrap().to_string();
+            out.insert((kind, name), v);
+        }
+    }
+    out
+}
+
+#[test]
+fn demo_mesh_has_the_documented_shape() {
+    let objs = demo_objects();
+    let get = |k: &str, n: &str| {
+        objs.get(&(k.to_string(), n.to_string()))
+            .unwrap_or_else(|| panic!("examples/demo has no {k} {n}"))
+    };
+    assert_eq!(
+        get("Namespace", "demo")["metadata"]["labels"]["istio-injection"],
+        "enabled"
+    );
+    for (app, version, port) in [
+        ("frontend", "v1", 8080),
+        ("reviews", "v1", 9080),
+        ("reviews", "v2", 9080),
+        ("ratings", "v1", 9080),
+    ] {
+        get("ServiceAccount", app);
+        let svc = get("Service", app);
+        assert_eq!(svc["spec"]["ports"][0]["name"], "http");
+        assert_eq!(svc["spec"]["ports"][0]["port"], port);
+        let dep = get("Deployment", &format!("{app}-{version}"));
+        let pod = &dep["spec"]["template"];
+        assert_eq!(pod["metadata"]["labels"]["app"], app);
+        assert_eq!(pod["metadata"]["labels"]["version"], version);
+        assert_eq!(pod["spec"]["serviceAccountName"], app);
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(c["image"], "weft/demo-http:latest");
+        let args: Vec<&str> = c["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(
+            args.windows(2).any(|w| w == ["--version", version]),
+            "{args:?}"
+        );
+    }
+    let vs = &get("VirtualService", "reviews")["spec"]["http"];
+    assert_eq!(vs[0]["match"][0]["headers"]["end-user"]["exact"], "jason");
+    assert_eq!(vs[0]["route"][0]["destination"]["subset"], "v2");
+    assert_eq!(vs[1]["route"][0]["destination"]["subset"], "v1");
+    assert_eq!(vs[1]["route"][0]["weight"], 90);
+    assert_eq!(vs[1]["route"][1]["destination"]["subset"], "v2");
+    assert_eq!(vs[1]["route"][1]["weight"], 10);
+    let dr = &get("DestinationRule", "reviews")["spec"]["subsets"];
+    assert_eq!(dr[0]["labels"]["version"], "v1");
+    assert_eq!(dr[1]["labels"]["version"], "v2");
+    assert_eq!(
+        get("PeerAuthentication", "default")["spec"]["mtls"]["mode"],
+        "STRICT"
+    );
+    let ap = &get("AuthorizationPolicy", "reviews-from-frontend")["spec"];
+    assert_eq!(ap["selector"]["matchLabels"]["app"], "reviews");
+    assert_eq!(
+        ap["rules"][0]["from"][0]["source"]["principals"][0],
+        "cluster.local/ns/demo/sa/frontend"
+    );
+}

@@ -274,6 +274,9 @@ fn load_reports_counts_statuses_and_versions() {
     assert_eq!(summary["versions"]["v2"], 40);
     assert_eq!(summary["names"]["reviews"], 40);
     assert_eq!(summary["downstream"]["ratings v1"], 30);
+    // No sidecar in front of the apps here, so no hop has a peer identity.
+    assert_eq!(summary["peers"]["reviews <- none"], 40);
+    assert_eq!(summary["peers"]["ratings <- none"], 30);
     let p50 = summary["latency_ms"]["p50"].as_f64().expect("p50");
     let p99 = summary["latency_ms"]["p99"].as_f64().expect("p99");
     assert!(p50 > 0.0 && p50 <= p99, "p50 {p50} p99 {p99}");
@@ -337,4 +340,30 @@ fn load_rejects_bad_flags_naming_them() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn http_app_reports_peer_identity_from_xfcc() {
+    let app = Server::start(&["http", "--listen", "127.0.0.1:0", "--name", "reviews"]);
+    let (_, reply) = get_json(app.addr, "/", &[]);
+    assert_eq!(reply["peer"], Value::Null);
+    let xfcc = "By=spiffe://cluster.local/ns/demo/sa/reviews;Hash=ab;URI=spiffe://cluster.local/ns/demo/sa/frontend";
+    let (_, reply) = get_json(app.addr, "/", &[("x-forwarded-client-cert", xfcc)]);
+    assert_eq!(reply["peer"], "spiffe://cluster.local/ns/demo/sa/frontend");
+    let output = run_weft(&[
+        "app",
+        "load",
+        "--url",
+        &app.url("/"),
+        "--requests",
+        "3",
+        "-H",
+        &format!("x-forwarded-client-cert: {xfcc}"),
+        "--json",
+    ]);
+    let summary: Value = serde_json::from_slice(&output.stdout).expect("summary is JSON");
+    assert_eq!(
+        summary["peers"]["reviews <- spiffe://cluster.local/ns/demo/sa/frontend"],
+        3
+    );
 }

@@ -197,6 +197,12 @@ impl App {
             }
         }
 
+        // The caller's verified mesh identity, if the sidecar told us.
+        let peer = request
+            .headers()
+            .get("x-forwarded-client-cert")
+            .and_then(|v| v.to_str().ok())
+            .and_then(super::peer::peer_uri);
         let reply = json!({
             "name": self.name,
             "version": self.version,
@@ -204,6 +210,7 @@ impl App {
             "method": request.method().as_str(),
             "path": request.uri().path(),
             "host": host,
+            "peer": peer,
             "headers": headers,
             "downstream": downstream,
         });
@@ -234,13 +241,14 @@ fn render_text(reply: &Value, depth: usize) -> String {
     let pad = "  ".repeat(depth);
     let field = |k: &str| reply.get(k).and_then(Value::as_str).unwrap_or("");
     let mut out = format!(
-        "{pad}name={} version={} status={} {} {} host={}\n",
+        "{pad}name={} version={} status={} {} {} host={} peer={}\n",
         field("name"),
         field("version"),
         reply.get("status").and_then(Value::as_u64).unwrap_or(0),
         field("method"),
         field("path"),
         field("host"),
+        reply.get("peer").and_then(Value::as_str).unwrap_or("none"),
     );
     if let Some(headers) = reply.get("headers").and_then(Value::as_object) {
         for (name, value) in headers {

@@ -211,6 +211,7 @@ fn summarize(url: &Uri, samples: &[Sample], elapsed: Duration) -> Value {
     let mut versions: BTreeMap<String, u64> = BTreeMap::new();
     let mut names: BTreeMap<String, u64> = BTreeMap::new();
     let mut downstream: BTreeMap<String, u64> = BTreeMap::new();
+    let mut peers: BTreeMap<String, u64> = BTreeMap::new();
     let mut ok = 0u64;
     for sample in samples {
         let key = sample
@@ -227,7 +228,8 @@ fn summarize(url: &Uri, samples: &[Sample], elapsed: Duration) -> Value {
             if let Some(n) = body.get("name").and_then(Value::as_str) {
                 *names.entry(n.to_owned()).or_default() += 1;
             }
-            tally_downstream(body, &mut downstream);
+            tally_peer(body, &mut peers);
+            tally_downstream(body, &mut downstream, &mut peers);
         }
     }
     let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
@@ -252,12 +254,17 @@ fn summarize(url: &Uri, samples: &[Sample], elapsed: Duration) -> Value {
         "versions": versions,
         "names": names,
         "downstream": downstream,
+        "peers": peers,
     })
 }
 
 /// Counts `name version` of every nested downstream reply (e.g. which
 /// `reviews` version answered behind `frontend`).
-fn tally_downstream(body: &Value, tally: &mut BTreeMap<String, u64>) {
+fn tally_downstream(
+    body: &Value,
+    tally: &mut BTreeMap<String, u64>,
+    peers: &mut BTreeMap<String, u64>,
+) {
     for call in body
         .get("downstream")
         .and_then(Value::as_array)
@@ -268,9 +275,18 @@ fn tally_downstream(body: &Value, tally: &mut BTreeMap<String, u64>) {
             let name = inner.get("name").and_then(Value::as_str).unwrap_or("?");
             let version = inner.get("version").and_then(Value::as_str).unwrap_or("?");
             *tally.entry(format!("{name} {version}")).or_default() += 1;
-            tally_downstream(inner, tally);
+            tally_peer(inner, peers);
+            tally_downstream(inner, tally, peers);
         }
     }
+}
+
+/// Counts, per serving app, which caller identity it saw (`name <- peer`,
+/// or `name <- none` when the hop arrived without a verified client cert).
+fn tally_peer(reply: &Value, peers: &mut BTreeMap<String, u64>) {
+    let name = reply.get("name").and_then(Value::as_str).unwrap_or("?");
+    let peer = reply.get("peer").and_then(Value::as_str).unwrap_or("none");
+    *peers.entry(format!("{name} <- {peer}")).or_default() += 1;
 }
 
 fn render(summary: &Value) -> String {
@@ -292,6 +308,7 @@ fn render(summary: &Value) -> String {
         ("versions", "versions"),
         ("names", "names"),
         ("downstream", "downstream"),
+        ("peer identity seen by each server", "peers"),
     ] {
         let Some(map) = summary.get(key).and_then(Value::as_object) else {
             continue;

@@ -6,6 +6,7 @@
 mod client;
 mod http;
 mod load;
+mod peer;
 mod tcp;
 
 use clap::Subcommand;

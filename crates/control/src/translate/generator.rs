@@ -42,14 +42,18 @@ impl TranslationGenerator {
     pub fn resources(&self, node: &NodeInfo) -> Result<Arc<ProxyResources>, super::NodeError> {
         let view = self.view();
         let key = node.id.clone();
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((version, res)) = cache.get(&key)
-            && *version == view.version
         {
-            return Ok(Arc::clone(res));
+            let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((version, res)) = cache.get(&key)
+                && *version == view.version
+            {
+                return Ok(Arc::clone(res));
+            }
         }
+        // Translate without holding the cache: proxies translate in parallel.
         let proxy = ProxyNode::from_node(&node.node)?;
         let res = Arc::new(view.translate(&proxy));
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         cache.retain(|_, (v, _)| *v == view.version);
         cache.insert(key, (view.version, Arc::clone(&res)));
         Ok(res)

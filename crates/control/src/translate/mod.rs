@@ -20,7 +20,15 @@
 //! - [`generator`]: the [`weft_xds::Generator`] weftd serves.
 //!
 //! Nothing here performs I/O. Output is deterministic: every list is sorted
-//! by resource name, so equal inputs give byte-equal resources.
+//! by resource name, and [`ProxyResources::resource_set`] encodes map fields
+//! in sorted order ([`canonical`]), so equal inputs give byte-equal
+//! resources and equal xDS versions.
+//!
+//! Not translated yet (accepted by weft-api, ignored here): Sidecar egress
+//! listeners' `port`/`bind`/`captureMode` and `ingress` listeners,
+//! VirtualService `delegate`, TLS routes (`tls:`) and VirtualService hosts
+//! that name no service, `localityLbSetting`, `ISTIO_MUTUAL` (needs SDS),
+//! auto mTLS, gateways (`router` proxies get the sidecar shape).
 
 pub mod canonical;
 pub mod cluster;

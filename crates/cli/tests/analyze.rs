@@ -1,12 +1,19 @@
 //! `weft analyze` end to end: runs the real `weft` binary on the demo mesh,
-//! on each deliberately broken example (alone in a temp dir) and on a few
-//! hand-written cases, and checks exit codes, text and JSON output.
+//! on the whole `examples/` tree, on each deliberately broken manifest from
+//! `tests/analyze/broken` (alone in a temp dir) and on a few hand-written
+//! cases, and checks exit codes, text and JSON output.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The deliberately broken manifests. They live outside `examples/` so that
+/// `weft analyze examples/` stays clean.
+fn broken_dir() -> PathBuf {
+    repo_root().join("tests/analyze/broken")
 }
 
 fn weft_analyze(args: &[&str]) -> Output {
@@ -46,7 +53,32 @@ fn demo_mesh_is_clean() {
     );
 }
 
-/// One broken example: file name, object, field path, reason substring.
+/// Issue 5's done-when: the whole `examples/` tree (read recursively, so it
+/// covers the demo and any example added later) analyzes clean.
+#[test]
+fn whole_examples_directory_is_clean() {
+    let examples = repo_root().join("examples");
+    let out = weft_analyze(&[examples.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{text}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("error: ")),
+        "examples/ must hold no broken manifests:\n{text}"
+    );
+    assert!(!text.lines().any(|l| l.starts_with("warning: ")), "{text}");
+    assert!(text.contains("No validation issues found ("), "{text}");
+    // The demo alone is 6 files / 15 objects; examples/ holds at least that.
+    let summary = text.lines().last().unwrap_or_default();
+    let files: usize = summary
+        .trim_start_matches("No validation issues found (")
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read file count from {summary:?}"));
+    assert!(files >= 6, "{summary}");
+}
+
+/// One broken manifest: file name, object, field path, reason substring.
 struct Broken {
     file: &'static str,
     object: &'static str,
@@ -119,8 +151,8 @@ const BROKEN: &[Broken] = &[
 
 #[test]
 fn every_broken_file_is_listed_in_this_test() {
-    let mut on_disk: Vec<String> = std::fs::read_dir(repo_root().join("examples/broken"))
-        .expect("read examples/broken")
+    let mut on_disk: Vec<String> = std::fs::read_dir(broken_dir())
+        .expect("read tests/analyze/broken")
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".yaml"))
         .collect();
@@ -133,7 +165,7 @@ fn every_broken_file_is_listed_in_this_test() {
 #[test]
 fn each_broken_file_reports_its_problem_precisely() {
     for b in BROKEN {
-        let src = repo_root().join("examples/broken").join(b.file);
+        let src = broken_dir().join(b.file);
         let text = std::fs::read_to_string(&src).expect("read broken example");
         assert!(
             text.starts_with("# Expected error:"),
@@ -177,7 +209,7 @@ fn each_broken_file_reports_its_problem_precisely() {
 
 #[test]
 fn json_output_parses_and_names_the_field() {
-    let src = repo_root().join("examples/broken/negative-retries.yaml");
+    let src = broken_dir().join("negative-retries.yaml");
     let text = std::fs::read_to_string(src).unwrap();
     let dir = dir_with(&[("vs.yaml", &text)]);
     let out = weft_analyze(&[dir.path().to_str().unwrap(), "-o", "json"]);
@@ -327,7 +359,7 @@ fn help_documents_exit_codes() {
 
 #[test]
 fn broken_examples_together_report_one_error_per_file() {
-    let broken = repo_root().join("examples/broken");
+    let broken = broken_dir();
     let out = weft_analyze(&[broken.to_str().unwrap()]);
     let s = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{s}");

@@ -14,6 +14,7 @@
 //! - `admin`, `stats`, `accesslog`, `agent`, `logging`, `sniff`: the control
 //!   thread's ports, metrics, Envoy-format access logs, pilot-agent commands,
 //!   log levels, and the protocol sniffer.
+//! - `xds`: the sidecar mode, an ADS client of weftd (`weft-proxy run --xds-address`).
 
 pub mod accesslog;
 pub mod config;
@@ -31,5 +32,6 @@ pub mod agent;
 pub mod logging;
 pub mod server;
 pub mod sniff;
+pub mod xds;
 
 pub use server::{Options, Proxy, StartError};

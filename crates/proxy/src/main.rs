@@ -17,6 +17,19 @@ use std::time::Duration;
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Flags of the data plane (`weft-proxy [run] ...`).
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// weftd's xDS address (HOST:PORT): the sidecar mode. Without --config it
+    /// defaults to $XDS_ADDRESS, $PILOT_ADDRESS or PROXY_CONFIG's discoveryAddress.
+    #[arg(long, value_name = "HOST:PORT")]
+    xds_address: Option<String>,
     /// Envoy v3 bootstrap file (YAML or JSON) with static_resources to serve.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -41,12 +54,12 @@ struct Cli {
     /// Log level (trace, debug, info, warn, error); RUST_LOG wins.
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
-    #[command(subcommand)]
-    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the data plane (the default): from --config, or as weftd's xDS client.
+    Run(RunArgs),
     /// Set up traffic capture in the current network namespace (istio-iptables).
     Iptables(weft_capture::cli::IptablesArgs),
     /// Remove the traffic-capture rules that `iptables` added.
@@ -88,8 +101,14 @@ fn addr_flag(v: &str, flag: &str) -> anyhow::Result<Option<SocketAddr>> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    weft_proxy::logging::init(&cli.log_level);
-    match cli.command {
+    let log_level = match &cli.command {
+        Some(Command::Run(r)) => r.log_level.clone(),
+        _ => cli.run.log_level.clone(),
+    };
+    weft_proxy::logging::init(&log_level);
+    let cli_run = cli.run;
+    let run = match cli.command {
+        Some(Command::Run(r)) => r,
         Some(Command::Iptables(args)) => return Ok(args.run()?),
         Some(Command::CleanIptables(args)) => return Ok(args.run()?),
         Some(Command::Version) => {
@@ -121,10 +140,28 @@ fn main() -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        None => {}
-    }
+        None => cli_run,
+    };
+    run_proxy(run)
+}
+
+fn run_proxy(cli: RunArgs) -> anyhow::Result<()> {
+    let opts = weft_proxy::Options {
+        concurrency: cli.concurrency,
+        admin_address: cli.admin_address,
+        health_address: addr_flag(&cli.health_address, "health-address")?,
+        prometheus_address: addr_flag(&cli.prometheus_address, "prometheus-address")?,
+        drain_timeout: Duration::from_secs(cli.drain_timeout_seconds),
+    };
     let Some(config) = cli.config else {
-        anyhow::bail!("--config FILE is required to run the proxy (see --help)");
+        let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+        let address = match cli.xds_address {
+            Some(a) => a,
+            None => weft_proxy::xds::address_from_env(&env)
+                .map_err(anyhow::Error::msg)?
+                .context("give --config FILE, or --xds-address HOST:PORT (or set XDS_ADDRESS, PILOT_ADDRESS or PROXY_CONFIG's discoveryAddress)")?,
+        };
+        return run_xds(&address, &env, opts);
     };
     let loaded = weft_proxy::config::load_file(&config)?;
     if cli.validate {
@@ -133,16 +170,46 @@ fn main() -> anyhow::Result<()> {
         println!("configuration '{}' OK", config.display());
         return Ok(());
     }
-    let opts = weft_proxy::Options {
-        concurrency: cli.concurrency,
-        admin_address: cli.admin_address,
-        health_address: addr_flag(&cli.health_address, "health-address")?,
-        prometheus_address: addr_flag(&cli.prometheus_address, "prometheus-address")?,
-        drain_timeout: Duration::from_secs(cli.drain_timeout_seconds),
-    };
     let drain_timeout = opts.drain_timeout;
     let proxy = weft_proxy::Proxy::start(loaded, opts)?;
     weft_proxy::server::run_until_signal(&proxy, drain_timeout, Some(&config))?;
     proxy.join();
+    Ok(())
+}
+
+/// The sidecar mode: waits for the first listeners and clusters from weftd,
+/// then serves until a signal while the client keeps applying updates.
+fn run_xds(
+    address: &str,
+    env: &std::collections::HashMap<String, String>,
+    mut opts: weft_proxy::Options,
+) -> anyhow::Result<()> {
+    let md = weft_proxy::xds::metadata_from_env(env).map_err(anyhow::Error::msg)?;
+    let node = md.to_node();
+    if opts.admin_address.is_none() {
+        opts.admin_address = Some(SocketAddr::from(([127, 0, 0, 1], 15000)));
+    }
+    let drain_timeout = opts.drain_timeout;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let applier = weft_proxy::xds::XdsApplier::new(node.id.clone(), opts, tx);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("weft:xds")
+        .enable_all()
+        .build()
+        .context("starting the xDS client runtime")?;
+    let url = weft_proxy::xds::address_url(address);
+    tracing::info!(%url, node = %node.id, "connecting to weftd over ADS");
+    let config = weft_xds::ClientConfig::new(url, node);
+    let handle = rt
+        .block_on(async { weft_xds::AdsClient::spawn(config, applier) })
+        .with_context(|| format!("--xds-address {address:?}"))?;
+    let proxy = rx
+        .recv()
+        .context("the xDS client stopped before the first configuration")?
+        .map_err(anyhow::Error::msg)?;
+    weft_proxy::server::run_until_signal(&proxy, drain_timeout, None)?;
+    proxy.join();
+    rt.block_on(handle.shutdown());
     Ok(())
 }

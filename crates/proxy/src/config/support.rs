@@ -59,6 +59,10 @@ const PARTIAL: &[(&str, &[&str])] = &[
         &["name", "typed_config"],
     ),
     (
+        "envoy.extensions.filters.network.http_connection_manager.v3.Rds",
+        &["config_source", "route_config_name"],
+    ),
+    (
         "envoy.config.cluster.v3.Cluster.EdsClusterConfig",
         &["eds_config", "service_name"],
     ),
@@ -183,6 +187,7 @@ const PARTIAL: &[(&str, &[&str])] = &[
             "stat_prefix",
             "codec_type",
             "route_config",
+            "rds",
             "http_filters",
             "access_log",
             "use_remote_address",

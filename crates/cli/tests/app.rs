@@ -367,3 +367,49 @@ fn http_app_reports_peer_identity_from_xfcc() {
         3
     );
 }
+
+#[tokio::test]
+async fn http_app_speaks_h2c_with_prior_knowledge() {
+    use http_body_util::{BodyExt, Empty};
+    let app = Server::start(&[
+        "http",
+        "--listen",
+        "127.0.0.1:0",
+        "--name",
+        "h2app",
+        "--version",
+        "v9",
+    ]);
+    let stream = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(connection);
+    let request = hyper::Request::get(app.url("/over-h2"))
+        .header("end-user", "jason")
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let response = tokio::time::timeout(IO_TIMEOUT, sender.send_request(request))
+        .await
+        .expect("reply in time")
+        .expect("h2 reply");
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let reply: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(reply["name"], "h2app");
+    assert_eq!(reply["version"], "v9");
+    assert_eq!(reply["path"], "/over-h2");
+    assert_eq!(reply["host"], app.addr.to_string());
+    assert_eq!(reply["headers"]["end-user"], "jason");
+}

@@ -4,6 +4,8 @@
 //! Today it holds the namespace view of the file config source
 //! ([`namespaces`]) and the sidecar-injection webhook ([`webhook`]).
 
+pub mod debug;
+pub mod discovery;
 pub mod namespaces;
 pub mod translate;
 pub mod webhook;

@@ -1,11 +1,15 @@
-//! `weftd`, the control plane (istiod's counterpart). For now it serves the
-//! sidecar-injection webhook: namespaces come from `--config file://DIR`.
+//! `weftd`, the control plane (istiod's counterpart): loads and watches
+//! `--config file://DIR`, serves ADS (state of the world and delta) on
+//! `--xds-addr`, metrics and debug endpoints on `--monitoring-addr`, and the
+//! sidecar-injection webhook on `--webhook-addr`.
 
 use anyhow::Context;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use weft_control::debug;
+use weft_control::discovery::{Discovery, DiscoveryOptions};
 use weft_control::namespaces::{NamespaceStore, parse_source};
 use weft_control::webhook::{self, WebhookState, tls};
 use weft_inject::{InjectionConfig, Settings};
@@ -18,6 +22,15 @@ struct Args {
     /// Config source: file://DIR (Namespace objects in DIR's YAML files).
     #[arg(long, value_name = "file://DIR")]
     config: String,
+    /// Address of the ADS gRPC server (plaintext, SotW and delta).
+    #[arg(long = "xds-addr", default_value = "0.0.0.0:15010")]
+    xds_addr: SocketAddr,
+    /// Address of `/metrics` and `/debug/...` (plain HTTP).
+    #[arg(long = "monitoring-addr", default_value = "0.0.0.0:15014")]
+    monitoring_addr: SocketAddr,
+    /// Push debounce quiet period in milliseconds (PILOT_DEBOUNCE_AFTER).
+    #[arg(long = "debounce-ms", default_value_t = 100)]
+    debounce_ms: u64,
     /// Address of the HTTPS webhook server.
     #[arg(long = "webhook-addr", default_value = "0.0.0.0:15017")]
     webhook_addr: SocketAddr,
@@ -101,6 +114,14 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("--ca-bundle-out {}", out.display()))?;
     }
     let tls_config = tls::server_config(cert)?;
+    let mut opts = DiscoveryOptions::default();
+    opts.push_debounce.after = std::time::Duration::from_millis(args.debounce_ms);
+    let discovery = Arc::new(Discovery::start(&dir, opts)?);
+    let xds = weft_xds::server::bind(args.xds_addr)
+        .with_context(|| format!("--xds-addr {}", args.xds_addr))?;
+    let monitoring = tokio::net::TcpListener::bind(args.monitoring_addr)
+        .await
+        .with_context(|| format!("--monitoring-addr {}", args.monitoring_addr))?;
     let https = tokio::net::TcpListener::bind(args.webhook_addr)
         .await
         .with_context(|| format!("--webhook-addr {}", args.webhook_addr))?;
@@ -112,6 +133,9 @@ async fn main() -> anyhow::Result<()> {
         namespaces,
     });
     tracing::info!(
+        xds = %xds.local_addr()?,
+        monitoring = %monitoring.local_addr()?,
+        config_version = discovery.store().snapshot().version,
         webhook = %https.local_addr()?,
         ready = %http.local_addr()?,
         namespaces = state.namespaces.len(),
@@ -120,13 +144,18 @@ async fn main() -> anyhow::Result<()> {
     );
     // Machine-readable line for scripts that start weftd on port 0.
     println!(
-        "webhook-addr={} ready-addr={}",
+        "webhook-addr={} ready-addr={} xds-addr={} monitoring-addr={}",
         https.local_addr()?,
-        http.local_addr()?
+        http.local_addr()?,
+        xds.local_addr()?,
+        monitoring.local_addr()?
     );
+    let server = discovery.server().clone();
     tokio::select! {
         _ = webhook::serve_https(https, tls_config, state.clone()) => {}
         _ = webhook::serve_http(http, state) => {}
+        r = server.serve(xds, std::future::pending()) => { r.context("ADS server")?; }
+        _ = debug::serve(monitoring, discovery.clone()) => {}
         r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; tracing::info!("shutting down"); }
     }
     Ok(())

@@ -34,6 +34,10 @@ fn start(config_dir: &Path, extra: &[&str]) -> Weftd {
             "127.0.0.1:0",
             "--ready-addr",
             "127.0.0.1:0",
+            "--xds-addr",
+            "127.0.0.1:0",
+            "--monitoring-addr",
+            "127.0.0.1:0",
         ])
         .args(extra)
         .stdout(Stdio::piped())

@@ -1,0 +1,261 @@
+//! Distribution: the config store feeding translation and the ADS server.
+//!
+//! [`Discovery`] owns the file config source (a watched
+//! [`weft_api::store::Store`]), the [`TranslationGenerator`] serving the
+//! current [`MeshView`], the debounced [`Pusher`], the [`AdsServer`]
+//! (state of the world and delta) and the Prometheus registry holding the
+//! `pilot_*` metrics and weftd's config metrics. On every new snapshot it
+//! swaps in a new view and triggers a push: endpoints-only when only
+//! workload objects changed and every service kept its ports and VIPs,
+//! full otherwise.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry as PromRegistry;
+use weft_api::store::{Snapshot, Store, StoreError, StoreOptions};
+use weft_api::watch::{self, WatchError, Watcher};
+use weft_xds::{AdsServer, DebounceConfig, PushRequest, Pusher, ServerOptions, XdsMetrics};
+
+use crate::translate::{MeshView, TranslateOptions, TranslationGenerator};
+
+/// Errors starting discovery.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// The config directory could not be loaded.
+    #[error("--config {dir}: {source}")]
+    Store {
+        /// The directory.
+        dir: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// The config directory could not be watched.
+    #[error("--config {dir}: cannot watch: {source}")]
+    Watch {
+        /// The directory.
+        dir: String,
+        /// Why.
+        source: WatchError,
+    },
+}
+
+/// Settings of [`Discovery`].
+#[derive(Debug, Clone)]
+pub struct DiscoveryOptions {
+    /// Translation settings (domain, root namespace).
+    pub translate: TranslateOptions,
+    /// Quiet period of the file watch (bursts of file events coalesce).
+    pub watch_debounce: Duration,
+    /// Push debouncing (Istio's `PILOT_DEBOUNCE_AFTER` / `_MAX`).
+    pub push_debounce: DebounceConfig,
+}
+
+impl Default for DiscoveryOptions {
+    fn default() -> Self {
+        DiscoveryOptions {
+            translate: TranslateOptions::default(),
+            watch_debounce: watch::DEFAULT_DEBOUNCE,
+            push_debounce: DebounceConfig::default(),
+        }
+    }
+}
+
+/// Config metrics weftd exports beside the `pilot_*` ones.
+#[derive(Debug, Default, Clone)]
+struct ConfigMetrics {
+    /// Error problems in the current snapshot.
+    errors: Gauge,
+    /// Objects served from their last good version.
+    stale: Gauge,
+    /// Snapshots applied (initial load included).
+    snapshots: Counter,
+    /// Pushes triggered, full and endpoints-only.
+    full_pushes: Counter,
+    eds_pushes: Counter,
+}
+
+impl ConfigMetrics {
+    fn register(&self, r: &mut PromRegistry) {
+        r.register(
+            "weft_config_errors",
+            "Invalid config objects in the current snapshot (their last good version is served).",
+            self.errors.clone(),
+        );
+        r.register(
+            "weft_config_stale_objects",
+            "Objects served from their last good version because the current one is invalid.",
+            self.stale.clone(),
+        );
+        r.register(
+            "weft_config_snapshots",
+            "Config snapshots applied.",
+            self.snapshots.clone(),
+        );
+        r.register(
+            "weft_push_triggers_full",
+            "Full xDS pushes triggered by config changes.",
+            self.full_pushes.clone(),
+        );
+        r.register(
+            "weft_push_triggers_eds",
+            "Endpoints-only xDS pushes triggered by workload changes.",
+            self.eds_pushes.clone(),
+        );
+    }
+
+    fn observe(&self, s: &Snapshot) {
+        let errors = s.problems.iter().filter(|p| p.is_error()).count();
+        self.errors.set(i64::try_from(errors).unwrap_or(i64::MAX));
+        self.stale
+            .set(i64::try_from(s.stale.len()).unwrap_or(i64::MAX));
+        self.snapshots.inc();
+    }
+}
+
+/// What changed between two views, as a push request.
+fn push_for(
+    prev: &MeshView,
+    next: &MeshView,
+    prev_snap: &Snapshot,
+    snap: &Snapshot,
+) -> PushRequest {
+    let changes = snap.diff(prev_snap);
+    let reason = format!(
+        "config v{} -> v{}: {} object(s) changed",
+        prev_snap.version,
+        snap.version,
+        changes.keys().count()
+    );
+    let same_services =
+        prev.registry.services().eq(next.registry.services()) && prev.mesh == next.mesh;
+    if !changes.is_empty() && changes.only_workloads() && same_services {
+        PushRequest::endpoints(reason)
+    } else {
+        PushRequest::full(reason)
+    }
+}
+
+/// The running discovery service. Keep it alive for as long as weftd runs:
+/// dropping it stops the config watch.
+pub struct Discovery {
+    store: Arc<Store>,
+    generator: Arc<TranslationGenerator>,
+    pusher: Pusher,
+    server: AdsServer,
+    metrics: Arc<PromRegistry>,
+    _watcher: Watcher,
+}
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery")
+            .field("dir", &self.store.dir())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Discovery {
+    /// Loads `dir`, starts watching it and prepares the ADS server (serve
+    /// it with [`Self::server`]). Must run inside a Tokio runtime.
+    pub fn start(
+        dir: &std::path::Path,
+        options: DiscoveryOptions,
+    ) -> Result<Discovery, DiscoveryError> {
+        let shown = dir.display().to_string();
+        let store = Arc::new(
+            Store::load(
+                dir,
+                StoreOptions {
+                    domain: options.translate.domain.clone(),
+                },
+            )
+            .map_err(|source| DiscoveryError::Store {
+                dir: shown.clone(),
+                source,
+            })?,
+        );
+        let mut prom = PromRegistry::default();
+        let xds_metrics = Arc::new(XdsMetrics::new(&mut prom));
+        let config_metrics = ConfigMetrics::default();
+        config_metrics.register(&mut prom);
+
+        let first = store.snapshot();
+        config_metrics.observe(&first);
+        let view = MeshView::new(&first, options.translate.clone());
+        let generator = Arc::new(TranslationGenerator::new(view));
+        let pusher = Pusher::spawn(options.push_debounce);
+        let server = AdsServer::new(
+            generator.clone(),
+            &pusher,
+            xds_metrics,
+            ServerOptions::default(),
+        );
+        pusher.trigger(PushRequest::full(format!(
+            "initial config v{}",
+            first.version
+        )));
+
+        let last = Mutex::new(first);
+        let (gen2, push2, translate) = (generator.clone(), pusher.clone(), options.translate);
+        let watcher = watch::watch(Arc::clone(&store), options.watch_debounce, move |snap| {
+            let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+            config_metrics.observe(&snap);
+            let next = MeshView::new(&snap, translate.clone());
+            let prev = gen2.view();
+            let request = push_for(&prev, &next, &last, &snap);
+            tracing::info!(
+                version = snap.version,
+                objects = snap.len(),
+                errors = snap.problems.iter().filter(|p| p.is_error()).count(),
+                stale = snap.stale.len(),
+                scope = ?request.scope,
+                "config changed; pushing"
+            );
+            if matches!(request.scope, weft_xds::PushScope::Full) {
+                config_metrics.full_pushes.inc();
+            } else {
+                config_metrics.eds_pushes.inc();
+            }
+            gen2.update(next);
+            push2.trigger(request);
+            *last = snap;
+        })
+        .map_err(|source| DiscoveryError::Watch { dir: shown, source })?;
+        Ok(Discovery {
+            store,
+            generator,
+            pusher,
+            server,
+            metrics: Arc::new(prom),
+            _watcher: watcher,
+        })
+    }
+
+    /// The ADS server (serve it on `--xds-addr`; read its sync status).
+    pub fn server(&self) -> &AdsServer {
+        &self.server
+    }
+
+    /// The translation generator (current view, per-proxy resources).
+    pub fn generator(&self) -> &Arc<TranslationGenerator> {
+        &self.generator
+    }
+
+    /// The config store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The pusher, to trigger pushes from other sources.
+    pub fn pusher(&self) -> &Pusher {
+        &self.pusher
+    }
+
+    /// Every metric weftd exports on `/metrics`.
+    pub fn metrics(&self) -> &Arc<PromRegistry> {
+        &self.metrics
+    }
+}

@@ -23,7 +23,8 @@ use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::Ori
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use weft_api::networking::OutboundTrafficMode;
-use weft_api::registry::{Service, labels_match};
+use weft_api::networking::RouteDestination;
+use weft_api::registry::{Service, host_matches, labels_match, resolve_config_host};
 use weft_api::validate::Protocol;
 
 use super::cluster::{
@@ -143,29 +144,24 @@ fn port_listener(name: String, address: &str, port: u32) -> Listener {
 }
 
 /// The TCP destinations of `svc` on `port` for this proxy: the first
-/// applicable `tcp` rule of its VirtualService, else the service itself.
+/// applicable `tcp` rule of its VirtualService, else the first `tls` rule
+/// whose `sniHosts` cover the service host, else the service itself.
 fn tcp_destinations(
     scope: &ProxyScope<'_>,
     node: &ProxyNode,
     svc: &Service,
     port: u32,
 ) -> Vec<(String, u32)> {
+    let l4_applies = |p: Option<u32>,
+                      labels: &std::collections::BTreeMap<String, String>,
+                      ns: &Option<String>| {
+        p.is_none_or(|p| p == port)
+            && (labels.is_empty() || labels_match(labels, &node.labels))
+            && ns.as_ref().is_none_or(|ns| *ns == node.namespace)
+    };
     if let Some((obj, vs)) = scope.virtual_service_for(&svc.hostname) {
-        for rule in &vs.tcp {
-            let applies = rule.matches.is_empty()
-                || rule.matches.iter().any(|m| {
-                    m.port.is_none_or(|p| p == port)
-                        && (m.source_labels.is_empty()
-                            || labels_match(&m.source_labels, &node.labels))
-                        && m.source_namespace
-                            .as_ref()
-                            .is_none_or(|ns| *ns == node.namespace)
-                });
-            if !applies {
-                continue;
-            }
-            let dests: Vec<(String, u32)> = rule
-                .route
+        let to_dests = |route: &[RouteDestination]| -> Vec<(String, u32)> {
+            route
                 .iter()
                 .filter_map(|rd| {
                     let d = rd.destination.as_ref()?;
@@ -186,8 +182,39 @@ fn tcp_destinations(
                     let w = u32::try_from(rd.weight.unwrap_or(0)).unwrap_or(0);
                     Some((name, w))
                 })
-                .filter(|(_, w)| rule.route.len() == 1 || *w > 0)
-                .collect();
+                .filter(|(_, w)| route.len() == 1 || *w > 0)
+                .collect()
+        };
+        for rule in &vs.tcp {
+            let applies = rule.matches.is_empty()
+                || rule
+                    .matches
+                    .iter()
+                    .any(|m| l4_applies(m.port, &m.source_labels, &m.source_namespace));
+            let dests = if applies {
+                to_dests(&rule.route)
+            } else {
+                Vec::new()
+            };
+            if !dests.is_empty() {
+                return dests;
+            }
+        }
+        for rule in &vs.tls {
+            let applies = rule.matches.iter().any(|m| {
+                l4_applies(m.port, &m.source_labels, &m.source_namespace)
+                    && m.sni_hosts.iter().any(|h| {
+                        host_matches(
+                            &resolve_config_host(h, obj.namespace(), scope.domain()),
+                            &svc.hostname,
+                        ) || host_matches(&svc.hostname, h)
+                    })
+            });
+            let dests = if applies {
+                to_dests(&rule.route)
+            } else {
+                Vec::new()
+            };
             if !dests.is_empty() {
                 return dests;
             }

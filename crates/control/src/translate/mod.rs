@@ -26,8 +26,8 @@
 //!
 //! Not translated yet (accepted by weft-api, ignored here): Sidecar egress
 //! listeners' `port`/`bind`/`captureMode` and `ingress` listeners,
-//! VirtualService `delegate`, TLS routes (`tls:`) and VirtualService hosts
-//! that name no service, `localityLbSetting`, `ISTIO_MUTUAL` (needs SDS),
+//! VirtualService `delegate` and hosts that name no service, TLS routes by
+//! SNI beyond picking a service's destinations, `localityLbSetting`, `ISTIO_MUTUAL` (needs SDS),
 //! auto mTLS, gateways (`router` proxies get the sidecar shape).
 
 pub mod canonical;

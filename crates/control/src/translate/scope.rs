@@ -184,6 +184,11 @@ impl<'a> ProxyScope<'a> {
             .copied()
     }
 
+    /// The cluster domain.
+    pub fn domain(&self) -> &'a str {
+        self.domain
+    }
+
     /// The FQDN a destination host written in `namespace` names.
     pub fn fqdn(&self, host: &str, namespace: &str) -> String {
         self.service(host, namespace).map_or_else(

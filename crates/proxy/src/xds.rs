@@ -249,7 +249,7 @@ impl XdsApplier {
         match &self.shared {
             Some(shared) => {
                 let snap = Snapshot::compile(&loaded, &shared.stats).map_err(err)?;
-                shared.snapshot.store(Arc::new(snap));
+                shared.swap_in(snap).map_err(|e| e.to_string())?;
             }
             None if next.seen_lds && next.seen_cds => {
                 let proxy = Proxy::start(loaded, self.opts.clone()).map_err(|e| e.to_string())?;

@@ -38,11 +38,15 @@ fn any(type_url: &str, yaml: &str) -> Any {
 }
 
 fn listener(port: u16, extra_hcm: &str) -> Any {
+    named_listener("virtualInbound", port, extra_hcm)
+}
+
+fn named_listener(name: &str, port: u16, extra_hcm: &str) -> Any {
     any(
         LISTENER,
         &format!(
             r#"
-name: virtualInbound
+name: {name}
 address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
 filter_chains:
 - filters:
@@ -279,6 +283,22 @@ async fn proxy_follows_ads_and_keeps_serving() {
     wait_until("traffic follows the route to b", || async {
         let before = b.hits();
         status(listen).await == Some(200) && b.hits() > before
+    })
+    .await;
+
+    // A listener added later is bound and served.
+    let port2 = free_port();
+    gen_.set(
+        LISTENER,
+        vec![
+            ("virtualInbound", listener(port, "")),
+            ("extra", named_listener("extra", port2, "")),
+        ],
+    );
+    server.pusher.trigger(PushRequest::full("new listener"));
+    let listen2 = SocketAddr::from(([127, 0, 0, 1], port2));
+    wait_until("the added listener serves", || async {
+        status(listen2).await == Some(200)
     })
     .await;
 

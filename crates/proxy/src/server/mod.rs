@@ -33,9 +33,37 @@ pub struct Shared {
     pub started: SystemTime,
     pub concurrency: usize,
     pub log_levels: std::sync::Mutex<String>,
+    /// Listeners with a bound port, by name (grows when xDS adds listeners).
+    pub bound: std::sync::Mutex<Vec<(Arc<str>, SocketAddr)>>,
+    /// Hands listeners bound after start to each worker.
+    add_listener: Vec<tokio::sync::mpsc::UnboundedSender<(Arc<str>, StdListener)>>,
 }
 
 impl Shared {
+    /// Binds the listeners of `snap` that are not bound yet (one socket
+    /// per worker), swaps `snap` in, then starts accepting on them. A bind
+    /// failure leaves the running snapshot in place.
+    pub fn swap_in(&self, snap: Snapshot) -> Result<(), StartError> {
+        let mut bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fresh = Vec::new();
+        for l in snap.listeners.iter().filter(|l| l.bind_to_port) {
+            if bound.iter().any(|(n, _)| *n == l.name) {
+                continue;
+            }
+            let socks = bind_per_worker(l, self.add_listener.len())?;
+            fresh.push((l.name.clone(), socks));
+        }
+        self.snapshot.store(Arc::new(snap));
+        for (name, (addr, socks)) in fresh {
+            tracing::info!(listener = %name, %addr, "listening");
+            for (tx, sock) in self.add_listener.iter().zip(socks) {
+                let _ = tx.send((name.clone(), sock));
+            }
+            bound.push((name, addr));
+        }
+        Ok(())
+    }
+
     /// Stops accepting and asks connections to finish (Envoy's drain).
     pub fn drain(&self) {
         self.ready.store(false, Ordering::SeqCst);
@@ -125,6 +153,28 @@ fn bind(addr: SocketAddr, transparent: bool) -> std::io::Result<StdListener> {
     Ok(s.into())
 }
 
+/// Binds `l` once per worker; port 0 is resolved by the first bind.
+fn bind_per_worker(
+    l: &crate::model::listener::Listener,
+    workers: usize,
+) -> Result<(SocketAddr, Vec<StdListener>), StartError> {
+    let mut addr = l.address;
+    let mut socks = Vec::new();
+    for _ in 0..workers {
+        let sock = bind(addr, l.transparent).map_err(|source| StartError::Bind {
+            listener: l.name.to_string(),
+            address: addr,
+            source,
+        })?;
+        addr = sock.local_addr().map_err(|source| StartError::Io {
+            what: "local_addr".into(),
+            source,
+        })?;
+        socks.push(sock);
+    }
+    Ok((addr, socks))
+}
+
 impl Proxy {
     /// Compiles the bootstrap, binds listeners and starts the workers.
     pub fn start(loaded: LoadedBootstrap, opts: Options) -> Result<Proxy, StartError> {
@@ -137,21 +187,15 @@ impl Proxy {
             (0..workers).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
         for l in snapshot.listeners.iter().filter(|l| l.bind_to_port) {
-            let mut addr = l.address;
-            for w in per_worker.iter_mut() {
-                let sock = bind(addr, l.transparent).map_err(|source| StartError::Bind {
-                    listener: l.name.to_string(),
-                    address: addr,
-                    source,
-                })?;
-                addr = sock.local_addr().map_err(|source| StartError::Io {
-                    what: "local_addr".into(),
-                    source,
-                })?;
+            let (addr, socks) = bind_per_worker(l, workers)?;
+            for (w, sock) in per_worker.iter_mut().zip(socks) {
                 w.push((l.name.clone(), sock));
             }
             bound.push((l.name.clone(), addr));
         }
+        let (add_listener, mut add_rx): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
         let admin_addr = opts.admin_address.or(snapshot.admin);
         let bind_plain = |a: SocketAddr, what: &str| {
             StdListener::bind(a)
@@ -186,14 +230,17 @@ impl Proxy {
             started: SystemTime::now(),
             concurrency: workers,
             log_levels: std::sync::Mutex::new("info".into()),
+            bound: std::sync::Mutex::new(bound.clone()),
+            add_listener,
         });
         let mut threads = Vec::new();
         for (i, socks) in per_worker.into_iter().enumerate() {
             let shared = shared.clone();
+            let added = add_rx.remove(0);
             let drain_timeout = opts.drain_timeout;
             let t = std::thread::Builder::new()
                 .name(format!("wrk:worker_{i}"))
-                .spawn(move || worker(i, shared, socks, drain_timeout))
+                .spawn(move || worker(i, shared, socks, added, drain_timeout))
                 .map_err(|source| StartError::Io {
                     what: "spawning a worker".into(),
                     source,
@@ -269,6 +316,7 @@ fn worker(
     index: usize,
     shared: Arc<Shared>,
     socks: Vec<(Arc<str>, StdListener)>,
+    mut added: tokio::sync::mpsc::UnboundedReceiver<(Arc<str>, StdListener)>,
     drain_timeout: Duration,
 ) {
     crate::upstream::set_worker_id(index);
@@ -285,18 +333,22 @@ fn worker(
     rt.block_on(async move {
         let mut stop = shared.stop_tx.subscribe();
         let mut accepts = tokio::task::JoinSet::new();
-        for (name, sock) in socks {
-            let listener = match tokio::net::TcpListener::from_std(sock) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(listener = %name, "cannot register listener: {e}");
-                    continue;
+        let mut start =
+            |name: Arc<str>, sock: StdListener| match tokio::net::TcpListener::from_std(sock) {
+                Ok(l) => {
+                    accepts.spawn(accept_loop(shared.clone(), name, l));
                 }
+                Err(e) => tracing::error!(listener = %name, "cannot register listener: {e}"),
             };
-            let shared = shared.clone();
-            accepts.spawn(accept_loop(shared, name, listener));
+        for (name, sock) in socks {
+            start(name, sock);
         }
-        let _ = stop.wait_for(|s| *s).await;
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                Some((name, sock)) = added.recv() => start(name, sock),
+            }
+        }
         accepts.abort_all();
         // Let in-flight requests finish, up to the drain timeout.
         tokio::time::sleep(drain_timeout.min(Duration::from_millis(200))).await;

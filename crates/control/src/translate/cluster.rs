@@ -67,7 +67,9 @@ pub fn build_clusters(view: &MeshView, scope: &ProxyScope<'_>, node: &ProxyNode)
         let dr = scope.destination_rule_for(&svc.hostname, &svc.namespace);
         for port in &svc.ports {
             let proto = listener_protocol(port.protocol);
-            if proto == ListenerProtocol::None {
+            if proto == ListenerProtocol::None
+                || !scope.imports_port(&svc.namespace, &svc.hostname, port.port)
+            {
                 continue;
             }
             let mut subsets = vec![(String::new(), None)];

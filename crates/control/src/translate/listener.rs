@@ -235,7 +235,9 @@ fn outbound_listeners(
     for svc in &scope.services {
         for p in &svc.ports {
             let proto = listener_protocol(p.protocol);
-            if proto != ListenerProtocol::None {
+            if proto != ListenerProtocol::None
+                && scope.imports_port(&svc.namespace, &svc.hostname, p.port)
+            {
                 ports
                     .entry(p.port)
                     .or_default()

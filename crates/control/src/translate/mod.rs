@@ -25,7 +25,8 @@
 //! resources and equal xDS versions.
 //!
 //! Not translated yet (accepted by weft-api, ignored here): Sidecar egress
-//! listeners' `port`/`bind`/`captureMode` and `ingress` listeners,
+//! listeners' `bind`/`captureMode` (their `port` scopes the hosts) and
+//! `ingress` listeners,
 //! VirtualService `delegate` and hosts that name no service, TLS routes by
 //! SNI beyond picking a service's destinations, `localityLbSetting`, `ISTIO_MUTUAL` (needs SDS),
 //! auto mTLS, gateways (`router` proxies get the sidecar shape).

@@ -47,7 +47,9 @@ pub fn http_ports(scope: &ProxyScope<'_>) -> BTreeSet<u32> {
     scope
         .services
         .iter()
-        .flat_map(|s| &s.ports)
+        .flat_map(|s| s.ports.iter().map(move |p| (s, p)))
+        .filter(|(s, p)| scope.imports_port(&s.namespace, &s.hostname, p.port))
+        .map(|(_, p)| p)
         .filter(|p| {
             matches!(
                 listener_protocol(p.protocol),
@@ -100,6 +102,9 @@ fn route_config(
     let mut hosts: BTreeMap<String, VirtualHost> = BTreeMap::new();
     for svc in &scope.services {
         let Some(sp) = svc.port(port) else { continue };
+        if !scope.imports_port(&svc.namespace, &svc.hostname, port) {
+            continue;
+        }
         if !matches!(
             listener_protocol(sp.protocol),
             ListenerProtocol::Http | ListenerProtocol::Auto

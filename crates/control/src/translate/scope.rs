@@ -27,7 +27,8 @@ pub struct ProxyScope<'a> {
     /// The Sidecar resource that applies, if any.
     pub sidecar: Option<&'a Object>,
     pub outbound_mode: OutboundTrafficMode,
-    egress: Option<Vec<EgressHost>>,
+    /// Sidecar egress hosts with the port of their egress listener.
+    egress: Option<Vec<(Option<u32>, EgressHost)>>,
     /// Visible services by hostname.
     by_host: HashMap<&'a str, &'a Service>,
     /// Resolved hosts of each visible VirtualService and DestinationRule.
@@ -53,8 +54,12 @@ impl<'a> ProxyScope<'a> {
             let ns = sidecar.map_or("", |o| o.namespace());
             s.egress
                 .iter()
-                .flat_map(|e| &e.hosts)
-                .filter_map(|h| EgressHost::parse(h, ns))
+                .flat_map(|e| {
+                    let port = e.port.as_ref().map(|p| p.number).filter(|n| *n > 0);
+                    e.hosts
+                        .iter()
+                        .filter_map(move |h| Some((port, EgressHost::parse(h, ns)?)))
+                })
                 .collect::<Vec<_>>()
         });
         let outbound_mode = spec
@@ -164,7 +169,18 @@ impl<'a> ProxyScope<'a> {
     pub fn imports(&self, namespace: &str, hostname: &str) -> bool {
         match &self.egress {
             None => true,
-            Some(hosts) => hosts.iter().any(|h| h.matches(namespace, hostname)),
+            Some(hosts) => hosts.iter().any(|(_, h)| h.matches(namespace, hostname)),
+        }
+    }
+
+    /// Whether `hostname` is imported on `port`: an egress listener with a
+    /// port imports its hosts on that port only.
+    pub fn imports_port(&self, namespace: &str, hostname: &str, port: u32) -> bool {
+        match &self.egress {
+            None => true,
+            Some(hosts) => hosts
+                .iter()
+                .any(|(p, h)| p.is_none_or(|p| p == port) && h.matches(namespace, hostname)),
         }
     }
 

@@ -336,6 +336,15 @@ async fn proxy_follows_ads_and_keeps_serving() {
     assert_eq!(a.hits(), before.0, "old routing (to b) kept after NACK");
     assert_eq!(b.hits(), before.1 + 5);
 
+    // Removing a listener closes its port; the other keeps serving.
+    gen_.set(LISTENER, vec![("virtualInbound", listener(port, ""))]);
+    server.pusher.trigger(PushRequest::full("drop extra"));
+    wait_until("the removed listener's port is closed", || async {
+        tokio::net::TcpStream::connect(listen2).await.is_err()
+    })
+    .await;
+    assert_eq!(status(listen).await, Some(200));
+
     // weftd goes away: traffic keeps flowing.
     let _ = server.stop.take().unwrap().send(());
     tokio::time::timeout(WAIT, &mut server.task)

@@ -36,8 +36,13 @@ pub struct Shared {
     /// Listeners with a bound port, by name (grows when xDS adds listeners).
     pub bound: std::sync::Mutex<Vec<(Arc<str>, SocketAddr)>>,
     /// Hands listeners bound after start to each worker.
-    add_listener: Vec<tokio::sync::mpsc::UnboundedSender<(Arc<str>, StdListener)>>,
+    add_listener: Vec<tokio::sync::mpsc::UnboundedSender<NewListener>>,
+    /// Per bound listener: set to stop accepting when xDS removes it.
+    closers: std::sync::Mutex<std::collections::HashMap<Arc<str>, watch::Sender<bool>>>,
 }
+
+/// A bound socket handed to a worker, with the flag that closes it.
+type NewListener = (Arc<str>, StdListener, watch::Receiver<bool>);
 
 impl Shared {
     /// Binds the listeners of `snap` that are not bound yet (one socket
@@ -53,12 +58,28 @@ impl Shared {
             let socks = bind_per_worker(l, self.add_listener.len())?;
             fresh.push((l.name.clone(), socks));
         }
+        let mut closers = self.closers.lock().unwrap_or_else(|e| e.into_inner());
+        bound.retain(|(name, addr)| {
+            let keep = snap
+                .listeners
+                .iter()
+                .any(|l| l.bind_to_port && l.name == *name);
+            if !keep {
+                tracing::info!(listener = %name, %addr, "listener removed: stopped accepting");
+                if let Some(c) = closers.remove(name) {
+                    c.send_replace(true);
+                }
+            }
+            keep
+        });
         self.snapshot.store(Arc::new(snap));
         for (name, (addr, socks)) in fresh {
             tracing::info!(listener = %name, %addr, "listening");
+            let (close, closed) = watch::channel(false);
             for (tx, sock) in self.add_listener.iter().zip(socks) {
-                let _ = tx.send((name.clone(), sock));
+                let _ = tx.send((name.clone(), sock, closed.clone()));
             }
+            closers.insert(name.clone(), close);
             bound.push((name, addr));
         }
         Ok(())
@@ -183,14 +204,16 @@ impl Proxy {
         let stats = Arc::new(Stats::new());
         let snapshot = Snapshot::compile(&loaded, &stats)?;
         // Bind every listener once per worker; port 0 is resolved by the first bind.
-        let mut per_worker: Vec<Vec<(Arc<str>, StdListener)>> =
-            (0..workers).map(|_| Vec::new()).collect();
+        let mut closers = std::collections::HashMap::new();
+        let mut per_worker: Vec<Vec<NewListener>> = (0..workers).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
         for l in snapshot.listeners.iter().filter(|l| l.bind_to_port) {
             let (addr, socks) = bind_per_worker(l, workers)?;
+            let (close, closed) = watch::channel(false);
             for (w, sock) in per_worker.iter_mut().zip(socks) {
-                w.push((l.name.clone(), sock));
+                w.push((l.name.clone(), sock, closed.clone()));
             }
+            closers.insert(l.name.clone(), close);
             bound.push((l.name.clone(), addr));
         }
         let (add_listener, mut add_rx): (Vec<_>, Vec<_>) = (0..workers)
@@ -232,6 +255,7 @@ impl Proxy {
             log_levels: std::sync::Mutex::new("info".into()),
             bound: std::sync::Mutex::new(bound.clone()),
             add_listener,
+            closers: std::sync::Mutex::new(closers),
         });
         let mut threads = Vec::new();
         for (i, socks) in per_worker.into_iter().enumerate() {
@@ -315,8 +339,8 @@ fn release_startup_memory() {
 fn worker(
     index: usize,
     shared: Arc<Shared>,
-    socks: Vec<(Arc<str>, StdListener)>,
-    mut added: tokio::sync::mpsc::UnboundedReceiver<(Arc<str>, StdListener)>,
+    socks: Vec<NewListener>,
+    mut added: tokio::sync::mpsc::UnboundedReceiver<NewListener>,
     drain_timeout: Duration,
 ) {
     crate::upstream::set_worker_id(index);
@@ -334,19 +358,19 @@ fn worker(
         let mut stop = shared.stop_tx.subscribe();
         let mut accepts = tokio::task::JoinSet::new();
         let mut start =
-            |name: Arc<str>, sock: StdListener| match tokio::net::TcpListener::from_std(sock) {
+            |(name, sock, closed): NewListener| match tokio::net::TcpListener::from_std(sock) {
                 Ok(l) => {
-                    accepts.spawn(accept_loop(shared.clone(), name, l));
+                    accepts.spawn(accept_loop(shared.clone(), name, l, closed));
                 }
                 Err(e) => tracing::error!(listener = %name, "cannot register listener: {e}"),
             };
-        for (name, sock) in socks {
-            start(name, sock);
+        for new in socks {
+            start(new);
         }
         loop {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,
-                Some((name, sock)) = added.recv() => start(name, sock),
+                Some(new) = added.recv() => start(new),
             }
         }
         accepts.abort_all();
@@ -356,7 +380,12 @@ fn worker(
     rt.shutdown_timeout(drain_timeout);
 }
 
-async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: tokio::net::TcpListener) {
+async fn accept_loop(
+    shared: Arc<Shared>,
+    name: Arc<str>,
+    listener: tokio::net::TcpListener,
+    mut closed: watch::Receiver<bool>,
+) {
     let mut drain = shared.drain_rx.clone();
     loop {
         tokio::select! {
@@ -375,6 +404,7 @@ async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: tokio::net::
                 tracing::info!(listener = %name, "draining: stopped accepting");
                 return;
             }
+            _ = drained(&mut closed) => return,
         }
     }
 }

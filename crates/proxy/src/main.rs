@@ -152,6 +152,7 @@ fn run_proxy(cli: RunArgs) -> anyhow::Result<()> {
         health_address: addr_flag(&cli.health_address, "health-address")?,
         prometheus_address: addr_flag(&cli.prometheus_address, "prometheus-address")?,
         drain_timeout: Duration::from_secs(cli.drain_timeout_seconds),
+        ready_on_start: true,
     };
     let Some(config) = cli.config else {
         let env: std::collections::HashMap<String, String> = std::env::vars().collect();
@@ -189,9 +190,11 @@ fn run_xds(
     if opts.admin_address.is_none() {
         opts.admin_address = Some(SocketAddr::from(([127, 0, 0, 1], 15000)));
     }
+    opts.ready_on_start = false;
     let drain_timeout = opts.drain_timeout;
     let (tx, rx) = std::sync::mpsc::channel();
     let applier = weft_proxy::xds::XdsApplier::new(node.id.clone(), opts, tx);
+    let warmed = applier.warmed();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("weft:xds")
@@ -208,6 +211,18 @@ fn run_xds(
         .recv()
         .context("the xDS client stopped before the first configuration")?
         .map_err(anyhow::Error::msg)?;
+    // Like Envoy's initial_fetch_timeout: ready after 15 s even if some
+    // route or endpoint set never arrived.
+    let shared = proxy.shared.clone();
+    rt.spawn(async move {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        if !warmed.swap(true, std::sync::atomic::Ordering::SeqCst) && !*shared.drain_rx.borrow() {
+            tracing::warn!("routes or endpoints still missing after 15 s; reporting ready anyway");
+            shared
+                .ready
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
     weft_proxy::server::run_until_signal(&proxy, drain_timeout, None)?;
     proxy.join();
     rt.block_on(handle.shutdown());

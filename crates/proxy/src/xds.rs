@@ -28,6 +28,7 @@ use prost::Message;
 use prost_reflect::DynamicMessage;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use weft_xds::{Any, ConfigHandler, ProxyMetadata};
 
@@ -147,6 +148,7 @@ pub struct XdsApplier {
     opts: Options,
     shared: Option<Arc<Shared>>,
     started: Option<Sender<Result<Proxy, String>>>,
+    warmed: Arc<AtomicBool>,
 }
 
 impl XdsApplier {
@@ -164,7 +166,28 @@ impl XdsApplier {
             opts,
             shared: None,
             started: Some(started),
+            warmed: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Set once the proxy reported ready for the first time.
+    pub fn warmed(&self) -> Arc<AtomicBool> {
+        self.warmed.clone()
+    }
+
+    /// Whether every route the listeners name over RDS and every EDS
+    /// cluster's assignment has arrived (Envoy's warming).
+    fn is_warm(&self) -> bool {
+        let routes_ok = self.listeners.values().all(|l| {
+            rds_names(&l.msg)
+                .iter()
+                .all(|n| self.routes.contains_key(n))
+        });
+        let eds_ok = self
+            .clusters
+            .values()
+            .all(|c| eds_name(&c.msg).is_none_or(|n| self.endpoints.contains_key(&n)));
+        self.seen_lds && self.seen_cds && routes_ok && eds_ok
     }
 
     fn assemble(&self) -> Result<LoadedBootstrap, ConfigError> {
@@ -215,6 +238,7 @@ impl XdsApplier {
             opts: self.opts.clone(),
             shared: None,
             started: None,
+            warmed: self.warmed.clone(),
         };
         let err = |e: ConfigError| e.to_string();
         match type_url {
@@ -270,6 +294,13 @@ impl XdsApplier {
         self.endpoints = next.endpoints;
         self.seen_lds = next.seen_lds;
         self.seen_cds = next.seen_cds;
+        if let Some(shared) = &self.shared
+            && self.is_warm()
+            && !self.warmed.swap(true, Ordering::SeqCst)
+        {
+            tracing::info!("listeners, clusters, routes and endpoints received: ready");
+            shared.ready.store(true, Ordering::SeqCst);
+        }
         tracing::info!(type_url, resources = resources.len(), "applied xDS update");
         Ok(())
     }
@@ -315,6 +346,40 @@ fn decode_all<T: prost::Message + Default>(
         out.insert(n, Held { msg, json });
     }
     Ok(out)
+}
+
+/// Route names the listener's HTTP connection managers fetch over RDS.
+fn rds_names(l: &Listener) -> Vec<String> {
+    l.filter_chains
+        .iter()
+        .chain(l.default_filter_chain.as_ref())
+        .flat_map(|c| &c.filters)
+        .filter_map(|f| match &f.config_type {
+            Some(ConfigType::TypedConfig(any)) if any.type_url.rsplit('/').next() == Some(HCM) => {
+                HttpConnectionManager::decode(any.value.as_slice()).ok()
+            }
+            _ => None,
+        })
+        .filter_map(|h| match h.route_specifier {
+            Some(RouteSpecifier::Rds(r)) => Some(r.route_config_name),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The EDS service name of an EDS cluster.
+fn eds_name(c: &Cluster) -> Option<String> {
+    let is_eds = matches!(
+        c.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(t)) if t == envoy_types::pb::envoy::config::cluster::v3::cluster::DiscoveryType::Eds as i32
+    );
+    is_eds.then(|| {
+        c.eds_cluster_config
+            .as_ref()
+            .map(|e| e.service_name.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| c.name.clone())
+    })
 }
 
 /// The listener with each RDS reference replaced by the named route from
@@ -367,17 +432,7 @@ fn inline_routes(
 /// as `load_assignment`; no endpoints while none has arrived.
 fn with_endpoints(c: &Cluster, eds: &BTreeMap<String, Held<ClusterLoadAssignment>>) -> Cluster {
     let mut c = c.clone();
-    let is_eds = matches!(
-        c.cluster_discovery_type,
-        Some(ClusterDiscoveryType::Type(t)) if t == envoy_types::pb::envoy::config::cluster::v3::cluster::DiscoveryType::Eds as i32
-    );
-    if is_eds {
-        let key = c
-            .eds_cluster_config
-            .as_ref()
-            .map(|e| e.service_name.clone())
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| c.name.clone());
+    if let Some(key) = eds_name(&c) {
         c.load_assignment = Some(eds.get(&key).map(|h| h.msg.clone()).unwrap_or(
             ClusterLoadAssignment {
                 cluster_name: key,

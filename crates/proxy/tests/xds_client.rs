@@ -165,8 +165,8 @@ fn start_server(listener: std::net::TcpListener, gen_: Arc<Resources>) -> Server
     }
 }
 
-struct Child_(Child);
-impl Drop for Child_ {
+struct ProxyChild(Child);
+impl Drop for ProxyChild {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -199,6 +199,72 @@ async fn status(addr: SocketAddr) -> Option<u16> {
     r.ok().flatten()
 }
 
+/// Runs the real binary as the injector would: `run --xds-address` plus
+/// Istio's environment.
+fn spawn_proxy(xds_addr: SocketAddr, health: SocketAddr) -> ProxyChild {
+    let child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+        .args(["run", "--xds-address", &xds_addr.to_string()])
+        .args(["--concurrency", "1", "--admin-address", "127.0.0.1:0"])
+        .args([
+            "--health-address",
+            &health.to_string(),
+            "--prometheus-address",
+            "off",
+        ])
+        .env("POD_NAME", "reviews-v1-abc")
+        .env("POD_NAMESPACE", "bookinfo")
+        .env("INSTANCE_IP", "127.0.0.1")
+        .env("SERVICE_ACCOUNT", "reviews")
+        .env("ISTIO_META_WORKLOAD_NAME", "reviews-v1")
+        .env(
+            "ISTIO_METAJSON_LABELS",
+            r#"{"app":"reviews","version":"v1"}"#,
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start weft-proxy");
+    ProxyChild(child)
+}
+
+async fn health_status(health: SocketAddr) -> Option<u16> {
+    let r = tokio::time::timeout(Duration::from_secs(2), async {
+        tokio::net::TcpStream::connect(health).await.ok()?;
+        Some(get(health, "x", "/healthz/ready").await.status)
+    });
+    r.await.ok().flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_routes_and_endpoints() {
+    let a = upstream("a").await;
+    let gen_ = Arc::new(Resources::default());
+    let port = free_port();
+    gen_.set(LISTENER, vec![("virtualInbound", listener(port, ""))]);
+    gen_.set(CLUSTER, vec![("svc-a", eds_cluster("svc-a"))]);
+    gen_.set(ENDPOINT, vec![("svc-a", endpoints("svc-a", a.addr.port()))]);
+    let xds_sock = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let xds_addr = xds_sock.local_addr().unwrap();
+    let server = start_server(xds_sock, gen_.clone());
+    let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _child = spawn_proxy(xds_addr, health);
+    let listen = SocketAddr::from(([127, 0, 0, 1], port));
+    // The listener is up (no route yet: 404) but the proxy is not ready.
+    wait_until("the listener answers", || async {
+        status(listen).await == Some(404)
+    })
+    .await;
+    assert_eq!(health_status(health).await, Some(503));
+    gen_.set(ROUTE, vec![("8080", route("svc-a"))]);
+    server.pusher.trigger(PushRequest::full("route arrives"));
+    wait_until("ready once the route arrived", || async {
+        health_status(health).await == Some(200)
+    })
+    .await;
+    assert_eq!(status(listen).await, Some(200));
+    assert!(a.hits() > 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_follows_ads_and_keeps_serving() {
     let a = upstream("a").await;
@@ -226,39 +292,13 @@ async fn proxy_follows_ads_and_keeps_serving() {
     let mut server = start_server(xds_sock, gen_.clone());
 
     let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
-        .args(["run", "--xds-address", &xds_addr.to_string()])
-        .args(["--concurrency", "1", "--admin-address", "127.0.0.1:0"])
-        .args([
-            "--health-address",
-            &health.to_string(),
-            "--prometheus-address",
-            "off",
-        ])
-        .env("POD_NAME", "reviews-v1-abc")
-        .env("POD_NAMESPACE", "bookinfo")
-        .env("INSTANCE_IP", "127.0.0.1")
-        .env("SERVICE_ACCOUNT", "reviews")
-        .env("ISTIO_META_WORKLOAD_NAME", "reviews-v1")
-        .env(
-            "ISTIO_METAJSON_LABELS",
-            r#"{"app":"reviews","version":"v1"}"#,
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start weft-proxy");
-    let _child = Child_(child);
+    let _child = spawn_proxy(xds_addr, health);
     let proxy_id = "sidecar~127.0.0.1~reviews-v1-abc.bookinfo~bookinfo.svc.cluster.local";
     let listen = SocketAddr::from(([127, 0, 0, 1], port));
 
     // Ready once listeners and clusters are applied; traffic reaches svc-a.
     wait_until("/healthz/ready answers 200", || async {
-        let r = tokio::time::timeout(Duration::from_secs(2), async {
-            tokio::net::TcpStream::connect(health).await.ok()?;
-            Some(get(health, "x", "/healthz/ready").await.status)
-        });
-        r.await.ok().flatten() == Some(200)
+        health_status(health).await == Some(200)
     })
     .await;
     wait_until("requests reach upstream a", || async {

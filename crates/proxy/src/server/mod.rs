@@ -108,6 +108,9 @@ pub struct Options {
     /// Istio's Prometheus port (15090); `None` disables it.
     pub prometheus_address: Option<SocketAddr>,
     pub drain_timeout: Duration,
+    /// Report ready as soon as the listeners are bound. The xDS mode turns
+    /// this off and reports ready once routes and endpoints have arrived.
+    pub ready_on_start: bool,
 }
 
 impl Default for Options {
@@ -118,6 +121,7 @@ impl Default for Options {
             health_address: None,
             prometheus_address: None,
             drain_timeout: Duration::from_secs(5),
+            ready_on_start: true,
         }
     }
 }
@@ -282,7 +286,9 @@ impl Proxy {
                 })?;
             threads.push(t);
         }
-        shared.ready.store(true, Ordering::SeqCst);
+        if opts.ready_on_start {
+            shared.ready.store(true, Ordering::SeqCst);
+        }
         release_startup_memory();
         tracing::info!(listeners = ?bound, admin = ?admin_address, workers, "weft-proxy started");
         Ok(Proxy {

@@ -188,6 +188,7 @@ pub fn proxy_with(yaml: &str, workers: usize) -> weft_proxy::Proxy {
         health_address: Some("127.0.0.1:0".parse().expect("addr")),
         prometheus_address: Some("127.0.0.1:0".parse().expect("addr")),
         drain_timeout: Duration::from_millis(200),
+        ready_on_start: true,
     };
     weft_proxy::Proxy::start(loaded, opts).unwrap_or_else(|e| panic!("start: {e}"))
 }

@@ -4,6 +4,7 @@
 //! Today it holds the namespace view of the file config source
 //! ([`namespaces`]) and the sidecar-injection webhook ([`webhook`]).
 
+pub mod ca;
 pub mod debug;
 pub mod discovery;
 pub mod namespaces;

@@ -1,13 +1,17 @@
 //! `weftd`, the control plane (istiod's counterpart): loads and watches
 //! `--config file://DIR`, serves ADS (state of the world and delta) on
 //! `--xds-addr`, metrics and debug endpoints on `--monitoring-addr`, and the
-//! sidecar-injection webhook on `--webhook-addr`.
+//! sidecar-injection webhook on `--webhook-addr`. It runs the mesh CA
+//! (`--ca-dir` or `--cacerts`): `IstioCertificateService/CreateCertificate`
+//! is served next to ADS on `--xds-addr` (plaintext) and on
+//! `--xds-tls-addr` (TLS with weftd's certificate from the same CA).
 
 use anyhow::Context;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use weft_control::ca::{self, CaOptions, ControlPlaneCa};
 use weft_control::debug;
 use weft_control::discovery::{Discovery, DiscoveryOptions};
 use weft_control::namespaces::{NamespaceStore, parse_source};
@@ -62,6 +66,46 @@ struct Args {
     /// Revision this control plane serves.
     #[arg(long, default_value = "default")]
     revision: String,
+    /// Address of ADS and the CA over TLS (istiod's 15012).
+    #[arg(long = "xds-tls-addr", default_value = "0.0.0.0:15012")]
+    xds_tls_addr: SocketAddr,
+    /// Directory of the self-signed mesh root, generated on first start and
+    /// reused afterwards (Istio's `cacerts` file names).
+    #[arg(
+        long = "ca-dir",
+        env = "WEFT_CA_DIR",
+        default_value = "./var/weft-ca",
+        value_name = "DIR"
+    )]
+    ca_dir: PathBuf,
+    /// A plugged-in root or intermediate CA (Istio's `cacerts`:
+    /// ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem); wins over --ca-dir.
+    #[arg(long, value_name = "DIR")]
+    cacerts: Option<PathBuf>,
+    /// Mesh trust domain (default: MeshConfig `trustDomain`, else cluster.local).
+    #[arg(long = "trust-domain")]
+    trust_domain: Option<String>,
+    /// The runtime's bootstrap token store; CSRs presenting one of its
+    /// tokens get the identity the token was issued for.
+    #[arg(long = "bootstrap-tokens", value_name = "FILE")]
+    bootstrap_tokens: Option<PathBuf>,
+    /// Write the mesh root certificate (PEM) here.
+    #[arg(long = "root-cert-out", value_name = "FILE")]
+    root_cert_out: Option<PathBuf>,
+}
+
+fn trust_domain(args: &Args, settings: &Settings) -> String {
+    args.trust_domain
+        .clone()
+        .or_else(|| {
+            settings
+                .mesh
+                .get("trustDomain")
+                .and_then(serde_json::Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "cluster.local".to_string())
 }
 
 fn read(p: &PathBuf) -> anyhow::Result<(String, String)> {
@@ -114,11 +158,21 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("--ca-bundle-out {}", out.display()))?;
     }
     let tls_config = tls::server_config(cert)?;
+    let mut ca_options = CaOptions::new(&args.ca_dir, trust_domain(&args, &settings));
+    ca_options.cacerts = args.cacerts.clone();
+    ca_options.bootstrap_tokens = args.bootstrap_tokens.clone();
+    let ca = ControlPlaneCa::start(ca_options).await?;
+    if let Some(out) = &args.root_cert_out {
+        std::fs::write(out, ca.root_cert_pem())
+            .with_context(|| format!("--root-cert-out {}", out.display()))?;
+    }
     let mut opts = DiscoveryOptions::default();
     opts.push_debounce.after = std::time::Duration::from_millis(args.debounce_ms);
     let discovery = Arc::new(Discovery::start(&dir, opts)?);
     let xds = weft_xds::server::bind(args.xds_addr)
         .with_context(|| format!("--xds-addr {}", args.xds_addr))?;
+    let xds_tls = ca::bind(args.xds_tls_addr)
+        .with_context(|| format!("--xds-tls-addr {}", args.xds_tls_addr))?;
     let monitoring = tokio::net::TcpListener::bind(args.monitoring_addr)
         .await
         .with_context(|| format!("--monitoring-addr {}", args.monitoring_addr))?;
@@ -134,6 +188,8 @@ async fn main() -> anyhow::Result<()> {
     });
     tracing::info!(
         xds = %xds.local_addr()?,
+        xds_tls = %xds_tls.local_addr()?,
+        identity = %ca.identity(),
         monitoring = %monitoring.local_addr()?,
         config_version = discovery.store().snapshot().version,
         webhook = %https.local_addr()?,
@@ -144,17 +200,19 @@ async fn main() -> anyhow::Result<()> {
     );
     // Machine-readable line for scripts that start weftd on port 0.
     println!(
-        "webhook-addr={} ready-addr={} xds-addr={} monitoring-addr={}",
+        "webhook-addr={} ready-addr={} xds-addr={} xds-tls-addr={} monitoring-addr={}",
         https.local_addr()?,
         http.local_addr()?,
         xds.local_addr()?,
+        xds_tls.local_addr()?,
         monitoring.local_addr()?
     );
     let server = discovery.server().clone();
     tokio::select! {
         _ = webhook::serve_https(https, tls_config, state.clone()) => {}
         _ = webhook::serve_http(http, state) => {}
-        r = server.serve(xds, std::future::pending()) => { r.context("ADS server")?; }
+        r = ca::serve_plaintext(xds, &server, &ca) => { r.context("--xds-addr gRPC server")?; }
+        r = ca::serve_tls(xds_tls, &server, &ca) => { r.context("--xds-tls-addr gRPC server")?; }
         _ = debug::serve(monitoring, discovery.clone()) => {}
         r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; tracing::info!("shutting down"); }
     }

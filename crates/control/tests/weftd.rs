@@ -39,6 +39,9 @@ fn start(config_dir: &Path, extra: &[&str]) -> Weftd {
             "--monitoring-addr",
             "127.0.0.1:0",
         ])
+        .args(["--xds-tls-addr", "127.0.0.1:0"])
+        // A fresh CA per weftd (kept on disk only for this process's life).
+        .env("WEFT_CA_DIR", tempfile::tempdir().expect("CA dir").keep())
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -1,0 +1,294 @@
+//! The real `weftd` binary as the mesh CA: with a temporary `--ca-dir` and
+//! a bootstrap token store written like the local runtime writes it, a
+//! `CaClient` gets a certificate for `spiffe://cluster.local/ns/default/sa/reviews`
+//! over plaintext (`--xds-addr`) and over TLS (`--xds-tls-addr`, verifying
+//! weftd against the root from `--root-cert-out`); the chain verifies
+//! against that root and names exactly that identity; a CSR for another
+//! service account with the same token is refused with PermissionDenied;
+//! a restart on the same directory keeps the root; ADS answers over TLS.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use rustls::client::danger::ServerCertVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use weft_identity::grpc_tls::MtlsConnector;
+use weft_identity::spiffe::spiffe_id_from_cert_der;
+use weft_identity::tls::{SpiffeServerVerifier, bootstrap_client_config};
+use weft_identity::workload::generate_key_and_csr;
+use weft_identity::{CaClient, MeshTrust, SpiffeId, TokenStore};
+
+/// Generous bound for anything asynchronous.
+const BOUND: Duration = Duration::from_secs(30);
+
+struct Weftd {
+    child: Child,
+    xds: SocketAddr,
+    xds_tls: SocketAddr,
+}
+
+impl Drop for Weftd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Paths {
+    _tmp: tempfile::TempDir,
+    config: PathBuf,
+    ca: PathBuf,
+    tokens: PathBuf,
+    root_out: PathBuf,
+    token: String,
+}
+
+/// A config dir, an empty CA dir and a token store granting
+/// default/reviews to pod reviews-v1 (its token returned, as the pod's
+/// proxy would read it from its token file).
+fn paths() -> Paths {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = tmp.path().join("config");
+    std::fs::create_dir(&config).expect("config dir");
+    let tokens = tmp.path().join("bootstrap-tokens.json");
+    let store = TokenStore::new();
+    let token = store
+        .issue_to_file(
+            "default",
+            "reviews",
+            "reviews-v1",
+            &tmp.path().join("reviews-v1.token"),
+        )
+        .expect("issue token");
+    store.save(&tokens).expect("save token store");
+    Paths {
+        ca: tmp.path().join("ca"),
+        root_out: tmp.path().join("root-cert.pem"),
+        config,
+        tokens,
+        token,
+        _tmp: tmp,
+    }
+}
+
+fn start(p: &Paths) -> Weftd {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weftd"))
+        .arg("--config")
+        .arg(format!("file://{}", p.config.display()))
+        .args([
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--ready-addr",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--xds-addr",
+            "127.0.0.1:0",
+            "--monitoring-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--xds-tls-addr", "127.0.0.1:0"])
+        .arg("--ca-dir")
+        .arg(&p.ca)
+        .arg("--bootstrap-tokens")
+        .arg(&p.tokens)
+        .arg("--root-cert-out")
+        .arg(&p.root_out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start weftd");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read weftd's address line");
+    let field = |k: &str| -> SocketAddr {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_else(|| panic!("weftd printed {line:?}"))
+            .parse()
+            .expect("address")
+    };
+    Weftd {
+        xds: field("xds-addr="),
+        xds_tls: field("xds-tls-addr="),
+        child,
+    }
+}
+
+fn reviews() -> SpiffeId {
+    SpiffeId::parse("spiffe://cluster.local/ns/default/sa/reviews").expect("id")
+}
+
+fn weftd_id() -> SpiffeId {
+    SpiffeId::parse("spiffe://cluster.local/ns/istio-system/sa/istiod").expect("id")
+}
+
+fn read_root(path: &Path) -> CertificateDer<'static> {
+    CertificateDer::from_pem_file(path)
+        .unwrap_or_else(|e| panic!("--root-cert-out {}: {e}", path.display()))
+}
+
+fn trust(root: &CertificateDer<'static>) -> MeshTrust {
+    MeshTrust::new(std::slice::from_ref(root), vec!["cluster.local".into()]).expect("mesh trust")
+}
+
+/// Checks `chain` (PEM, leaf first) chains to `root` and names `id` only.
+fn assert_chain(chain: &[String], root: &CertificateDer<'static>, id: &SpiffeId) {
+    let ders: Vec<CertificateDer<'static>> = chain
+        .iter()
+        .map(|pem| CertificateDer::from_pem_slice(pem.as_bytes()).expect("PEM certificate"))
+        .collect();
+    assert!(ders.len() >= 2, "chain has leaf and root: {chain:?}");
+    assert_eq!(ders.last(), Some(root), "chain ends with the mesh root");
+    let verifier = SpiffeServerVerifier::new(trust(root), vec![id.clone()]);
+    verifier
+        .verify_server_cert(
+            &ders[0],
+            &ders[1..],
+            &ServerName::try_from("reviews.default.svc").expect("name"),
+            &[],
+            UnixTime::now(),
+        )
+        .unwrap_or_else(|e| panic!("issued chain does not verify for {id}: {e}"));
+    assert_eq!(&spiffe_id_from_cert_der(&ders[0]).expect("leaf SAN"), id);
+}
+
+async fn request(client: &mut CaClient, id: &SpiffeId, token: &str) -> Result<Vec<String>, String> {
+    let (_key, csr) = generate_key_and_csr(id).expect("CSR");
+    let req = weft_identity::IstioCertificateRequest {
+        csr,
+        validity_duration: 3600,
+        metadata: None,
+    };
+    tokio::time::timeout(BOUND, client.create_certificate(req, Some(token)))
+        .await
+        .expect("CreateCertificate within bound")
+        .map_err(|e| match e {
+            weft_identity::grpc::CaClientError::Status(s) => {
+                format!("{:?}: {}", s.code(), s.message())
+            }
+            other => other.to_string(),
+        })
+}
+
+async fn tls_client(addr: SocketAddr, root: &CertificateDer<'static>) -> CaClient {
+    let config = bootstrap_client_config(&trust(root), vec![weftd_id()]).expect("client config");
+    let name = ServerName::try_from("istiod.istio-system.svc").expect("name");
+    CaClient::connect_tls(addr, name, config)
+        .await
+        .expect("connect to --xds-tls-addr")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weftd_issues_workload_certificates_over_plaintext_and_tls() {
+    let p = paths();
+    let weftd = start(&p);
+    let root = read_root(&p.root_out);
+
+    // Plaintext, as on istiod's 15010.
+    let mut plain = CaClient::connect(&format!("http://{}", weftd.xds))
+        .await
+        .expect("connect to --xds-addr");
+    let chain = request(&mut plain, &reviews(), &p.token)
+        .await
+        .expect("reviews' token gets a reviews certificate");
+    assert_chain(&chain, &root, &reviews());
+
+    // The same token may not ask for another service account.
+    let ratings = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/ratings").expect("id");
+    let refused = request(&mut plain, &ratings, &p.token)
+        .await
+        .expect_err("reviews' token must not get a ratings certificate");
+    assert!(refused.starts_with("PermissionDenied"), "{refused}");
+    // An unknown token is not a caller at all.
+    let unknown = request(&mut plain, &reviews(), "not-a-token")
+        .await
+        .expect_err("unknown token");
+    assert!(unknown.starts_with("Unauthenticated"), "{unknown}");
+
+    // TLS, as on 15012: weftd is verified as istiod's SPIFFE ID under the root.
+    let mut tls = tls_client(weftd.xds_tls, &root).await;
+    let chain = request(&mut tls, &reviews(), &p.token)
+        .await
+        .expect("certificate over TLS");
+    assert_chain(&chain, &root, &reviews());
+    let refused = request(&mut tls, &ratings, &p.token)
+        .await
+        .expect_err("refused over TLS too");
+    assert!(refused.starts_with("PermissionDenied"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weftd_keeps_its_root_across_restarts() {
+    let p = paths();
+    let first = start(&p);
+    let root = read_root(&p.root_out);
+    drop(first);
+    std::fs::remove_file(&p.root_out).expect("remove written root");
+    let second = start(&p);
+    assert_eq!(
+        read_root(&p.root_out),
+        root,
+        "restart on --ca-dir keeps the root"
+    );
+    // Certificates issued after the restart chain to the same root.
+    let mut plain = CaClient::connect(&format!("http://{}", second.xds))
+        .await
+        .expect("connect");
+    let chain = request(&mut plain, &reviews(), &p.token)
+        .await
+        .expect("issued");
+    assert_chain(&chain, &root, &reviews());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weftd_serves_ads_over_tls() {
+    let p = paths();
+    let weftd = start(&p);
+    let root = read_root(&p.root_out);
+    let config = bootstrap_client_config(&trust(&root), vec![weftd_id()]).expect("client config");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", weftd.xds_tls))
+        .expect("endpoint")
+        .connect_with_connector(MtlsConnector::new(
+            config,
+            weftd.xds_tls,
+            ServerName::try_from("istiod.istio-system.svc").expect("name"),
+        ))
+        .await
+        .expect("TLS channel to --xds-tls-addr");
+    let mut ads = AggregatedDiscoveryServiceClient::new(channel);
+    let request = DiscoveryRequest {
+        node: Some(Node {
+            id: "sidecar~10.1.0.21~reviews-v1.default~default.svc.cluster.local".into(),
+            ..Node::default()
+        }),
+        type_url: weft_xds::types::CLUSTER.into(),
+        ..DiscoveryRequest::default()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(request).await.expect("queue request");
+    let mut responses = ads
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("ADS stream over TLS")
+        .into_inner();
+    let response = tokio::time::timeout(BOUND, responses.message())
+        .await
+        .expect("CDS within bound")
+        .expect("stream ok")
+        .expect("a response");
+    assert_eq!(response.type_url, weft_xds::types::CLUSTER);
+    assert!(!response.version_info.is_empty(), "{response:?}");
+    assert!(
+        !response.resources.is_empty(),
+        "CDS has at least the passthrough/blackhole clusters"
+    );
+}

@@ -19,6 +19,7 @@ use weft_api::store::{Snapshot, Store, StoreError, StoreOptions};
 use weft_api::watch::{self, WatchError, Watcher};
 use weft_xds::{AdsServer, DebounceConfig, PushRequest, Pusher, ServerOptions, XdsMetrics};
 
+use crate::sds::SecretGenerator;
 use crate::translate::{MeshView, TranslateOptions, TranslationGenerator};
 
 /// Errors starting discovery.
@@ -51,6 +52,9 @@ pub struct DiscoveryOptions {
     pub watch_debounce: Duration,
     /// Push debouncing (Istio's `PILOT_DEBOUNCE_AFTER` / `_MAX`).
     pub push_debounce: DebounceConfig,
+    /// The mesh root (PEM): when set, SDS answers `ROOTCA` with it
+    /// ([`crate::sds`]).
+    pub root_ca_pem: Option<String>,
 }
 
 impl Default for DiscoveryOptions {
@@ -59,6 +63,7 @@ impl Default for DiscoveryOptions {
             translate: TranslateOptions::default(),
             watch_debounce: watch::DEFAULT_DEBOUNCE,
             push_debounce: DebounceConfig::default(),
+            root_ca_pem: None,
         }
     }
 }
@@ -187,12 +192,11 @@ impl Discovery {
         let view = MeshView::new(&first, options.translate.clone());
         let generator = Arc::new(TranslationGenerator::new(view));
         let pusher = Pusher::spawn(options.push_debounce);
-        let server = AdsServer::new(
-            generator.clone(),
-            &pusher,
-            xds_metrics,
-            ServerOptions::default(),
-        );
+        let served: Arc<dyn weft_xds::Generator> = match &options.root_ca_pem {
+            Some(root) => Arc::new(SecretGenerator::new(generator.clone(), root)),
+            None => generator.clone(),
+        };
+        let server = AdsServer::new(served, &pusher, xds_metrics, ServerOptions::default());
         pusher.trigger(PushRequest::full(format!(
             "initial config v{}",
             first.version

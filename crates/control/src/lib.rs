@@ -1,12 +1,15 @@
 //! weftd, the control plane: config store, service registry, translation of
 //! Istio resources into xDS, push, the CA and the admission webhooks.
 //!
-//! Today it holds the namespace view of the file config source
-//! ([`namespaces`]) and the sidecar-injection webhook ([`webhook`]).
+//! Modules: the namespace view of the file config source ([`namespaces`]),
+//! the sidecar-injection webhook ([`webhook`]), translation ([`translate`]),
+//! distribution over ADS ([`discovery`]), debug endpoints ([`debug`]), the
+//! CA and its gRPC ports ([`ca`]) and the SDS trust bundle ([`sds`]).
 
 pub mod ca;
 pub mod debug;
 pub mod discovery;
 pub mod namespaces;
+pub mod sds;
 pub mod translate;
 pub mod webhook;

@@ -166,7 +166,10 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(out, ca.root_cert_pem())
             .with_context(|| format!("--root-cert-out {}", out.display()))?;
     }
-    let mut opts = DiscoveryOptions::default();
+    let mut opts = DiscoveryOptions {
+        root_ca_pem: Some(ca.root_cert_pem().to_string()),
+        ..DiscoveryOptions::default()
+    };
     opts.push_debounce.after = std::time::Duration::from_millis(args.debounce_ms);
     let discovery = Arc::new(Discovery::start(&dir, opts)?);
     let xds = weft_xds::server::bind(args.xds_addr)

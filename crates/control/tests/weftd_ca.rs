@@ -5,7 +5,8 @@
 //! weftd against the root from `--root-cert-out`); the chain verifies
 //! against that root and names exactly that identity; a CSR for another
 //! service account with the same token is refused with PermissionDenied;
-//! a restart on the same directory keeps the root; ADS answers over TLS.
+//! a restart on the same directory keeps the root; ADS answers over TLS,
+//! SDS included (`ROOTCA` carries the mesh root).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -14,8 +15,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use prost::Message as _;
 use rustls::client::danger::ServerCertVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
@@ -273,22 +277,49 @@ async fn weftd_serves_ads_over_tls() {
         type_url: weft_xds::types::CLUSTER.into(),
         ..DiscoveryRequest::default()
     };
+    let sds = DiscoveryRequest {
+        node: request.node.clone(),
+        type_url: weft_xds::types::SECRET.into(),
+        resource_names: vec!["ROOTCA".into()],
+        ..DiscoveryRequest::default()
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(request).await.expect("queue request");
+    tx.send(request).await.expect("queue CDS request");
+    tx.send(sds).await.expect("queue SDS request");
     let mut responses = ads
         .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .expect("ADS stream over TLS")
         .into_inner();
-    let response = tokio::time::timeout(BOUND, responses.message())
-        .await
-        .expect("CDS within bound")
-        .expect("stream ok")
-        .expect("a response");
-    assert_eq!(response.type_url, weft_xds::types::CLUSTER);
-    assert!(!response.version_info.is_empty(), "{response:?}");
+    let mut by_type = std::collections::BTreeMap::new();
+    while by_type.len() < 2 {
+        let response = tokio::time::timeout(BOUND, responses.message())
+            .await
+            .expect("CDS and SDS within bound")
+            .expect("stream ok")
+            .expect("a response");
+        assert!(!response.version_info.is_empty(), "{response:?}");
+        by_type.insert(response.type_url.clone(), response);
+    }
+    let cds = &by_type[weft_xds::types::CLUSTER];
     assert!(
-        !response.resources.is_empty(),
+        !cds.resources.is_empty(),
         "CDS has at least the passthrough/blackhole clusters"
+    );
+
+    // SDS: ROOTCA is a validation context trusting exactly the mesh root.
+    let sds = &by_type[weft_xds::types::SECRET];
+    assert_eq!(sds.resources.len(), 1, "{sds:?}");
+    let secret = Secret::decode(sds.resources[0].value.as_slice()).expect("Secret");
+    assert_eq!(secret.name, "ROOTCA");
+    let Some(secret::Type::ValidationContext(vc)) = secret.r#type else {
+        panic!("ROOTCA is not a validation context: {secret:?}");
+    };
+    let Some(Specifier::InlineBytes(pem)) = vc.trusted_ca.and_then(|d| d.specifier) else {
+        panic!("ROOTCA has no inline trusted_ca");
+    };
+    assert_eq!(
+        CertificateDer::from_pem_slice(&pem).expect("trusted_ca PEM"),
+        root
     );
 }

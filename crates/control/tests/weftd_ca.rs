@@ -5,7 +5,9 @@
 //! weftd against the root from `--root-cert-out`); the chain verifies
 //! against that root and names exactly that identity; a CSR for another
 //! service account with the same token is refused with PermissionDenied;
-//! a restart on the same directory keeps the root; ADS answers over TLS,
+//! a restart on the same directory keeps the root; a renewal over 15012
+//! authenticated by the client certificate alone is signed for that identity
+//! only; `--cacerts` roots and MeshConfig's `trustDomain` are honoured; ADS answers over TLS,
 //! SDS included (`ROOTCA` carries the mesh root).
 
 use std::io::{BufRead, BufReader};
@@ -22,12 +24,12 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use prost::Message as _;
 use rustls::client::danger::ServerCertVerifier;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use weft_identity::grpc_tls::MtlsConnector;
 use weft_identity::spiffe::spiffe_id_from_cert_der;
 use weft_identity::tls::{SpiffeServerVerifier, bootstrap_client_config};
 use weft_identity::workload::generate_key_and_csr;
-use weft_identity::{CaClient, MeshTrust, SpiffeId, TokenStore};
+use weft_identity::{CaClient, CertificateAuthority, MeshTrust, SpiffeId, TokenStore};
 
 /// Generous bound for anything asynchronous.
 const BOUND: Duration = Duration::from_secs(30);
@@ -83,6 +85,10 @@ fn paths() -> Paths {
 }
 
 fn start(p: &Paths) -> Weftd {
+    start_with(p, &[])
+}
+
+fn start_with(p: &Paths, extra: &[&std::ffi::OsStr]) -> Weftd {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weftd"))
         .arg("--config")
         .arg(format!("file://{}", p.config.display()))
@@ -105,6 +111,7 @@ fn start(p: &Paths) -> Weftd {
         .arg(&p.tokens)
         .arg("--root-cert-out")
         .arg(&p.root_out)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -141,7 +148,11 @@ fn read_root(path: &Path) -> CertificateDer<'static> {
 }
 
 fn trust(root: &CertificateDer<'static>) -> MeshTrust {
-    MeshTrust::new(std::slice::from_ref(root), vec!["cluster.local".into()]).expect("mesh trust")
+    trust_in(root, "cluster.local")
+}
+
+fn trust_in(root: &CertificateDer<'static>, trust_domain: &str) -> MeshTrust {
+    MeshTrust::new(std::slice::from_ref(root), vec![trust_domain.into()]).expect("mesh trust")
 }
 
 /// Checks `chain` (PEM, leaf first) chains to `root` and names `id` only.
@@ -152,7 +163,7 @@ fn assert_chain(chain: &[String], root: &CertificateDer<'static>, id: &SpiffeId)
         .collect();
     assert!(ders.len() >= 2, "chain has leaf and root: {chain:?}");
     assert_eq!(ders.last(), Some(root), "chain ends with the mesh root");
-    let verifier = SpiffeServerVerifier::new(trust(root), vec![id.clone()]);
+    let verifier = SpiffeServerVerifier::new(trust_in(root, id.trust_domain()), vec![id.clone()]);
     verifier
         .verify_server_cert(
             &ders[0],
@@ -167,12 +178,20 @@ fn assert_chain(chain: &[String], root: &CertificateDer<'static>, id: &SpiffeId)
 
 async fn request(client: &mut CaClient, id: &SpiffeId, token: &str) -> Result<Vec<String>, String> {
     let (_key, csr) = generate_key_and_csr(id).expect("CSR");
+    send(client, csr, Some(token)).await
+}
+
+async fn send(
+    client: &mut CaClient,
+    csr: String,
+    token: Option<&str>,
+) -> Result<Vec<String>, String> {
     let req = weft_identity::IstioCertificateRequest {
         csr,
         validity_duration: 3600,
         metadata: None,
     };
-    tokio::time::timeout(BOUND, client.create_certificate(req, Some(token)))
+    tokio::time::timeout(BOUND, client.create_certificate(req, token))
         .await
         .expect("CreateCertificate within bound")
         .map_err(|e| match e {
@@ -322,4 +341,101 @@ async fn weftd_serves_ads_over_tls() {
         CertificateDer::from_pem_slice(&pem).expect("trusted_ca PEM"),
         root
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weftd_renews_over_tls_with_the_client_certificate_alone() {
+    let p = paths();
+    let weftd = start(&p);
+    let root = read_root(&p.root_out);
+    let mut plain = CaClient::connect(&format!("http://{}", weftd.xds))
+        .await
+        .expect("connect");
+    let (key, csr) = generate_key_and_csr(&reviews()).expect("CSR");
+    let chain = send(&mut plain, csr, Some(&p.token))
+        .await
+        .expect("first certificate with the token");
+    let ders: Vec<CertificateDer<'static>> = chain
+        .iter()
+        .map(|pem| CertificateDer::from_pem_slice(pem.as_bytes()).expect("PEM"))
+        .collect();
+    // Present that certificate on 15012 and send no token.
+    let mut config = rustls::ClientConfig::builder_with_provider(weft_identity::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(SpiffeServerVerifier::new(
+            trust(&root),
+            vec![weftd_id()],
+        )))
+        .with_client_auth_cert(
+            ders,
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .expect("client certificate");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let mut tls = CaClient::connect_tls(
+        weftd.xds_tls,
+        ServerName::try_from("istiod.istio-system.svc").expect("name"),
+        config,
+    )
+    .await
+    .expect("mTLS to --xds-tls-addr");
+    let (_, csr) = generate_key_and_csr(&reviews()).expect("CSR");
+    let renewed = send(&mut tls, csr, None)
+        .await
+        .expect("renewal authenticated by the client certificate");
+    assert_chain(&renewed, &root, &reviews());
+    let ratings = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/ratings").expect("id");
+    let (_, csr) = generate_key_and_csr(&ratings).expect("CSR");
+    let refused = send(&mut tls, csr, None)
+        .await
+        .expect_err("reviews' certificate must not renew into ratings");
+    assert!(refused.starts_with("PermissionDenied"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weftd_signs_with_plugged_in_cacerts() {
+    let p = paths();
+    let cacerts = p.ca.with_file_name("cacerts");
+    let plugged = CertificateAuthority::generate_self_signed("cluster.local").expect("root");
+    plugged.write_to(&cacerts).expect("write cacerts");
+    let plugged_root = read_root(&cacerts.join("root-cert.pem"));
+    let weftd = start_with(&p, &["--cacerts".as_ref(), cacerts.as_os_str()]);
+    assert_eq!(
+        read_root(&p.root_out),
+        plugged_root,
+        "--cacerts root is served"
+    );
+    assert!(
+        !p.ca.exists(),
+        "--ca-dir is not touched when --cacerts is given"
+    );
+    let mut plain = CaClient::connect(&format!("http://{}", weftd.xds))
+        .await
+        .expect("connect");
+    let chain = request(&mut plain, &reviews(), &p.token)
+        .await
+        .expect("issued");
+    assert_chain(&chain, &plugged_root, &reviews());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weftd_takes_the_trust_domain_from_mesh_config() {
+    let p = paths();
+    let mesh = p.ca.with_file_name("mesh.yaml");
+    std::fs::write(&mesh, "trustDomain: example.org\n").expect("write mesh config");
+    let weftd = start_with(&p, &["--meshConfigFile".as_ref(), mesh.as_os_str()]);
+    let root = read_root(&p.root_out);
+    let mut plain = CaClient::connect(&format!("http://{}", weftd.xds))
+        .await
+        .expect("connect");
+    let id = SpiffeId::parse("spiffe://example.org/ns/default/sa/reviews").expect("id");
+    let chain = request(&mut plain, &id, &p.token).await.expect("issued");
+    assert_chain(&chain, &root, &id);
+    // The cluster.local form of the same account is another identity now.
+    let refused = request(&mut plain, &reviews(), &p.token)
+        .await
+        .expect_err("wrong trust domain");
+    assert!(refused.starts_with("PermissionDenied"), "{refused}");
 }

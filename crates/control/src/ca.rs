@@ -17,7 +17,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
@@ -31,14 +30,12 @@ use weft_identity::{
     IstioCertificateServer, LocalCertificateProvider, MeshTrust, PeerCertificateAuthenticator,
     SigningPolicy, SpiffeId, TokenStore,
 };
-use weft_xds::AdsServer;
+use weft_xds::{AdsServer, ServerOptions};
 
 /// Namespace and service account of weftd's own identity (istiod's).
 pub const CONTROL_PLANE_NAMESPACE: &str = "istio-system";
 /// Service account of weftd's serving certificate on the TLS port.
 pub const CONTROL_PLANE_SERVICE_ACCOUNT: &str = "istiod";
-/// HTTP/2 keepalive of the gRPC servers (as the ADS server uses).
-const KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// Errors setting up the CA.
 #[derive(Debug, thiserror::Error)]
@@ -251,10 +248,13 @@ impl ControlPlaneCa {
     }
 }
 
+/// A gRPC server with the ADS server's HTTP/2 keepalive, so streams of
+/// vanished proxies close.
 fn grpc_server() -> tonic::transport::Server {
+    let options = ServerOptions::default();
     tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_keepalive_interval(options.keepalive_interval)
+        .http2_keepalive_timeout(Some(options.keepalive_timeout))
         .tcp_nodelay(true)
 }
 
@@ -302,4 +302,49 @@ pub enum CaServeError {
 /// Binds `addr` for a gRPC port (`SO_REUSEADDR`, like the ADS port).
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, weft_xds::XdsError> {
     weft_xds::server::bind(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn errors_name_the_flag_and_value() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut options = CaOptions::new(tmp.path().join("ca"), "cluster.local");
+        options.cacerts = Some(tmp.path().join("missing-cacerts"));
+        let err = ControlPlaneCa::start(options)
+            .await
+            .expect_err("no cacerts");
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with("--cacerts ") && shown.contains("missing-cacerts"),
+            "{shown}"
+        );
+
+        let options = CaOptions::new(tmp.path().join("ca"), "bad/domain");
+        let err = ControlPlaneCa::start(options)
+            .await
+            .expect_err("bad domain");
+        assert!(
+            err.to_string().starts_with("--trust-domain \"bad/domain\""),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_token_file_starts_empty_and_the_ca_persists() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut options = CaOptions::new(tmp.path().join("ca"), "cluster.local");
+        options.bootstrap_tokens = Some(tmp.path().join("not-yet-written.json"));
+        let first = ControlPlaneCa::start(options.clone()).await.expect("start");
+        assert_eq!(
+            first.identity().uri(),
+            "spiffe://cluster.local/ns/istio-system/sa/istiod"
+        );
+        let root = first.root_cert_pem().to_string();
+        drop(first);
+        let second = ControlPlaneCa::start(options).await.expect("restart");
+        assert_eq!(second.root_cert_pem(), root);
+    }
 }

@@ -4,12 +4,14 @@
 //! Modules: the namespace view of the file config source ([`namespaces`]),
 //! the sidecar-injection webhook ([`webhook`]), translation ([`translate`]),
 //! distribution over ADS ([`discovery`]), debug endpoints ([`debug`]), the
-//! CA and its gRPC ports ([`ca`]) and the SDS trust bundle ([`sds`]).
+//! CA and its gRPC ports ([`ca`]), the SDS trust bundle ([`sds`]) and a
+//! node-agent SDS server for Envoy sidecars ([`sds_agent`]).
 
 pub mod ca;
 pub mod debug;
 pub mod discovery;
 pub mod namespaces;
 pub mod sds;
+pub mod sds_agent;
 pub mod translate;
 pub mod webhook;

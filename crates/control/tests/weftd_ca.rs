@@ -439,3 +439,107 @@ async fn weftd_takes_the_trust_domain_from_mesh_config() {
         .expect_err("wrong trust domain");
     assert!(refused.starts_with("PermissionDenied"), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_sds_serves_default_and_rootca_and_pushes_new_secrets() {
+    use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+    use weft_control::sds_agent::{AgentSds, fetch_secrets};
+
+    let p = paths();
+    let weftd = start(&p);
+    let root = read_root(&p.root_out);
+    let mut ca = CaClient::connect(&format!("http://{}", weftd.xds))
+        .await
+        .expect("connect");
+    let first = fetch_secrets(&mut ca, &reviews(), Some(&p.token), 3600)
+        .await
+        .expect("agent secrets");
+    let (publish, secrets) = tokio::sync::watch::channel(std::sync::Arc::new(first.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind SDS");
+    let sds_addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AgentSds::new(secrets).service())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut client = SecretDiscoveryServiceClient::connect(format!("http://{sds_addr}"))
+        .await
+        .expect("connect SDS");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        type_url: weft_xds::types::SECRET.into(),
+        resource_names: vec!["default".into(), "ROOTCA".into()],
+        ..DiscoveryRequest::default()
+    })
+    .await
+    .expect("queue");
+    let mut responses = client
+        .stream_secrets(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("SDS stream")
+        .into_inner();
+    let mut next = async || {
+        tokio::time::timeout(BOUND, responses.message())
+            .await
+            .expect("SDS response within bound")
+            .expect("stream ok")
+            .expect("a response")
+    };
+    // Decodes `default`: its chain (with the root appended) must verify as
+    // reviews, and its key must be the agent's.
+    let check = |response: &envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse,
+                 expected: &weft_control::sds_agent::AgentSecrets| {
+        let mut names = Vec::new();
+        for any in &response.resources {
+            let s = Secret::decode(any.value.as_slice()).expect("Secret");
+            names.push(s.name.clone());
+            match s.r#type.expect("secret type") {
+                secret::Type::TlsCertificate(tls) => {
+                    let inline =
+                        |d: Option<envoy_types::pb::envoy::config::core::v3::DataSource>| match d
+                            .and_then(|d| d.specifier)
+                        {
+                            Some(Specifier::InlineBytes(b)) => String::from_utf8(b).expect("PEM"),
+                            other => panic!("not inline bytes: {other:?}"),
+                        };
+                    let chain = inline(tls.certificate_chain);
+                    assert_eq!(chain, expected.chain_pem);
+                    assert_eq!(inline(tls.private_key), expected.key_pem);
+                    assert_chain(&[chain, expected.root_pem.clone()], &root, &reviews());
+                }
+                secret::Type::ValidationContext(vc) => {
+                    let Some(Specifier::InlineBytes(pem)) = vc.trusted_ca.and_then(|d| d.specifier)
+                    else {
+                        panic!("ROOTCA without inline trusted_ca");
+                    };
+                    assert_eq!(CertificateDer::from_pem_slice(&pem).expect("PEM"), root);
+                }
+                other => panic!("unexpected secret {other:?}"),
+            }
+        }
+        names.sort();
+        assert_eq!(names, ["ROOTCA", "default"]);
+    };
+    let r1 = next().await;
+    check(&r1, &first);
+    // ACK, then rotate: a new key and certificate are pushed unasked.
+    tx.send(DiscoveryRequest {
+        type_url: weft_xds::types::SECRET.into(),
+        resource_names: vec!["default".into(), "ROOTCA".into()],
+        version_info: r1.version_info.clone(),
+        response_nonce: r1.nonce.clone(),
+        ..DiscoveryRequest::default()
+    })
+    .await
+    .expect("ACK");
+    let second = fetch_secrets(&mut ca, &reviews(), Some(&p.token), 3600)
+        .await
+        .expect("rotated secrets");
+    assert_ne!(second.key_pem, first.key_pem, "a fresh key per certificate");
+    publish.send_replace(std::sync::Arc::new(second.clone()));
+    let r2 = next().await;
+    assert_ne!(r2.version_info, r1.version_info);
+    check(&r2, &second);
+}

@@ -26,28 +26,7 @@ use harness::{scenarios, translate_scenario};
 /// these fields (or whose detail names one of these types) is reported but
 /// accepted.
 const KNOWN_GAPS: &[(&str, &str)] = &[
-    (
-        "rds",
-        "HCM routes by RDS: weft-proxy refuses RDS until its xDS client lands",
-    ),
-    (
-        "metadata",
-        "filter_metadata for Istio's metrics labels (Listener/Cluster/LbEndpoint)",
-    ),
-    (
-        "retry_host_predicate",
-        "Istio's default retry prefers other hosts (previous_hosts)",
-    ),
-    (
-        "host_selection_retry_max_attempts",
-        "goes with retry_host_predicate",
-    ),
     ("request_mirror_policies", "VirtualService mirror"),
-    ("json_format", "accessLogEncoding: JSON"),
-    (
-        "max_requests_per_connection",
-        "DestinationRule http.maxRequestsPerConnection",
-    ),
     (
         "transport_socket",
         "DestinationRule tls SIMPLE/MUTUAL origination (upstream TLS)",

@@ -2,7 +2,7 @@
 //! into literal and operator segments; a finished request or connection
 //! fills an `Entry` (only the headers the format names are captured) and the
 //! line is formatted on the worker and written by a background thread per
-//! file.
+//! file. JSON formats (`json_format`) live in [`json`].
 
 use crate::config::ConfigError;
 use crate::model::common::Ctx;
@@ -14,6 +14,9 @@ use std::net::SocketAddr;
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
+
+mod json;
+pub use json::JsonTemplate;
 
 /// Envoy's default access log format.
 pub const DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
@@ -122,6 +125,8 @@ enum Seg {
 #[derive(Debug, Clone)]
 pub struct Format {
     segs: Vec<Seg>,
+    /// Set for a `json_format`: each line is this object, its values filled in.
+    json: Option<JsonTemplate>,
     pub req_headers: Vec<HeaderName>,
     pub resp_headers: Vec<HeaderName>,
 }
@@ -157,9 +162,34 @@ impl Format {
     ) -> Result<Format, ConfigError> {
         let mut f = Format {
             segs: Vec::new(),
+            json: None,
             req_headers: req,
             resp_headers: resp,
         };
+        f.segs = f.parse(ctx, text)?;
+        Ok(f)
+    }
+
+    /// Compiles a `json_format` object (string values are format strings).
+    pub fn compile_json(
+        ctx: &Ctx<'_>,
+        object: &serde_json::Map<String, serde_json::Value>,
+        req: Vec<HeaderName>,
+        resp: Vec<HeaderName>,
+    ) -> Result<Format, ConfigError> {
+        let mut f = Format {
+            segs: Vec::new(),
+            json: None,
+            req_headers: req,
+            resp_headers: resp,
+        };
+        f.json = Some(JsonTemplate::compile(&mut f, ctx, object)?);
+        Ok(f)
+    }
+
+    /// Splits a format string into literal and operator segments.
+    fn parse(&mut self, ctx: &Ctx<'_>, text: &str) -> Result<Vec<Seg>, ConfigError> {
+        let mut segs = Vec::new();
         let mut rest = text;
         let mut lit = String::new();
         while let Some(i) = rest.find('%') {
@@ -176,16 +206,16 @@ impl Format {
             let op_text = &rest[..end];
             rest = &rest[end + 1..];
             if !lit.is_empty() {
-                f.segs.push(Seg::Lit(std::mem::take(&mut lit)));
+                segs.push(Seg::Lit(std::mem::take(&mut lit)));
             }
-            let op = f.operator(ctx, op_text)?;
-            f.segs.push(Seg::Op(op));
+            let op = self.operator(ctx, op_text)?;
+            segs.push(Seg::Op(op));
         }
         lit.push_str(rest);
         if !lit.is_empty() {
-            f.segs.push(Seg::Lit(lit));
+            segs.push(Seg::Lit(lit));
         }
-        Ok(f)
+        Ok(segs)
     }
 
     fn operator(&mut self, ctx: &Ctx<'_>, op: &str) -> Result<Op, ConfigError> {
@@ -254,6 +284,9 @@ impl Format {
 
     /// Formats one entry into `out` (which the caller reuses).
     pub fn write(&self, e: &Entry, out: &mut String) {
+        if let Some(j) = &self.json {
+            return j.write(e, out);
+        }
         for seg in &self.segs {
             match seg {
                 Seg::Lit(s) => out.push_str(s),
@@ -476,6 +509,23 @@ impl AccessLog {
             .unwrap_or_default();
         Ok(AccessLog {
             format: Format::compile_with(&ctx.field("log_format"), format, req, resp)?,
+            sink: sink(ctx, path)?,
+        })
+    }
+
+    /// A `json_format` logger, sharing header slots with `prev` as
+    /// [`AccessLog::new_after`] does.
+    pub fn new_json_after(
+        prev: Option<&AccessLog>,
+        ctx: &Ctx<'_>,
+        path: &str,
+        object: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<AccessLog, ConfigError> {
+        let (req, resp) = prev
+            .map(|p| (p.format.req_headers.clone(), p.format.resp_headers.clone()))
+            .unwrap_or_default();
+        Ok(AccessLog {
+            format: Format::compile_json(&ctx.field("log_format.json_format"), object, req, resp)?,
             sink: sink(ctx, path)?,
         })
     }

@@ -17,6 +17,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
+mod limited;
+use limited::LimitedPool;
+
 /// How bytes reach the upstream. Only plaintext today; mTLS arrives with
 /// the identity issue as a second variant wrapping a TLS connector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +47,9 @@ pub struct UpstreamClient {
     idle_timeout: Duration,
     /// HTTP/2 pools, one per worker like `h1` (None: an HTTP/1.1 cluster).
     h2: Option<Arc<[H2Pool]>>,
+    /// HTTP/1.1 pools per worker when connections serve at most N requests
+    /// (max_requests_per_connection); `h1` is unused then.
+    limited: Option<(u32, Arc<[LimitedPool]>)>,
     pub transport: Transport,
 }
 
@@ -79,7 +85,8 @@ pub fn set_worker_id(i: usize) {
 struct H2Pool {
     connect_timeout: Duration,
     settings: HttpSettings,
-    conns: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+    /// Each endpoint's connection and the streams opened on it.
+    conns: Mutex<HashMap<SocketAddr, (http2::SendRequest<Body>, u32)>>,
 }
 
 impl H2Pool {
@@ -87,15 +94,22 @@ impl H2Pool {
         &self,
         addr: SocketAddr,
     ) -> Result<http2::SendRequest<Body>, UpstreamError> {
-        let cached = self
-            .conns
-            .lock()
-            .expect("h2 pool")
-            .get(&addr)
-            .filter(|s| !s.is_closed())
-            .cloned();
-        if let Some(s) = cached {
-            return Ok(s);
+        {
+            let mut conns = self.conns.lock().expect("h2 pool");
+            if let Some((s, used)) = conns.get_mut(&addr).filter(|(s, _)| !s.is_closed()) {
+                *used += 1;
+                let s = s.clone();
+                // At max_requests_per_connection streams the connection
+                // leaves the pool; it closes once its streams finish.
+                if self
+                    .settings
+                    .max_requests_per_connection
+                    .is_some_and(|m| *used >= m)
+                {
+                    conns.remove(&addr);
+                }
+                return Ok(s);
+            }
         }
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
@@ -117,10 +131,16 @@ impl H2Pool {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        self.conns
-            .lock()
-            .expect("h2 pool")
-            .insert(addr, sender.clone());
+        if self
+            .settings
+            .max_requests_per_connection
+            .is_none_or(|m| m > 1)
+        {
+            self.conns
+                .lock()
+                .expect("h2 pool")
+                .insert(addr, (sender.clone(), 1));
+        }
         Ok(sender)
     }
 
@@ -167,7 +187,17 @@ impl UpstreamClient {
                 })
                 .collect::<Arc<[H2Pool]>>()
         });
+        let limited = match (http.http2, http.max_requests_per_connection) {
+            (false, Some(m)) => Some((
+                m,
+                (0..workers)
+                    .map(|_| LimitedPool::default())
+                    .collect::<Arc<[LimitedPool]>>(),
+            )),
+            _ => None,
+        };
         UpstreamClient {
+            limited,
             h1: (0..POOLS.load(std::sync::atomic::Ordering::Relaxed))
                 .map(|_| OnceLock::new())
                 .collect(),
@@ -205,7 +235,13 @@ impl UpstreamClient {
                 let i = WORKER.with(|w| w.get()).min(pools.len() - 1);
                 pools[i].send(addr, req).await
             }
-            None => self.h1_client().request(req).await.map_err(classify),
+            None => match &self.limited {
+                Some((max, pools)) => {
+                    let i = WORKER.with(|w| w.get()).min(pools.len() - 1);
+                    pools[i].send(addr, *max, self.connect_timeout, req).await
+                }
+                None => self.h1_client().request(req).await.map_err(classify),
+            },
         }
     }
 }
@@ -225,6 +261,12 @@ fn classify(e: hyper_util::client::legacy::Error) -> UpstreamError {
         src = s.source();
     }
     UpstreamError::Reset(text)
+}
+
+/// Classifies an error of hyper's connection API (the request was sent
+/// on an established connection, so it is a reset unless refused).
+fn classify_hyper(e: hyper::Error) -> UpstreamError {
+    UpstreamError::Reset(error_chain(&e))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

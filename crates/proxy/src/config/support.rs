@@ -27,6 +27,7 @@ const OPEN: &[&str] = &[
     "envoy.type.v3.TokenBucket",
     "envoy.type.v3.HttpStatus",
     "envoy.config.core.v3.CidrRange",
+    "envoy.config.core.v3.Metadata",
     "envoy.config.core.v3.Locality",
     "envoy.config.core.v3.HeaderValue",
     "envoy.config.core.v3.RuntimeFractionalPercent",
@@ -36,6 +37,7 @@ const OPEN: &[&str] = &[
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
     "envoy.extensions.filters.http.router.v3.Router",
     "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
     "envoy.config.route.v3.RetryPolicy.RetryBackOff",
     "envoy.config.route.v3.RouteAction.HashPolicy.Header",
     "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties",
@@ -113,7 +115,7 @@ const PARTIAL: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.core.v3.HttpProtocolOptions",
-        &["idle_timeout"],
+        &["idle_timeout", "max_requests_per_connection"],
     ),
     (
         "envoy.config.core.v3.TransportSocket",
@@ -134,6 +136,7 @@ const PARTIAL: &[(&str, &[&str])] = &[
             "continue_on_listener_filters_timeout",
             "traffic_direction",
             "stat_prefix",
+            "metadata",
         ],
     ),
     (
@@ -175,7 +178,7 @@ const PARTIAL: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.core.v3.SubstitutionFormatString",
-        &["text_format", "text_format_source"],
+        &["text_format", "text_format_source", "json_format"],
     ),
     (
         "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
@@ -335,7 +338,13 @@ const PARTIAL: &[(&str, &[&str])] = &[
             "per_try_timeout",
             "retry_back_off",
             "retriable_status_codes",
+            "retry_host_predicate",
+            "host_selection_retry_max_attempts",
         ],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy.RetryHostPredicate",
+        &["name", "typed_config"],
     ),
     (
         "envoy.config.route.v3.RouteAction.HashPolicy",
@@ -423,6 +432,8 @@ const PARTIAL: &[(&str, &[&str])] = &[
             "http_protocol_options",
             "common_http_protocol_options",
             "common_lb_config",
+            "metadata",
+            "max_requests_per_connection",
         ],
     ),
     (
@@ -440,7 +451,12 @@ const PARTIAL: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.endpoint.v3.LbEndpoint",
-        &["endpoint", "health_status", "load_balancing_weight"],
+        &[
+            "endpoint",
+            "health_status",
+            "load_balancing_weight",
+            "metadata",
+        ],
     ),
     (
         "envoy.config.endpoint.v3.Endpoint",
@@ -494,6 +510,7 @@ const ANY_TYPES: &[&str] = &[
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
     "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
 ];
 
 /// Refuses any set field that weft-proxy does not implement, naming its path.

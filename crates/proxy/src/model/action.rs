@@ -211,7 +211,41 @@ impl RetryPolicy {
             }
             None => (Duration::from_millis(25), Duration::from_millis(250)),
         };
+        let mut previous_hosts = false;
+        for (i, p) in r.retry_host_predicate.iter().enumerate() {
+            let type_url = p
+                .config_type
+                .as_ref()
+                .map(
+                    |pb::retry_policy::retry_host_predicate::ConfigType::TypedConfig(a)| {
+                        a.type_url.as_str()
+                    },
+                )
+                .unwrap_or("");
+            if p.name == "envoy.retry_host_predicates.previous_hosts"
+                || type_url.ends_with(
+                    "/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+                )
+            {
+                previous_hosts = true;
+            } else {
+                return Err(ctx
+                    .index("retry_host_predicate", i)
+                    .unsupported(format!("predicate {:?} (only previous_hosts)", p.name)));
+            }
+        }
+        let host_selection_attempts = match r.host_selection_retry_max_attempts {
+            0 => 1,
+            n if n < 0 => {
+                return Err(ctx
+                    .field("host_selection_retry_max_attempts")
+                    .invalid(format!("{n} is negative")));
+            }
+            n => u32::try_from(n).unwrap_or(u32::MAX),
+        };
         Ok(RetryPolicy {
+            previous_hosts,
+            host_selection_attempts,
             on,
             num_retries: r.num_retries.as_ref().map(|n| n.value).unwrap_or(1),
             per_try_timeout: opt_duration(

@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::config::cluster::v3 as pb;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy as PbLb,
 };
-use envoy_types::pb::envoy::config::core::v3::{HealthStatus, address, socket_address};
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Metadata, address, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, lb_endpoint::HostIdentifier,
 };
@@ -69,6 +69,9 @@ pub struct Host {
     consecutive_gw: AtomicU32,
     ejected_until_ms: AtomicU64,
     ejections: AtomicU32,
+    /// The LbEndpoint's metadata (filter_metadata: informational, kept for
+    /// metrics labels).
+    metadata: Option<Arc<Metadata>>,
 }
 
 impl Host {
@@ -82,7 +85,16 @@ impl Host {
             consecutive_gw: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
+            metadata: None,
         }
+    }
+    /// The same host carrying its endpoint's metadata.
+    pub fn with_metadata(mut self, metadata: Option<Arc<Metadata>>) -> Self {
+        self.metadata = metadata;
+        self
+    }
+    pub fn metadata(&self) -> Option<&Metadata> {
+        self.metadata.as_deref()
     }
     pub fn available(&self, now_ms: u64) -> bool {
         self.healthy && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
@@ -164,6 +176,8 @@ pub struct HttpSettings {
     pub initial_stream_window: Option<u32>,
     pub initial_connection_window: Option<u32>,
     pub idle_timeout: Option<Duration>,
+    /// Requests one upstream connection serves before it is closed.
+    pub max_requests_per_connection: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -181,6 +195,9 @@ pub struct Cluster {
     /// Envoy's healthy_panic_threshold (percent, default 50): below it a
     /// priority level routes to all its hosts.
     pub panic_threshold: f64,
+    /// The cluster's metadata (filter_metadata: informational, kept for
+    /// metrics labels).
+    pub metadata: Option<Arc<Metadata>>,
 }
 
 // === impl Cluster ===
@@ -357,6 +374,7 @@ impl Cluster {
             http,
             breakers,
             outlier,
+            metadata: c.metadata.clone().map(Arc::new),
         })
     }
 
@@ -381,6 +399,18 @@ impl Cluster {
             None if self.panic_threshold > 0.0 => set.priorities.first()?.pick_panic().cloned(),
             None => None,
         }
+    }
+
+    /// A pick for a retry that avoids `avoid` (hosts already tried): from
+    /// the highest priority with an available host not in `avoid`. None
+    /// when there is no such host.
+    pub fn pick_avoiding(&self, hash: Option<u64>, avoid: &[SocketAddr]) -> Option<Arc<Host>> {
+        let now = now_ms();
+        let set = self.hosts.load();
+        set.priorities
+            .iter()
+            .find_map(|p| p.pick_avoiding(self.lb, hash, now, avoid))
+            .cloned()
     }
 
     /// Feeds outlier detection with a result: an HTTP status, or `None` for a
@@ -464,7 +494,8 @@ fn group(hosts: Vec<(Arc<Host>, u32)>, lb: LbPolicy) -> HostSet {
     }
 }
 
-/// (path, address, weight, priority, healthy, locality index, locality weight) of each endpoint.
+/// (path, address, weight, priority, healthy, locality index, locality
+/// weight, metadata) of each endpoint.
 type EndpointRow<'a> = (
     String,
     &'a envoy_types::pb::envoy::config::core::v3::SocketAddress,
@@ -473,6 +504,7 @@ type EndpointRow<'a> = (
     bool,
     usize,
     u32,
+    Option<&'a Metadata>,
 );
 
 fn endpoints<'a>(
@@ -517,6 +549,7 @@ fn endpoints<'a>(
                     .as_ref()
                     .map(|w| w.value)
                     .unwrap_or(0),
+                e.metadata.as_ref(),
             ));
         }
     }
@@ -547,7 +580,7 @@ fn static_hosts(
     for r in &rows {
         *locality_sum.entry(r.5).or_default() += r.2 as u64;
     }
-    for (path, sa, weight, priority, healthy, loc, loc_weight) in rows {
+    for (path, sa, weight, priority, healthy, loc, loc_weight, metadata) in rows {
         // Locality weighting: a locality's share split by endpoint weight.
         let weight = if locality_weighted {
             if loc_weight == 0 {
@@ -565,7 +598,8 @@ fn static_hosts(
             ))
         })?;
         let addr = SocketAddr::new(ip, port_of(&c, sa)?);
-        hosts.push((Arc::new(Host::new(addr, weight, healthy)), priority));
+        let host = Host::new(addr, weight, healthy).with_metadata(metadata.cloned().map(Arc::new));
+        hosts.push((Arc::new(host), priority));
     }
     Ok(group(hosts, lb))
 }
@@ -575,7 +609,7 @@ fn dns_names(
     la: Option<&ClusterLoadAssignment>,
 ) -> Result<Vec<(String, u16, u32, u32)>, ConfigError> {
     let mut names = Vec::new();
-    for (path, sa, weight, priority, _, _, _) in endpoints(ctx, la)? {
+    for (path, sa, weight, priority, _, _, _, _) in endpoints(ctx, la)? {
         let c = Ctx::new(ctx.origin, path).field("endpoint.address.socket_address");
         names.push((sa.address.clone(), port_of(&c, sa)?, weight, priority));
     }
@@ -675,12 +709,19 @@ fn http_settings(ctx: &Ctx<'_>, c: &pb::Cluster) -> Result<HttpSettings, ConfigE
         s.initial_stream_window = o.initial_stream_window_size.map(|v| v.value);
         s.initial_connection_window = o.initial_connection_window_size.map(|v| v.value);
     }
+    s.max_requests_per_connection = c.max_requests_per_connection.map(|v| v.value);
     if let Some(cm) = common {
+        if let Some(m) = cm.max_requests_per_connection {
+            s.max_requests_per_connection = Some(m.value);
+        }
         s.idle_timeout = cm
             .idle_timeout
             .as_ref()
             .map(|d| duration(&ctx.field("common_http_protocol_options.idle_timeout"), d))
             .transpose()?;
+    }
+    if s.max_requests_per_connection == Some(0) {
+        s.max_requests_per_connection = None;
     }
     Ok(s)
 }

@@ -106,6 +106,48 @@ impl PriorityHosts {
         }
     }
 
+    /// A pick that skips the hosts in `avoid` (a retry's previous hosts):
+    /// hash policies walk on from the hash's position, the others take
+    /// their next (round robin) or a random start. None when every
+    /// available host is to be avoided.
+    pub fn pick_avoiding(
+        &self,
+        policy: LbPolicy,
+        hash: Option<u64>,
+        now_ms: u64,
+        avoid: &[std::net::SocketAddr],
+    ) -> Option<&Arc<Host>> {
+        let ok = |h: &&Arc<Host>| h.available(now_ms) && !avoid.contains(&h.address);
+        let n = self.hosts.len();
+        if n == 0 {
+            return None;
+        }
+        match (policy, hash) {
+            (LbPolicy::RingHash { .. }, Some(hash)) if !self.ring.is_empty() => {
+                let start = self.ring.partition_point(|&(h, _)| h < hash);
+                let len = self.ring.len();
+                (0..len)
+                    .map(|i| &self.hosts[self.ring[(start + i) % len].1 as usize])
+                    .find(ok)
+            }
+            (LbPolicy::Maglev { .. }, Some(hash)) if !self.maglev.is_empty() => {
+                let start = self.maglev[(hash % self.maglev.len() as u64) as usize] as usize;
+                (0..n).map(|i| &self.hosts[(start + i) % n]).find(ok)
+            }
+            (LbPolicy::RoundRobin, _) => {
+                let len = self.schedule.len();
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..len)
+                    .map(|i| &self.hosts[self.schedule[(start + i) % len] as usize])
+                    .find(ok)
+            }
+            _ => {
+                let start = fastrand::usize(..n);
+                (0..n).map(|i| &self.hosts[(start + i) % n]).find(ok)
+            }
+        }
+    }
+
     fn first_available(&self, start: usize, now_ms: u64) -> Option<&Arc<Host>> {
         let n = self.hosts.len();
         (0..n)

@@ -118,6 +118,9 @@ pub struct Listener {
     pub chains: Vec<FilterChain>,
     pub default_chain: Option<FilterChain>,
     pub stats: ListenerStats,
+    /// The listener's metadata (filter_metadata: informational, kept for
+    /// metrics labels).
+    pub metadata: Option<Arc<envoy_types::pb::envoy::config::core::v3::Metadata>>,
 }
 
 // === impl Listener ===
@@ -182,6 +185,7 @@ impl Listener {
             l.stat_prefix.clone()
         };
         Ok(Listener {
+            metadata: l.metadata.clone().map(Arc::new),
             stats: stats.listener(&stat_addr),
             stat_name: stat_addr.as_str().into(),
             name,

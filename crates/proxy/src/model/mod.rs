@@ -134,23 +134,55 @@ pub fn data_source(ctx: &Ctx<'_>, d: &DataSource) -> Result<Bytes, ConfigError> 
     }
 }
 
+/// An access log's format: a format string or a `json_format` object.
+enum LogSpec {
+    Text(String),
+    Json(serde_json::Map<String, serde_json::Value>),
+}
+
+fn struct_to_json(
+    s: &envoy_types::pb::google::protobuf::Struct,
+) -> serde_json::Map<String, serde_json::Value> {
+    s.fields
+        .iter()
+        .map(|(k, v)| (k.clone(), value_to_json(v)))
+        .collect()
+}
+
+fn value_to_json(v: &envoy_types::pb::google::protobuf::Value) -> serde_json::Value {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null),
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+        Some(Kind::StructValue(s)) => serde_json::Value::Object(struct_to_json(s)),
+        Some(Kind::ListValue(l)) => {
+            serde_json::Value::Array(l.values.iter().map(value_to_json).collect())
+        }
+    }
+}
+
 #[allow(deprecated)]
 fn text_format(
     ctx: &Ctx<'_>,
     f: Option<&envoy_types::pb::envoy::config::core::v3::SubstitutionFormatString>,
-) -> Result<String, ConfigError> {
+) -> Result<LogSpec, ConfigError> {
     let Some(f) = f else {
-        return Ok(DEFAULT_FORMAT.to_owned());
+        return Ok(LogSpec::Text(DEFAULT_FORMAT.to_owned()));
     };
     match &f.format {
-        Some(SubFormat::TextFormat(t)) => Ok(t.clone()),
+        Some(SubFormat::TextFormat(t)) => Ok(LogSpec::Text(t.clone())),
         Some(SubFormat::TextFormatSource(ds)) => {
             let b = data_source(&ctx.field("text_format_source"), ds)?;
             String::from_utf8(b.to_vec())
+                .map(LogSpec::Text)
                 .map_err(|_| ctx.field("text_format_source").invalid("not UTF-8"))
         }
-        Some(SubFormat::JsonFormat(_)) => Err(ctx.field("json_format").unsupported("")),
-        None => Ok(DEFAULT_FORMAT.to_owned()),
+        Some(SubFormat::JsonFormat(s)) => Ok(LogSpec::Json(struct_to_json(s))),
+        None => Ok(LogSpec::Text(DEFAULT_FORMAT.to_owned())),
     }
 }
 
@@ -169,11 +201,13 @@ pub fn access_logs(ctx: &Ctx<'_>, logs: &[PbAccessLog]) -> Result<Vec<AccessLog>
                 let f = FileAccessLog::decode(any.value.as_slice()).map_err(err)?;
                 #[allow(deprecated)]
                 let format = match &f.access_log_format {
-                    Some(AccessLogFormat::Format(s)) if !s.is_empty() => s.clone(),
+                    Some(AccessLogFormat::Format(s)) if !s.is_empty() => LogSpec::Text(s.clone()),
                     Some(AccessLogFormat::LogFormat(lf)) => {
                         text_format(&tc.field("log_format"), Some(lf))?
                     }
-                    None | Some(AccessLogFormat::Format(_)) => DEFAULT_FORMAT.to_owned(),
+                    None | Some(AccessLogFormat::Format(_)) => {
+                        LogSpec::Text(DEFAULT_FORMAT.to_owned())
+                    }
                     Some(_) => {
                         return Err(tc.unsupported("JSON access log formats are not implemented"));
                     }
@@ -198,7 +232,10 @@ pub fn access_logs(ctx: &Ctx<'_>, logs: &[PbAccessLog]) -> Result<Vec<AccessLog>
             }
             other => return Err(tc.unsupported(format!("access logger {other}"))),
         };
-        let log = AccessLog::new_after(out.last(), &tc, &path, &format)?;
+        let log = match &format {
+            LogSpec::Text(t) => AccessLog::new_after(out.last(), &tc, &path, t)?,
+            LogSpec::Json(o) => AccessLog::new_json_after(out.last(), &tc, &path, o)?,
+        };
         out.push(log);
     }
     // Every logger captures the same (union) header list.

@@ -214,6 +214,12 @@ pub struct RetryPolicy {
     pub base_interval: Duration,
     pub max_interval: Duration,
     pub status_codes: Vec<u16>,
+    /// Envoy's previous_hosts retry host predicate: a retry avoids hosts
+    /// already tried when it can.
+    pub previous_hosts: bool,
+    /// host_selection_retry_max_attempts: how many times a retry re-picks
+    /// a host the predicate rejects before taking the last pick.
+    pub host_selection_attempts: u32,
 }
 
 #[derive(Debug)]

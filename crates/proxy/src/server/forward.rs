@@ -111,6 +111,30 @@ fn pick_host(
     }
 }
 
+/// Picks the host of one attempt. With the previous_hosts predicate a
+/// retry whose pick is a host already tried reselects (host_selection
+/// attempts, at least one): the reselection skips tried hosts directly
+/// (hash policies walk on along their ring or table), so one reselection
+/// finds an untried host whenever the cluster has an available one; with
+/// none left the first pick stands, as Envoy keeps its last pick.
+fn pick_attempt_host(
+    cluster: &Cluster,
+    x: &Exchange,
+    headers: &HeaderMap,
+    hash: Option<u64>,
+    policy: Option<&RetryPolicy>,
+    tried: &[std::net::SocketAddr],
+) -> Option<Arc<Host>> {
+    let host = pick_host(cluster, x, headers, hash)?;
+    let reselect = policy.is_some_and(|p| p.previous_hosts && p.host_selection_attempts > 0)
+        && tried.contains(&host.address)
+        && !matches!(cluster.discovery, Discovery::OriginalDst { .. });
+    if reselect && let Some(other) = cluster.pick_avoiding(hash, tried) {
+        return Some(other);
+    }
+    Some(host)
+}
+
 fn retriable_status(p: &RetryPolicy, status: u16) -> bool {
     (p.on.five_xx && status >= 500)
         || (p.on.gateway_error && matches!(status, 502..=504))
@@ -300,12 +324,16 @@ pub async fn forward(
     };
     let mut attempt = 0u32;
     let mut retry_guard = None;
+    let mut tried: Vec<std::net::SocketAddr> = Vec::new();
     let upstream_start = Instant::now();
     let outcome: Result<Response<hyper::body::Incoming>, Failure> = loop {
         attempt += 1;
-        let Some(host) = pick_host(&cluster, x, &parts.headers, hash) else {
+        let Some(host) = pick_attempt_host(&cluster, x, &parts.headers, hash, retry, &tried) else {
             break Err(Failure::NoHost);
         };
+        if retry.is_some_and(|p| p.previous_hosts) {
+            tried.push(host.address);
+        }
         if let Some(e) = x.entry.as_mut() {
             e.upstream_host = Some(host.address);
         }

@@ -236,6 +236,16 @@ impl ControlPlaneCa {
         IstioCertificateServer::new(self.service.clone())
     }
 
+    /// `SecretDiscoveryService` answering `ROOTCA` only, for Envoys whose
+    /// `sds_config` is an `api_config_source` pointing at weftd (SDS over
+    /// ADS answers `ROOTCA` too, see [`crate::sds`]).
+    pub fn sds_service(
+        &self,
+    ) -> envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer<crate::sds_agent::AgentSds>
+    {
+        crate::sds_agent::AgentSds::root_only(self.root_cert_pem()).service()
+    }
+
     /// Server TLS config of the 15012 port: weftd's rotating certificate,
     /// ALPN `h2`, client certificates verified when presented.
     pub fn tls_config(&self) -> Result<Arc<ServerConfig>, CaSetupError> {
@@ -258,7 +268,7 @@ fn grpc_server() -> tonic::transport::Server {
         .tcp_nodelay(true)
 }
 
-/// Serves ADS and `CreateCertificate` in plaintext on `listener` (15010).
+/// Serves ADS, `CreateCertificate` and SDS (`ROOTCA`) in plaintext on `listener` (15010).
 pub async fn serve_plaintext(
     listener: TcpListener,
     ads: &AdsServer,
@@ -267,11 +277,12 @@ pub async fn serve_plaintext(
     grpc_server()
         .add_service(ads.service())
         .add_service(ca.grpc_service())
+        .add_service(ca.sds_service())
         .serve_with_incoming(TcpListenerStream::new(listener))
         .await
 }
 
-/// Serves ADS and `CreateCertificate` over TLS on `listener` (15012); the
+/// Serves ADS, `CreateCertificate` and SDS (`ROOTCA`) over TLS on `listener` (15012); the
 /// client certificate's SPIFFE ID, when one is presented, authenticates
 /// certificate renewals.
 pub async fn serve_tls(
@@ -283,6 +294,7 @@ pub async fn serve_tls(
     grpc_server()
         .add_service(ads.service())
         .add_service(ca.grpc_service())
+        .add_service(ca.sds_service())
         .serve_with_incoming(mtls_incoming(listener, config))
         .await
         .map_err(CaServeError::Serve)

@@ -129,7 +129,7 @@ pub fn workload_secret(secrets: &AgentSecrets) -> Secret {
 
 fn secret_named(secrets: &AgentSecrets, name: &str) -> Option<Secret> {
     match name {
-        DEFAULT_SECRET => Some(workload_secret(secrets)),
+        DEFAULT_SECRET if !secrets.key_pem.is_empty() => Some(workload_secret(secrets)),
         ROOT_CA_SECRET => Some(root_ca_secret(&secrets.root_pem)),
         _ => None,
     }
@@ -161,6 +161,17 @@ pub struct AgentSds {
 impl AgentSds {
     /// Serves whatever `secrets` holds now and pushes each new value.
     pub fn new(secrets: watch::Receiver<Arc<AgentSecrets>>) -> Self {
+        AgentSds { secrets }
+    }
+
+    /// Serves `ROOTCA` only (never `default`): what weftd itself answers
+    /// on its gRPC ports for Envoys whose `sds_config` points at weftd.
+    pub fn root_only(root_pem: &str) -> Self {
+        let (_, secrets) = watch::channel(Arc::new(AgentSecrets {
+            chain_pem: String::new(),
+            key_pem: String::new(),
+            root_pem: root_pem.to_string(),
+        }));
         AgentSds { secrets }
     }
 
@@ -197,6 +208,7 @@ impl SecretDiscoveryService for AgentSds {
         tokio::spawn(async move {
             let mut names = BTreeSet::new();
             let mut version = 0u64;
+            let mut secrets_closed = false;
             loop {
                 tokio::select! {
                     next = requests.message() => {
@@ -208,8 +220,9 @@ impl SecretDiscoveryService for AgentSds {
                         }
                         names = wanted;
                     }
-                    changed = secrets.changed() => {
-                        if changed.is_err() { return; }
+                    changed = secrets.changed(), if !secrets_closed => {
+                        // A closed sender (root_only) means no more updates.
+                        if changed.is_err() { secrets_closed = true; continue; }
                         if names.is_empty() { continue; }
                     }
                 }

@@ -497,13 +497,12 @@ async fn agent_sds_serves_default_and_rootca_and_pushes_new_secrets() {
             names.push(s.name.clone());
             match s.r#type.expect("secret type") {
                 secret::Type::TlsCertificate(tls) => {
-                    let inline =
-                        |d: Option<envoy_types::pb::envoy::config::core::v3::DataSource>| match d
-                            .and_then(|d| d.specifier)
-                        {
-                            Some(Specifier::InlineBytes(b)) => String::from_utf8(b).expect("PEM"),
-                            other => panic!("not inline bytes: {other:?}"),
-                        };
+                    let inline = |d: Option<
+                        envoy_types::pb::envoy::config::core::v3::DataSource,
+                    >| match d.and_then(|d| d.specifier) {
+                        Some(Specifier::InlineBytes(b)) => String::from_utf8(b).expect("PEM"),
+                        other => panic!("not inline bytes: {other:?}"),
+                    };
                     let chain = inline(tls.certificate_chain);
                     assert_eq!(chain, expected.chain_pem);
                     assert_eq!(inline(tls.private_key), expected.key_pem);
@@ -542,4 +541,34 @@ async fn agent_sds_serves_default_and_rootca_and_pushes_new_secrets() {
     let r2 = next().await;
     assert_ne!(r2.version_info, r1.version_info);
     check(&r2, &second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weftd_sds_service_serves_rootca_but_never_a_workload_key() {
+    use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+    let p = paths();
+    let weftd = start(&p);
+    let root = read_root(&p.root_out);
+    let mut sds = SecretDiscoveryServiceClient::connect(format!("http://{}", weftd.xds))
+        .await
+        .expect("connect SDS on --xds-addr");
+    let response = sds
+        .fetch_secrets(DiscoveryRequest {
+            type_url: weft_xds::types::SECRET.into(),
+            resource_names: vec!["ROOTCA".into(), "default".into()],
+            ..DiscoveryRequest::default()
+        })
+        .await
+        .expect("FetchSecrets")
+        .into_inner();
+    assert_eq!(response.resources.len(), 1, "only ROOTCA: {response:?}");
+    let secret = Secret::decode(response.resources[0].value.as_slice()).expect("Secret");
+    assert_eq!(secret.name, "ROOTCA");
+    let Some(secret::Type::ValidationContext(vc)) = secret.r#type else {
+        panic!("ROOTCA is not a validation context");
+    };
+    let Some(Specifier::InlineBytes(pem)) = vc.trusted_ca.and_then(|d| d.specifier) else {
+        panic!("ROOTCA without inline trusted_ca");
+    };
+    assert_eq!(CertificateDer::from_pem_slice(&pem).expect("PEM"), root);
 }

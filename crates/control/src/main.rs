@@ -70,11 +70,12 @@ struct Args {
     #[arg(long = "xds-tls-addr", default_value = "0.0.0.0:15012")]
     xds_tls_addr: SocketAddr,
     /// Directory of the self-signed mesh root, generated on first start and
-    /// reused afterwards (Istio's `cacerts` file names).
+    /// reused afterwards (Istio's `cacerts` file names). A state directory
+    /// outside any checkout, so a CA key never lands in a source tree.
     #[arg(
         long = "ca-dir",
         env = "WEFT_CA_DIR",
-        default_value = "./var/weft-ca",
+        default_value = "/var/lib/weft/ca",
         value_name = "DIR"
     )]
     ca_dir: PathBuf,

@@ -26,7 +26,6 @@ use harness::{scenarios, translate_scenario};
 /// these fields (or whose detail names one of these types) is reported but
 /// accepted.
 const KNOWN_GAPS: &[(&str, &str)] = &[
-    ("request_mirror_policies", "VirtualService mirror"),
     (
         "transport_socket",
         "DestinationRule tls SIMPLE/MUTUAL origination (upstream TLS)",

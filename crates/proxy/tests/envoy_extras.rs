@@ -332,3 +332,112 @@ async fn max_requests_per_connection_opens_a_new_upstream_connection_after_n() {
     );
     p.shutdown();
 }
+
+/// An upstream that records (Host, body) of every request.
+async fn recording_upstream() -> (
+    std::net::SocketAddr,
+    Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let s = s.clone();
+                        async move {
+                            let host = req
+                                .headers()
+                                .get("host")
+                                .and_then(|h| h.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            s.lock()
+                                .expect("seen")
+                                .push((host, String::from_utf8_lossy(&body).into_owned()));
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from_static(b"shadow"),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(sock), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_sends_a_shadow_copy_and_answers_from_the_main_cluster() {
+    let main = upstream("main").await;
+    let (shadow, seen) = recording_upstream().await;
+    let r = routes(&[
+        route(
+            "mirrored",
+            "/m",
+            "main",
+            r#"                  request_mirror_policies:
+                  - cluster: shadow
+                    runtime_fraction: { default_value: { numerator: 100 } }
+"#,
+        ),
+        route(
+            "never",
+            "/n",
+            "main",
+            r#"                  request_mirror_policies:
+                  - cluster: shadow
+                    runtime_fraction: { default_value: { numerator: 0 } }
+"#,
+        ),
+    ]);
+    let c = vec![
+        cluster("main", &[main.addr.port()], ""),
+        cluster("shadow", &[shadow.port()], ""),
+    ];
+    let p = proxy(&http_bootstrap(&r, "", "", &c));
+    let addr = p.listener_address("http").expect("bound");
+    for _ in 0..3 {
+        let g = send(addr, "GET", "svc", "/n", &[], "").await;
+        assert_eq!(g.header("x-upstream"), Some("main"));
+    }
+    let g = send(addr, "POST", "svc.ns:8080", "/m", &[], "payload").await;
+    assert_eq!(g.status, 200);
+    assert_eq!(
+        g.header("x-upstream"),
+        Some("main"),
+        "the client gets the main answer"
+    );
+    assert_eq!(g.echo()["body"], "payload");
+    let mut got = Vec::new();
+    for _ in 0..250 {
+        got = seen.lock().expect("seen").clone();
+        if !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        got,
+        vec![("svc.ns-shadow:8080".to_owned(), "payload".to_owned())],
+        "exactly one shadow copy (the 0% route mirrors nothing), Host with -shadow"
+    );
+    assert_eq!(main.hits(), 4);
+    p.shutdown();
+}

@@ -309,7 +309,12 @@ const PARTIAL: &[(&str, &[&str])] = &[
             "hash_policy",
             "upgrade_configs",
             "cluster_not_found_response_code",
+            "request_mirror_policies",
         ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
+        &["cluster", "runtime_fraction"],
     ),
     (
         "envoy.config.route.v3.RouteAction.UpgradeConfig",

@@ -5,7 +5,7 @@
 use super::cluster::Cluster;
 use super::common::{Ctx, HeaderOps, opt_duration, plain_regex};
 use super::route::{
-    ForwardAction, HashPolicy, Redirect, RetryOn, RetryPolicy, Target, WeightedEntry,
+    ForwardAction, HashPolicy, Mirror, Redirect, RetryOn, RetryPolicy, Target, WeightedEntry,
     WeightedTargets,
 };
 use crate::config::ConfigError;
@@ -132,7 +132,33 @@ impl ForwardAction {
             }
             websocket = u.enabled.as_ref().map(|b| b.value).unwrap_or(true);
         }
+        let mut mirrors = Vec::new();
+        for (i, m) in a.request_mirror_policies.iter().enumerate() {
+            let c = ctx.index("request_mirror_policies", i);
+            if m.cluster.is_empty() {
+                return Err(c.field("cluster").invalid("a mirror needs a cluster"));
+            }
+            let cluster = match clusters.get(&m.cluster) {
+                Some(cl) => Some(cl.clone()),
+                None if allow_missing => None,
+                None => {
+                    return Err(c
+                        .field("cluster")
+                        .invalid(format!("unknown cluster {:?}", m.cluster)));
+                }
+            };
+            mirrors.push(Mirror {
+                cluster,
+                cluster_name: m.cluster.as_str().into(),
+                fraction: super::common::Fraction::compile(
+                    m.runtime_fraction
+                        .as_ref()
+                        .and_then(|r| r.default_value.as_ref()),
+                ),
+            });
+        }
         Ok(ForwardAction {
+            mirrors,
             not_found_status: match a.cluster_not_found_response_code() {
                 route_action::ClusterNotFoundResponseCode::ServiceUnavailable => {
                     StatusCode::SERVICE_UNAVAILABLE

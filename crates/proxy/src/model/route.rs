@@ -181,6 +181,18 @@ pub struct ForwardAction {
     pub retry: Option<Arc<RetryPolicy>>,
     pub hash_policy: Vec<HashPolicy>,
     pub websocket: bool,
+    /// request_mirror_policies: copies sent fire-and-forget.
+    pub mirrors: Vec<Mirror>,
+}
+
+/// One request_mirror_policy.
+#[derive(Debug)]
+pub struct Mirror {
+    /// None: a cluster not (yet) known over xDS; nothing is mirrored.
+    pub cluster: Option<Arc<Cluster>>,
+    pub cluster_name: Arc<str>,
+    /// runtime_fraction's default_value (all requests when unset).
+    pub fraction: super::common::Fraction,
 }
 
 #[derive(Debug)]

@@ -301,9 +301,11 @@ pub async fn forward(
         None
     };
 
-    // Buffer the body only when a retry might need to replay it.
+    // Buffer the body only when a retry might need to replay it or a
+    // mirror sends a copy.
     let retry = action.retry.as_deref().filter(|r| r.num_retries > 0);
-    let (mut streaming, buffered): (Option<Body>, Option<Bytes>) = if retry.is_some() {
+    let mirror = !action.mirrors.is_empty() && !upgrade_ok;
+    let (mut streaming, buffered): (Option<Body>, Option<Bytes>) = if retry.is_some() || mirror {
         match body.collect().await {
             Ok(c) => (None, Some(c.to_bytes())),
             Err(_) => {
@@ -315,6 +317,17 @@ pub async fn forward(
     } else {
         (Some(body), None)
     };
+    if mirror && let Some(b) = &buffered {
+        super::mirror::send(
+            &action.mirrors,
+            &parts.method,
+            &pq,
+            &parts.headers,
+            b,
+            hash,
+            action.timeout,
+        );
+    }
 
     let deadline = action.timeout.map(|t| Instant::now() + t);
     let version = if cluster.http.http2 {

@@ -7,6 +7,7 @@
 pub mod conn;
 pub mod forward;
 pub mod http;
+pub mod mirror;
 pub mod tcp;
 
 use crate::config::{ConfigError, LoadedBootstrap};

@@ -1,0 +1,348 @@
+//! Control-plane benchmark (run by `bench/control/run`): for N services
+//! (2 ports, 3 pods each, a VirtualService and DestinationRule per 10
+//! services) measures snapshot build, one proxy's full translation, the
+//! bytes of xDS per proxy and, with C in-process ADS clients connected to
+//! an ADS server serving [`TranslationGenerator`] (the generator weftd
+//! serves), the time from an endpoint change to every client having
+//! accepted (ACKed) the new EDS, and the CPU this process spent on it.
+//!
+//! `control_bench gen N DIR` writes the YAML files into DIR (for weftd);
+//! `control_bench run N CLIENTS ROUNDS` measures (CLIENTS 0 skips ADS).
+//! Output: `key=value` lines the run script collects.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use weft_api::store::{StoreOptions, build_snapshot};
+use weft_control::translate::{MeshView, ProxyNode, TranslateOptions, TranslationGenerator};
+use weft_xds::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use weft_xds::{
+    AdsClient, AdsServer, Any, ClientConfig, DebounceConfig, ProxyKind, ProxyMetadata, PushRequest,
+    Pusher, ServerOptions, XdsMetrics,
+};
+
+/// Pod `p` of service `i`: its name, namespace, version label and IP.
+fn pod(i: usize, p: usize, generation: usize) -> (String, String, String, String) {
+    let ip = i * 3 + p;
+    (
+        format!("svc-{i}-{p}"),
+        format!("ns-{}", i % 10),
+        format!("v{}", p % 2 + 1),
+        format!(
+            "10.{}.{}.{}",
+            128 + ip / 65536 + generation * 8,
+            (ip / 256) % 256,
+            ip % 256
+        ),
+    )
+}
+
+/// The YAML of service `i` (one file per service). `generation` moves the
+/// IPs of service 0's pods (an endpoint change).
+fn service_file(i: usize, generation: usize) -> String {
+    let ns = format!("ns-{}", i % 10);
+    let mut doc = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: {ns}}}\nspec:\n  clusterIP: 10.{a}.{b}.{c}\n  selector: {{app: svc-{i}}}\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n  - {{name: grpc, port: 9090}}\n",
+        a = 96 + i / 65536,
+        b = (i / 256) % 256,
+        c = i % 256
+    );
+    for p in 0..3 {
+        let (name, ns, v, ip) = pod(i, p, if i == 0 { generation } else { 0 });
+        doc.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{app: svc-{i}, version: {v}}}\nspec:\n  containers: [{{name: app}}]\nstatus:\n  podIP: {ip}\n"
+        ));
+    }
+    if i.is_multiple_of(10) {
+        doc.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: svc-{i}, namespace: {ns}}}\nspec:\n  hosts: [svc-{i}]\n  http:\n  - match:\n    - headers: {{end-user: {{exact: jason}}}}\n    route:\n    - destination: {{host: svc-{i}, subset: v2}}\n  - route:\n    - destination: {{host: svc-{i}, subset: v1}}\n      weight: 90\n    - destination: {{host: svc-{i}, subset: v2}}\n      weight: 10\n    retries: {{attempts: 2, perTryTimeout: 1s}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc-{i}, namespace: {ns}}}\nspec:\n  host: svc-{i}\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n"
+        ));
+    }
+    doc
+}
+
+fn generate(n: usize) -> BTreeMap<String, String> {
+    (0..n)
+        .map(|i| (format!("svc-{i}.yaml"), service_file(i, 0)))
+        .collect()
+}
+
+/// The sidecar of pod `p` of service `i`, as its node metadata.
+fn sidecar(i: usize, p: usize) -> ProxyMetadata {
+    let (name, ns, v, ip) = pod(i, p, 0);
+    ProxyMetadata {
+        kind: ProxyKind::Sidecar,
+        ips: vec![ip],
+        pod_name: name,
+        namespace: ns,
+        workload_name: format!("svc-{i}-{v}"),
+        labels: [
+            ("app".to_string(), format!("svc-{i}")),
+            ("version".to_string(), v),
+        ]
+        .into(),
+        service_account: "default".to_string(),
+        ..ProxyMetadata::default()
+    }
+}
+
+/// CPU seconds (user + system) this process has used.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15: 11 and 12 after the comm field.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// Accepts every update without work: the clients measure the protocol,
+/// not weft-proxy's compilation.
+struct NoWork;
+
+impl weft_xds::ConfigHandler for NoWork {
+    fn apply(&mut self, _: &str, _: &[Any]) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn apply_update(&mut self, _: &weft_xds::Update<'_>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize, default: usize| {
+        args.get(i)
+            .map(|a| {
+                a.parse()
+                    .unwrap_or_else(|_| panic!("argument {i} `{a}` is not a number"))
+            })
+            .unwrap_or(default)
+    };
+    match args.first().map(String::as_str) {
+        Some("gen") => {
+            let n = num(1, 1000);
+            let dir = args.get(2).expect("usage: control_bench gen N DIR");
+            std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("creating {dir}: {e}"));
+            for (name, text) in generate(n) {
+                let path = format!("{dir}/{name}");
+                std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+            }
+        }
+        Some("run") => run(num(1, 1000), num(2, 1000), num(3, 5)),
+        _ => panic!("usage: control_bench gen N DIR | run N CLIENTS ROUNDS"),
+    }
+}
+
+fn run(n: usize, clients: usize, rounds: usize) {
+    let files = generate(n);
+    let opts = StoreOptions::default();
+    let t = Instant::now();
+    let snap = build_snapshot(&files, vec![], None, &opts);
+    let snapshot_time = t.elapsed();
+    assert!(
+        !snap.has_errors(),
+        "generated config must be valid: {:?}",
+        snap.problems.first()
+    );
+    let t = Instant::now();
+    let view = MeshView::new(&snap, TranslateOptions::default());
+    let view_time = t.elapsed();
+    println!("services={n}");
+    println!("snapshot_ms={:.1}", ms(snapshot_time));
+    println!("meshview_ms={:.1}", ms(view_time));
+
+    // One proxy's full translation, median of 5, plus encoding.
+    let node = ProxyNode::from_metadata(sidecar(0, 0).node_id(), sidecar(0, 0))
+        .expect("sidecar has a namespace");
+    let mut times = Vec::new();
+    let mut encode_times = Vec::new();
+    let mut last = None;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let res = view.translate(&node);
+        times.push(t.elapsed());
+        let t = Instant::now();
+        let sets: Vec<_> = [LISTENER, ROUTE, CLUSTER, ENDPOINT]
+            .iter()
+            .map(|ty| res.resource_set(ty))
+            .collect();
+        encode_times.push(t.elapsed());
+        last = Some(sets);
+    }
+    times.sort();
+    encode_times.sort();
+    let sets = last.expect("five runs");
+    let bytes: usize = sets
+        .iter()
+        .flat_map(|s| s.iter())
+        .map(|r| r.any.value.len())
+        .sum();
+    let counts: Vec<usize> = sets.iter().map(|s| s.len()).collect();
+    println!("translate_ms={:.1}", ms(times[2]));
+    println!("encode_ms={:.1}", ms(encode_times[2]));
+    println!("xds_bytes_per_proxy={bytes}");
+    println!(
+        "resources_lds_rds_cds_eds={}/{}/{}/{}",
+        counts[0], counts[1], counts[2], counts[3]
+    );
+    println!("rss_after_translate_mib={:.0}", rss_mib());
+    if clients > 0 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        rt.block_on(ads(n, clients, rounds, files, snap, view));
+    }
+}
+
+async fn ads(
+    n: usize,
+    clients: usize,
+    rounds: usize,
+    mut files: BTreeMap<String, String>,
+    mut snap: weft_api::store::Snapshot,
+    view: MeshView,
+) {
+    let generator = Arc::new(TranslationGenerator::new(view));
+    let pusher = Pusher::spawn(DebounceConfig {
+        after: Duration::ZERO,
+        max: Duration::from_secs(10),
+    });
+    let metrics = Arc::new(XdsMetrics::unregistered());
+    let server = AdsServer::new(
+        generator.clone(),
+        &pusher,
+        metrics.clone(),
+        ServerOptions::default(),
+    );
+    let listener = weft_xds::server::bind("127.0.0.1:0".parse().expect("address"))
+        .expect("binding 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local address");
+    let srv = server.clone();
+    tokio::spawn(async move { srv.serve(listener, std::future::pending()).await });
+
+    // Each client reports every EDS version it accepts, with a timestamp.
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, String, Instant)>();
+    let cpu0 = cpu_seconds();
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for c in 0..clients {
+        let tx = tx.clone();
+        // Client c is the sidecar of pod c/n of service c%n (distinct node ids).
+        let md = sidecar(c % n, (c / n) % 3);
+        let mut node = md.to_node();
+        if c >= 3 * n {
+            node.id = format!("{}-{c}", node.id);
+        }
+        let mut config = ClientConfig::new(format!("http://{addr}"), node);
+        config.connect_timeout = Duration::from_secs(60);
+        let handle = AdsClient::spawn(config, NoWork).expect("client");
+        let mut state = handle.state();
+        tokio::spawn(async move {
+            let mut last = String::new();
+            while state.changed().await.is_ok() {
+                let v = state.borrow_and_update().version(ENDPOINT).to_string();
+                if v != last && !v.is_empty() {
+                    let _ = tx.send((c, v.clone(), Instant::now()));
+                    last = v;
+                }
+            }
+        });
+        handles.push(handle);
+    }
+    let mut synced = vec![false; clients];
+    let mut count = 0;
+    while count < clients {
+        let (c, _, _) = rx.recv().await.expect("clients report");
+        if !synced[c] {
+            synced[c] = true;
+            count += 1;
+        }
+    }
+    let initial_sync = started.elapsed();
+    let initial_cpu = cpu_seconds() - cpu0;
+    // Late reports of the initial sync must not count as round 1's.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while rx.try_recv().is_ok() {}
+    println!("clients={clients}");
+    println!("initial_sync_s={:.2}", initial_sync.as_secs_f64());
+    println!("initial_sync_cpu_s={:.2}", initial_cpu);
+    println!("rss_with_clients_mib={:.0}", rss_mib());
+
+    let mut all = Vec::new();
+    let mut totals = Vec::new();
+    let mut rebuilds = Vec::new();
+    let cpu_before = cpu_seconds();
+    for round in 1..=rounds {
+        // An endpoint change: service 0's pods move. The pipeline is weftd's
+        // on a file change (rebuild snapshot, new view, EDS push).
+        let t0 = Instant::now();
+        files.insert("svc-0.yaml".to_string(), service_file(0, round));
+        let next = build_snapshot(&files, vec![], Some(&snap), &StoreOptions::default());
+        generator.update(MeshView::new(&next, TranslateOptions::default()));
+        snap = next;
+        rebuilds.push(t0.elapsed());
+        pusher.trigger(PushRequest::endpoints(format!("round {round}")));
+        let mut done = vec![false; clients];
+        let mut got = 0;
+        let mut latencies = Vec::with_capacity(clients);
+        while got < clients {
+            let (c, _, at) = rx.recv().await.expect("clients report");
+            // The first new EDS version after t0 is this round's.
+            if at > t0 && !done[c] {
+                done[c] = true;
+                got += 1;
+                latencies.push(at - t0);
+            }
+        }
+        latencies.sort();
+        totals.push(*latencies.last().expect("clients"));
+        all.extend(latencies);
+    }
+    let cpu = cpu_seconds() - cpu_before;
+    all.sort();
+    totals.sort();
+    rebuilds.sort();
+    println!("rounds={rounds}");
+    println!("rebuild_ms_median={:.1}", ms(rebuilds[rebuilds.len() / 2]));
+    println!("ack_p50_ms={:.1}", ms(percentile(&all, 0.5)));
+    println!("ack_p99_ms={:.1}", ms(percentile(&all, 0.99)));
+    println!("all_acked_median_ms={:.1}", ms(totals[totals.len() / 2]));
+    println!(
+        "all_acked_max_ms={:.1}",
+        ms(*totals.last().expect("rounds"))
+    );
+    println!("cpu_s_per_push={:.2}", cpu / rounds as f64);
+    println!("rss_after_pushes_mib={:.0}", rss_mib());
+    println!(
+        "eds_pushes={} connected={}",
+        metrics.pushes(ENDPOINT),
+        metrics.connected_proxies()
+    );
+    for h in handles {
+        h.shutdown().await;
+    }
+}

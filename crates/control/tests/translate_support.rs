@@ -30,11 +30,6 @@ const KNOWN_GAPS: &[(&str, &str)] = &[
         "transport_socket",
         "DestinationRule tls SIMPLE/MUTUAL origination (upstream TLS)",
     ),
-    ("envoy.extensions.filters.http.cors.v3.Cors", "CORS filter"),
-    (
-        "envoy.extensions.filters.http.cors.v3.CorsPolicy",
-        "per-route CORS policy",
-    ),
 ];
 
 fn pool() -> &'static prost_reflect::DescriptorPool {

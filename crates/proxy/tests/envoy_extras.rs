@@ -441,3 +441,92 @@ async fn mirror_sends_a_shadow_copy_and_answers_from_the_main_cluster() {
     assert_eq!(main.hits(), 4);
     p.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_answers_allowed_preflights_and_marks_allowed_responses() {
+    let up = upstream("up").await;
+    let r = routes(&[String::from(
+        r#"              - name: api
+                match: { prefix: "/" }
+                route: { cluster: up }
+                typed_per_filter_config:
+                  envoy.filters.http.cors:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+                    allow_origin_string_match: [ { exact: "https://a.example" } ]
+                    allow_methods: "GET,POST"
+                    allow_headers: "x-token"
+                    expose_headers: "x-upstream"
+                    max_age: "600"
+                    allow_credentials: true
+"#,
+    )]);
+    let filters = r#"          - name: envoy.filters.http.cors
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
+"#;
+    let p = proxy(&http_bootstrap(
+        &r,
+        "",
+        filters,
+        &[cluster("up", &[up.addr.port()], "")],
+    ));
+    let addr = p.listener_address("http").expect("bound");
+
+    let pre = [
+        ("origin", "https://a.example"),
+        ("access-control-request-method", "POST"),
+    ];
+    let g = send(addr, "OPTIONS", "svc", "/x", &pre, "").await;
+    assert_eq!(g.status, 200);
+    assert_eq!(
+        g.header("access-control-allow-origin"),
+        Some("https://a.example")
+    );
+    assert_eq!(g.header("access-control-allow-methods"), Some("GET,POST"));
+    assert_eq!(g.header("access-control-allow-headers"), Some("x-token"));
+    assert_eq!(g.header("access-control-max-age"), Some("600"));
+    assert_eq!(g.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(
+        up.hits(),
+        0,
+        "an allowed preflight is answered by the proxy"
+    );
+
+    let other = [
+        ("origin", "https://evil.example"),
+        ("access-control-request-method", "POST"),
+    ];
+    let g = send(addr, "OPTIONS", "svc", "/x", &other, "").await;
+    assert_eq!(g.header("x-upstream"), Some("up"), "not allowed: forwarded");
+    assert_eq!(g.header("access-control-allow-origin"), None);
+    assert_eq!(up.hits(), 1);
+
+    let g = send(
+        addr,
+        "GET",
+        "svc",
+        "/x",
+        &[("origin", "https://a.example")],
+        "",
+    )
+    .await;
+    assert_eq!(g.status, 200);
+    assert_eq!(g.header("x-upstream"), Some("up"));
+    assert_eq!(
+        g.header("access-control-allow-origin"),
+        Some("https://a.example")
+    );
+    assert_eq!(
+        g.header("access-control-expose-headers"),
+        Some("x-upstream")
+    );
+    assert_eq!(g.header("access-control-allow-credentials"), Some("true"));
+
+    let g = get(addr, "svc", "/x").await;
+    assert_eq!(
+        g.header("access-control-allow-origin"),
+        None,
+        "no Origin, no CORS"
+    );
+    p.shutdown();
+}

@@ -56,6 +56,19 @@ const OPEN: &[&str] = &[
 /// Messages of which only the listed fields are understood.
 const PARTIAL: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
+    ("envoy.extensions.filters.http.cors.v3.Cors", &[]),
+    (
+        "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        &[
+            "allow_origin_string_match",
+            "allow_methods",
+            "allow_headers",
+            "expose_headers",
+            "max_age",
+            "allow_credentials",
+            "filter_enabled",
+        ],
+    ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
         &["name", "typed_config"],
@@ -516,6 +529,8 @@ const ANY_TYPES: &[&str] = &[
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
     "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
     "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+    "envoy.extensions.filters.http.cors.v3.Cors",
+    "envoy.extensions.filters.http.cors.v3.CorsPolicy",
 ];
 
 /// Refuses any set field that weft-proxy does not implement, naming its path.

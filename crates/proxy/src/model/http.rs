@@ -77,6 +77,8 @@ impl LocalRateLimit {
 pub enum HttpFilter {
     Fault(Fault),
     LocalRateLimit(LocalRateLimit),
+    /// The CORS filter: None on the HCM, a route's policy per route.
+    Cors(Option<Arc<super::cors::CorsPolicy>>),
 }
 
 /// An HTTP filter with the name routes use in `typed_per_filter_config`.
@@ -235,6 +237,17 @@ pub fn compile_typed(
         "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit" => {
             let pbl = PbLocalRateLimit::decode(any.value.as_slice()).map_err(decode_err)?;
             Some(HttpFilter::LocalRateLimit(compile_rate_limit(tc, &pbl)?))
+        }
+        "envoy.extensions.filters.http.cors.v3.Cors" => Some(HttpFilter::Cors(None)),
+        "envoy.extensions.filters.http.cors.v3.CorsPolicy" => {
+            let p =
+                envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy::decode(
+                    any.value.as_slice(),
+                )
+                .map_err(decode_err)?;
+            Some(HttpFilter::Cors(Some(Arc::new(
+                super::cors::CorsPolicy::compile(tc, &p)?,
+            ))))
         }
         other => return Err(tc.unsupported(format!("HTTP filter {other}"))),
     })

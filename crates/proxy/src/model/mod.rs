@@ -5,6 +5,7 @@
 mod action;
 pub mod cluster;
 pub mod common;
+pub mod cors;
 pub mod http;
 pub mod lb;
 pub mod listener;

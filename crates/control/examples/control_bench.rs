@@ -209,6 +209,41 @@ fn run(n: usize, clients: usize, rounds: usize) {
         counts[0], counts[1], counts[2], counts[3]
     );
     println!("rss_after_translate_mib={:.0}", rss_mib());
+    drop(sets);
+
+    // Memory one proxy's translation costs while held: 10 distinct
+    // proxies' decoded resources (what TranslationGenerator caches), then
+    // their encoded sets (what the ADS server holds per stream).
+    let held = 10;
+    let before = rss_mib();
+    let decoded: Vec<_> = (0..held)
+        .map(|k| {
+            let md = sidecar(k % n, k / n % 3);
+            let node = ProxyNode::from_metadata(format!("{}-{k}", md.node_id()), md)
+                .expect("sidecar has a namespace");
+            view.translate(&node)
+        })
+        .collect();
+    let mid = rss_mib();
+    let encoded: Vec<Vec<_>> = decoded
+        .iter()
+        .map(|res| {
+            [LISTENER, ROUTE, CLUSTER, ENDPOINT]
+                .iter()
+                .map(|ty| res.resource_set(ty))
+                .collect()
+        })
+        .collect();
+    let after = rss_mib();
+    println!(
+        "rss_per_held_translation_mib={:.1}",
+        (mid - before) / held as f64
+    );
+    println!(
+        "rss_per_held_encoded_sets_mib={:.1}",
+        (after - mid) / held as f64
+    );
+    drop((encoded, decoded));
     if clients > 0 {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

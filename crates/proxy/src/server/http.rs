@@ -443,7 +443,7 @@ async fn route_and_run(
             }
             HttpFilter::Cors(None) => {}
             HttpFilter::Cors(Some(p)) => {
-                if let Some(r) = cors(x, p, &parts) {
+                if let Some(r) = super::cors::check(x, p, &parts) {
                     return local(pending, r);
                 }
             }
@@ -481,48 +481,6 @@ async fn route_and_run(
             forward::forward(x, route, vh, table, action, parts, body).await
         }
     }
-}
-
-/// The CORS filter with a route's policy: answers an allowed preflight
-/// (returned), or remembers an allowed origin for `finish`. Requests
-/// without an Origin, or from an origin not allowed, pass untouched.
-fn cors(
-    x: &mut Exchange,
-    p: &Arc<crate::model::cors::CorsPolicy>,
-    parts: &http::request::Parts,
-) -> Option<Response<Body>> {
-    let origin = parts.headers.get(header::ORIGIN)?;
-    if !p.enabled.hit() || !origin.to_str().is_ok_and(|o| p.allows(o)) {
-        return None;
-    }
-    let preflight = parts.method == http::Method::OPTIONS
-        && parts
-            .headers
-            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    if !preflight {
-        x.cors = Some((origin.clone(), p.clone()));
-        return None;
-    }
-    x.details = "cors_response";
-    let mut r = Response::new(empty());
-    let h = r.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-    if p.allow_credentials {
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-            HeaderValue::from_static("true"),
-        );
-    }
-    for (name, v) in [
-        (header::ACCESS_CONTROL_ALLOW_METHODS, &p.allow_methods),
-        (header::ACCESS_CONTROL_ALLOW_HEADERS, &p.allow_headers),
-        (header::ACCESS_CONTROL_MAX_AGE, &p.max_age),
-    ] {
-        if let Some(v) = v {
-            h.insert(name, v.clone());
-        }
-    }
-    Some(r)
 }
 
 fn no_route(x: &mut Exchange) -> Response<Body> {
@@ -605,17 +563,7 @@ fn finish(mut x: Exchange, mut resp: Response<Body>) -> Response<Body> {
     resp.headers_mut()
         .insert(header::SERVER, hcm.server_name.clone());
     if let Some((origin, p)) = x.cors.take() {
-        let h = resp.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        if p.allow_credentials {
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                HeaderValue::from_static("true"),
-            );
-        }
-        if let Some(e) = &p.expose_headers {
-            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, e.clone());
-        }
+        super::cors::mark_response(resp.headers_mut(), origin, &p);
     }
     if hcm.always_set_request_id_in_response
         && let Some(id) = &x.request_id

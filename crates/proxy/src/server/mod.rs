@@ -5,6 +5,7 @@
 //! connections keep the version they started with.
 
 pub mod conn;
+pub mod cors;
 pub mod forward;
 pub mod http;
 pub mod mirror;

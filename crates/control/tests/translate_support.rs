@@ -25,12 +25,10 @@ use harness::{scenarios, translate_scenario};
 /// why translation still writes them. A refusal whose path ends in one of
 /// these fields (or whose detail names one of these types) is reported but
 /// accepted.
-const KNOWN_GAPS: &[(&str, &str)] = &[
-    (
-        "transport_socket",
-        "DestinationRule tls SIMPLE/MUTUAL origination (upstream TLS)",
-    ),
-];
+const KNOWN_GAPS: &[(&str, &str)] = &[(
+    "transport_socket",
+    "DestinationRule tls SIMPLE/MUTUAL origination (upstream TLS)",
+)];
 
 fn pool() -> &'static prost_reflect::DescriptorPool {
     weft_proxy::config::pool()

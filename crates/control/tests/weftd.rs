@@ -3,65 +3,28 @@
 //! plain `/ready`, HTTP 400 for malformed reviews, namespace selection from
 //! `--config file://DIR`.
 
+mod support;
+
 use base64::Engine;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use weft_control::webhook::client::WebhookClient;
 
 /// A weftd child process, killed on drop.
 struct Weftd {
-    child: Child,
+    _process: support::Weftd,
     webhook: SocketAddr,
     ready: SocketAddr,
 }
 
-impl Drop for Weftd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(config_dir: &Path, extra: &[&str]) -> Weftd {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weftd"))
-        .arg("--config")
-        .arg(format!("file://{}", config_dir.display()))
-        .args([
-            "--webhook-addr",
-            "127.0.0.1:0",
-            "--ready-addr",
-            "127.0.0.1:0",
-            "--xds-addr",
-            "127.0.0.1:0",
-            "--monitoring-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--xds-tls-addr", "127.0.0.1:0"])
-        // A fresh CA per weftd (kept on disk only for this process's life).
-        .env("WEFT_CA_DIR", tempfile::tempdir().expect("CA dir").keep())
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start weftd");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read weftd's address line");
-    let field = |k: &str| -> SocketAddr {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap_or_else(|| panic!("weftd printed {line:?}"))
-            .parse()
-            .expect("address")
-    };
+    let process = support::Weftd::start(config_dir, extra);
     Weftd {
-        webhook: field("webhook-addr="),
-        ready: field("ready-addr="),
-        child,
+        webhook: process.addr("webhook-addr"),
+        ready: process.addr("ready-addr"),
+        _process: process,
     }
 }
 

@@ -5,11 +5,12 @@
 //! endpoints only when a Pod is added, and on an invalid object reports it
 //! on `/debug/config_errors` while serving its last good version.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,56 +26,17 @@ use weft_xds::{AdsClient, Any, ClientConfig, ClientState, ProxyMetadata};
 const BOUND: Duration = Duration::from_secs(30);
 
 struct Weftd {
-    child: Child,
+    _process: support::Weftd,
     xds: SocketAddr,
     monitoring: SocketAddr,
 }
 
-impl Drop for Weftd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(dir: &Path) -> Weftd {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weftd"))
-        .arg("--config")
-        .arg(format!("file://{}", dir.display()))
-        .args([
-            "--webhook-addr",
-            "127.0.0.1:0",
-            "--ready-addr",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--xds-addr",
-            "127.0.0.1:0",
-            "--monitoring-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--xds-tls-addr", "127.0.0.1:0"])
-        // A fresh CA per weftd (kept on disk only for this process's life).
-        .env("WEFT_CA_DIR", tempfile::tempdir().expect("CA dir").keep())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start weftd");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read weftd's address line");
-    let field = |k: &str| -> SocketAddr {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap_or_else(|| panic!("weftd printed {line:?}"))
-            .parse()
-            .expect("address")
-    };
+    let process = support::Weftd::start(dir, std::iter::empty::<&str>());
     Weftd {
-        xds: field("xds-addr="),
-        monitoring: field("monitoring-addr="),
-        child,
+        xds: process.addr("xds-addr"),
+        monitoring: process.addr("monitoring-addr"),
+        _process: process,
     }
 }
 

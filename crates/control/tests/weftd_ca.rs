@@ -10,10 +10,10 @@
 //! only; `--cacerts` roots and MeshConfig's `trustDomain` are honoured; ADS answers over TLS,
 //! SDS included (`ROOTCA` carries the mesh root).
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -35,16 +35,9 @@ use weft_identity::{CaClient, CertificateAuthority, MeshTrust, SpiffeId, TokenSt
 const BOUND: Duration = Duration::from_secs(30);
 
 struct Weftd {
-    child: Child,
+    _process: support::Weftd,
     xds: SocketAddr,
     xds_tls: SocketAddr,
-}
-
-impl Drop for Weftd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 struct Paths {
@@ -89,48 +82,20 @@ fn start(p: &Paths) -> Weftd {
 }
 
 fn start_with(p: &Paths, extra: &[&std::ffi::OsStr]) -> Weftd {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weftd"))
-        .arg("--config")
-        .arg(format!("file://{}", p.config.display()))
-        .args([
-            "--webhook-addr",
-            "127.0.0.1:0",
-            "--ready-addr",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--xds-addr",
-            "127.0.0.1:0",
-            "--monitoring-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--xds-tls-addr", "127.0.0.1:0"])
-        .arg("--ca-dir")
-        .arg(&p.ca)
-        .arg("--bootstrap-tokens")
-        .arg(&p.tokens)
-        .arg("--root-cert-out")
-        .arg(&p.root_out)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start weftd");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read weftd's address line");
-    let field = |k: &str| -> SocketAddr {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap_or_else(|| panic!("weftd printed {line:?}"))
-            .parse()
-            .expect("address")
-    };
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--ca-dir".as_ref(),
+        p.ca.as_os_str(),
+        "--bootstrap-tokens".as_ref(),
+        p.tokens.as_os_str(),
+        "--root-cert-out".as_ref(),
+        p.root_out.as_os_str(),
+    ];
+    args.extend_from_slice(extra);
+    let process = support::Weftd::start(&p.config, args);
     Weftd {
-        xds: field("xds-addr="),
-        xds_tls: field("xds-tls-addr="),
-        child,
+        xds: process.addr("xds-addr"),
+        xds_tls: process.addr("xds-tls-addr"),
+        _process: process,
     }
 }
 

@@ -46,9 +46,10 @@ fn demo_mesh_is_clean() {
     assert!(!text.contains("error:"), "{text}");
     assert!(!text.contains("warning:"), "{text}");
     // namespace + 3 × (ServiceAccount, Service) + 4 Deployments + DR, VS,
-    // PeerAuthentication, AuthorizationPolicy.
+    // PeerAuthentication, AuthorizationPolicy + the client (ServiceAccount,
+    // Deployment).
     assert!(
-        text.contains("No validation issues found (6 files, 15 objects)."),
+        text.contains("No validation issues found (7 files, 17 objects)."),
         "{text}"
     );
 }
@@ -67,7 +68,7 @@ fn whole_examples_directory_is_clean() {
     );
     assert!(!text.lines().any(|l| l.starts_with("warning: ")), "{text}");
     assert!(text.contains("No validation issues found ("), "{text}");
-    // The demo alone is 6 files / 15 objects; examples/ holds at least that.
+    // The demo alone is 7 files / 17 objects; examples/ holds at least that.
     let summary = text.lines().last().unwrap_or_default();
     let files: usize = summary
         .trim_start_matches("No validation issues found (")
@@ -235,7 +236,7 @@ fn json_output_parses_and_names_the_field() {
     assert_eq!(out.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
     assert_eq!(v["problems"], serde_json::json!([]));
-    assert_eq!(v["objects"], 15);
+    assert_eq!(v["objects"], 17);
 }
 
 const SHADOWED_RULE: &str = "\

@@ -18,6 +18,7 @@
 
 pub mod accesslog;
 pub mod config;
+pub mod dns;
 pub mod model;
 pub mod stats;
 pub mod upstream;

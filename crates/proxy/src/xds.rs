@@ -11,9 +11,12 @@
 //! `http_connection_manager` names an RDS route get that route inlined, EDS
 //! clusters get their `ClusterLoadAssignment` as `load_assignment`. A set
 //! that does not check or compile is NACKed and the previous snapshot keeps
-//! serving. The protocol loop itself is `weft_xds::client`.
+//! serving. With DNS capture, it also owns the DNS proxy ([`crate::dns`])
+//! and feeds it the NDS name table. The protocol loop itself is
+//! `weft_xds::client`.
 
 use crate::config::{ConfigError, LoadedBootstrap, check_supported, pool};
+use crate::dns::{DnsConfig, DnsProxy};
 use crate::model::Snapshot;
 use crate::server::{Options, Proxy, Shared};
 use envoy_types::pb::envoy::config::bootstrap::v3::{Bootstrap, bootstrap::StaticResources};
@@ -30,6 +33,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use weft_xds::nds::{NAME_TABLE, NAME_TABLE_RESOURCE, NameTable};
 use weft_xds::{Any, ConfigHandler, ProxyMetadata};
 
 const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -137,6 +141,7 @@ struct Held<T> {
 }
 
 /// The latest accepted set of each type, and where to put compiled snapshots.
+/// With DNS capture on, also the DNS proxy the NDS name table goes to.
 pub struct XdsApplier {
     listeners: BTreeMap<String, Held<Listener>>,
     clusters: BTreeMap<String, Held<Cluster>>,
@@ -149,12 +154,30 @@ pub struct XdsApplier {
     shared: Option<Arc<Shared>>,
     started: Option<Sender<Result<Proxy, String>>>,
     warmed: Arc<AtomicBool>,
+    dns: Option<DnsProxy>,
 }
 
 impl XdsApplier {
     /// The proxy starts (binds listeners, serves, turns ready) once both
     /// listeners and clusters were accepted; it is then sent on `started`.
+    ///
+    /// When the process environment has `ISTIO_META_DNS_CAPTURE=true`, the
+    /// DNS proxy starts here too (see [`crate::dns`] for its variables), as
+    /// Istio's agent starts it beside Envoy; if it cannot start, the error
+    /// is sent on `started` and nothing else happens.
     pub fn new(node_id: String, opts: Options, started: Sender<Result<Proxy, String>>) -> Self {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let dns = DnsConfig::from_env(&env).and_then(|c| c.map(DnsProxy::start).transpose());
+        let mut started = Some(started);
+        let dns = match dns {
+            Ok(d) => d,
+            Err(e) => {
+                if let Some(tx) = started.take() {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+                None
+            }
+        };
         XdsApplier {
             listeners: BTreeMap::new(),
             clusters: BTreeMap::new(),
@@ -165,9 +188,31 @@ impl XdsApplier {
             node_id,
             opts,
             shared: None,
-            started: Some(started),
+            started,
             warmed: Arc::new(AtomicBool::new(false)),
+            dns,
         }
+    }
+
+    /// The DNS proxy, when DNS capture is on.
+    pub fn dns(&self) -> Option<&DnsProxy> {
+        self.dns.as_ref()
+    }
+
+    /// Hands an accepted NDS table to the DNS proxy (without DNS capture
+    /// the table is checked and dropped).
+    fn apply_name_table(&mut self, resources: &[Any]) -> Result<(), String> {
+        let mut table = NameTable::default();
+        for any in resources {
+            let t = NameTable::from_any(any)
+                .map_err(|e| format!("NameTable {NAME_TABLE_RESOURCE}: {e}"))?;
+            table.table.extend(t.table);
+        }
+        match &self.dns {
+            Some(dns) => dns.update(&table),
+            None => tracing::debug!("name table received without DNS capture; ignored"),
+        }
+        Ok(())
     }
 
     /// Set once the proxy reported ready for the first time.
@@ -227,6 +272,9 @@ impl XdsApplier {
     }
 
     fn apply_set(&mut self, type_url: &str, resources: &[Any]) -> Result<(), String> {
+        if type_url == NAME_TABLE {
+            return self.apply_name_table(resources);
+        }
         let mut next = XdsApplier {
             listeners: self.listeners.clone(),
             clusters: self.clusters.clone(),
@@ -239,6 +287,7 @@ impl XdsApplier {
             shared: None,
             started: None,
             warmed: self.warmed.clone(),
+            dns: None,
         };
         let err = |e: ConfigError| e.to_string();
         match type_url {

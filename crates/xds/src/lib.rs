@@ -9,6 +9,7 @@
 //! - [`client`]: the state-of-the-world ADS client loop used by weft-proxy.
 //! - [`proxy_node`]: the Istio-style `node` a proxy introduces itself with.
 //! - [`names`]: resource names and the EDS/RDS names clusters and listeners need.
+//! - [`nds`]: Istio's NameTable (NDS) messages for the sidecar DNS proxy.
 //!
 //! This crate knows the protocol, not the mesh: it never decides what a
 //! resource contains.
@@ -67,6 +68,7 @@ pub mod client;
 pub mod error;
 pub mod metrics;
 pub mod names;
+pub mod nds;
 pub mod proxy_node;
 pub mod push;
 pub mod resources;

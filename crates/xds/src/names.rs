@@ -40,6 +40,8 @@ pub fn resource_name(any: &Any) -> Result<String, XdsError> {
         CLUSTER => decode::<Cluster>(any)?.name,
         ENDPOINT => decode::<ClusterLoadAssignment>(any)?.cluster_name,
         SECRET => decode::<Secret>(any)?.name,
+        // Istio sends its one NameTable unnamed.
+        crate::nds::NAME_TABLE => crate::nds::NAME_TABLE_RESOURCE.to_string(),
         other => {
             return Err(XdsError::Decode {
                 type_url: other.to_string(),

@@ -85,11 +85,22 @@ impl fmt::Display for XdsType {
     }
 }
 
+/// Istio's NDS type URL (`istio.networking.nds.v1.NameTable`).
+pub use crate::nds::NAME_TABLE;
+
+/// Whether an empty state-of-the-world subscription to `type_url` means
+/// "all resources": LDS, CDS and Istio's NDS (which its agent requests
+/// without names).
+pub fn is_wildcard_type_url(type_url: &str) -> bool {
+    type_url == NAME_TABLE || XdsType::from_type_url(type_url).is_some_and(|t| t.is_wildcard_type())
+}
+
 /// A short name for any type URL: the Istio name for known types, else the
 /// URL's last path segment.
 pub fn short_name(type_url: &str) -> &str {
     match XdsType::from_type_url(type_url) {
         Some(t) => t.short_name(),
+        None if type_url == NAME_TABLE => "nds",
         None => type_url.rsplit('/').next().unwrap_or(type_url),
     }
 }

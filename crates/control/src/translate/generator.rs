@@ -62,6 +62,9 @@ impl TranslationGenerator {
 
 impl Generator for TranslationGenerator {
     fn generate(&self, node: &NodeInfo, type_url: &str) -> ResourceSet {
+        if type_url == weft_xds::nds::NAME_TABLE {
+            return super::nds::generate(&self.view(), node);
+        }
         match self.resources(node) {
             Ok(res) => res.resource_set(type_url),
             Err(e) => {

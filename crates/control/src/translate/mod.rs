@@ -39,6 +39,7 @@ pub mod generator;
 pub mod http;
 pub mod listener;
 pub mod metadata;
+pub mod nds;
 pub mod node;
 pub mod pb;
 pub mod policy;

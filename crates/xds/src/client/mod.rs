@@ -47,6 +47,10 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Largest response accepted, in bytes.
     pub max_response_bytes: usize,
+    /// Type URLs subscribed as wildcards besides CDS and LDS; by default
+    /// Istio's NDS ([`crate::nds::NAME_TABLE`]) when the node's metadata
+    /// has `DNS_CAPTURE: "true"`, as Istio's agent does.
+    pub extra_types: Vec<String>,
 }
 
 impl ClientConfig {
@@ -54,13 +58,27 @@ impl ClientConfig {
     pub fn new(address: impl Into<String>, node: Node) -> Self {
         ClientConfig {
             address: address.into(),
-            node,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(5),
             max_response_bytes: 256 * 1024 * 1024,
+            extra_types: dns_capture(&node)
+                .then(|| crate::nds::NAME_TABLE.to_string())
+                .into_iter()
+                .collect(),
+            node,
         }
     }
+}
+
+/// Whether the node's metadata asks for DNS capture (`DNS_CAPTURE: "true"`).
+fn dns_capture(node: &Node) -> bool {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    node.metadata
+        .as_ref()
+        .and_then(|m| m.fields.get("DNS_CAPTURE"))
+        .and_then(|v| v.kind.as_ref())
+        .is_some_and(|k| matches!(k, Kind::StringValue(s) if s.eq_ignore_ascii_case("true")))
 }
 
 /// What the handler accepted for one type.
@@ -193,6 +211,9 @@ impl Runner {
     async fn run(mut self) {
         self.types.entry(CLUSTER.to_string()).or_default();
         self.types.entry(LISTENER.to_string()).or_default();
+        for url in self.config.extra_types.clone() {
+            self.types.entry(url).or_default();
+        }
         let mut attempt: u32 = 0;
         loop {
             let end = self.stream_once().await;
@@ -261,6 +282,11 @@ impl Runner {
                 sender.request(url, state, None);
             }
         }
+        for url in &self.config.extra_types {
+            if let Some(state) = self.types.get_mut(url.as_str()) {
+                sender.request(url, state, None);
+            }
+        }
         let call = client.stream_aggregated_resources(UnboundedReceiverStream::new(rx));
         let mut responses = tokio::select! {
             r = call => match r {
@@ -303,7 +329,7 @@ impl Runner {
 
     fn on_response(&mut self, resp: DiscoveryResponse, sender: &mut RequestSender) {
         let type_url = resp.type_url.clone();
-        let wildcard_type = XdsType::from_type_url(&type_url).is_some_and(|t| t.is_wildcard_type());
+        let wildcard_type = crate::types::is_wildcard_type_url(&type_url);
         let state = self
             .types
             .entry(type_url.clone())

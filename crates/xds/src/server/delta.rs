@@ -149,8 +149,7 @@ impl DeltaStream {
             return Ok(());
         }
         if !self.watches.contains_key(&type_url) {
-            let wildcard_type =
-                XdsType::from_type_url(&type_url).is_some_and(|t| t.is_wildcard_type());
+            let wildcard_type = crate::types::is_wildcard_type_url(&type_url);
             let mut watch = DeltaWatch {
                 wildcard: (wildcard_type && req.resource_names_subscribe.is_empty())
                     || req.resource_names_subscribe.iter().any(|n| n == "*"),

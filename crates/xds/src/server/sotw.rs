@@ -123,7 +123,7 @@ struct SotwStream {
 
 /// The subscription a request asks for: `None` for wildcard.
 fn subscription(type_url: &str, names: &[String]) -> Option<BTreeSet<String>> {
-    let wildcard_type = XdsType::from_type_url(type_url).is_some_and(|t| t.is_wildcard_type());
+    let wildcard_type = crate::types::is_wildcard_type_url(type_url);
     if (wildcard_type && names.is_empty()) || names.iter().any(|n| n == "*") {
         return None;
     }
@@ -134,8 +134,7 @@ fn subscription(type_url: &str, names: &[String]) -> Option<BTreeSet<String>> {
 fn same_subscription(type_url: &str, names: &[String], current: &Option<BTreeSet<String>>) -> bool {
     match current {
         None => {
-            let wildcard_type =
-                XdsType::from_type_url(type_url).is_some_and(|t| t.is_wildcard_type());
+            let wildcard_type = crate::types::is_wildcard_type_url(type_url);
             (wildcard_type && names.is_empty()) || names.iter().any(|n| n == "*")
         }
         Some(set) => {
@@ -143,8 +142,7 @@ fn same_subscription(type_url: &str, names: &[String], current: &Option<BTreeSet
                 return false;
             }
             if names.is_empty() {
-                let wildcard_type =
-                    XdsType::from_type_url(type_url).is_some_and(|t| t.is_wildcard_type());
+                let wildcard_type = crate::types::is_wildcard_type_url(type_url);
                 return set.is_empty() && !wildcard_type;
             }
             // Fast path without allocating: strictly sorted names (no

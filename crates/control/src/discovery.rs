@@ -5,9 +5,12 @@
 //! current [`MeshView`], the debounced [`Pusher`], the [`AdsServer`]
 //! (state of the world and delta) and the Prometheus registry holding the
 //! `pilot_*` metrics and weftd's config metrics. On every new snapshot it
-//! swaps in a new view and triggers a push: endpoints-only when only
-//! workload objects changed and every service kept its ports and VIPs,
-//! full otherwise.
+//! swaps in a new view and triggers a push ([`apply_snapshot`]):
+//! endpoints-only when only workload objects changed and every service
+//! kept its ports and VIPs, full otherwise. The generator serves encoded
+//! resources from [`crate::xds_cache`]: scope parts shared between
+//! proxies, and on endpoint changes only the changed services'
+//! assignments rebuilt.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -21,6 +24,7 @@ use weft_xds::{AdsServer, DebounceConfig, PushRequest, Pusher, ServerOptions, Xd
 
 use crate::sds::SecretGenerator;
 use crate::translate::{MeshView, TranslateOptions, TranslationGenerator};
+use crate::xds_cache::ViewChange;
 
 /// Errors starting discovery.
 #[derive(Debug, thiserror::Error)]
@@ -120,13 +124,19 @@ impl ConfigMetrics {
     }
 }
 
-/// What changed between two views, as a push request.
-fn push_for(
-    prev: &MeshView,
-    next: &MeshView,
+/// Applies a new snapshot to `generator` and says what to push: EDS only
+/// when only workload objects changed, every service kept its ports and
+/// VIPs and every changed service is EDS-resolved (then only the changed
+/// services' assignments are rebuilt, once per scope); everything
+/// otherwise. weftd's config watch and the control benchmark both use it.
+pub fn apply_snapshot(
+    generator: &TranslationGenerator,
     prev_snap: &Snapshot,
     snap: &Snapshot,
+    options: &TranslateOptions,
 ) -> PushRequest {
+    let next = MeshView::new(snap, options.clone());
+    let prev = generator.view();
     let changes = snap.diff(prev_snap);
     let reason = format!(
         "config v{} -> v{}: {} object(s) changed",
@@ -137,8 +147,16 @@ fn push_for(
     let same_services =
         prev.registry.services().eq(next.registry.services()) && prev.mesh == next.mesh;
     if !changes.is_empty() && changes.only_workloads() && same_services {
-        PushRequest::endpoints(reason)
+        match generator.update_endpoints(next) {
+            ViewChange::Endpoints(hosts) => {
+                PushRequest::endpoints(format!("{reason}; endpoints of {} service(s)", hosts.len()))
+            }
+            ViewChange::Full => {
+                PushRequest::full(format!("{reason}; a DNS-resolved service changed"))
+            }
+        }
     } else {
+        generator.update(next);
         PushRequest::full(reason)
     }
 }
@@ -207,9 +225,7 @@ impl Discovery {
         let watcher = watch::watch(Arc::clone(&store), options.watch_debounce, move |snap| {
             let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
             config_metrics.observe(&snap);
-            let next = MeshView::new(&snap, translate.clone());
-            let prev = gen2.view();
-            let request = push_for(&prev, &next, &last, &snap);
+            let request = apply_snapshot(&gen2, &last, &snap, &translate);
             tracing::info!(
                 version = snap.version,
                 objects = snap.len(),
@@ -223,7 +239,6 @@ impl Discovery {
             } else {
                 config_metrics.eds_pushes.inc();
             }
-            gen2.update(next);
             push2.trigger(request);
             *last = snap;
         })

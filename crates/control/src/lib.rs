@@ -3,7 +3,8 @@
 //!
 //! Modules: the namespace view of the file config source ([`namespaces`]),
 //! the sidecar-injection webhook ([`webhook`]), translation ([`translate`]),
-//! distribution over ADS ([`discovery`]), debug endpoints ([`debug`]), the
+//! distribution over ADS ([`discovery`]) from the encoded per-proxy
+//! cache ([`xds_cache`]), debug endpoints ([`debug`]), the
 //! CA and its gRPC ports ([`ca`]), the SDS trust bundle ([`sds`]) and a
 //! node-agent SDS server for Envoy sidecars ([`sds_agent`]).
 
@@ -15,3 +16,4 @@ pub mod sds;
 pub mod sds_agent;
 pub mod translate;
 pub mod webhook;
+pub mod xds_cache;

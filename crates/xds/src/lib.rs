@@ -9,6 +9,7 @@
 //! - [`client`]: the state-of-the-world ADS client loop used by weft-proxy.
 //! - [`proxy_node`]: the Istio-style `node` a proxy introduces itself with.
 //! - [`names`]: resource names and the EDS/RDS names clusters and listeners need.
+//! - [`json`]: resources and Envoy's admin `config_dump` in proto3 JSON.
 //! - [`nds`]: Istio's NameTable (NDS) messages for the sidecar DNS proxy.
 //!
 //! This crate knows the protocol, not the mesh: it never decides what a
@@ -66,6 +67,7 @@
 
 pub mod client;
 pub mod error;
+pub mod json;
 pub mod metrics;
 pub mod names;
 pub mod nds;

@@ -35,7 +35,10 @@ pub struct Resource {
 /// hand the same set to many proxies; the set version is computed once.
 #[derive(Clone, Debug, Default)]
 pub struct ResourceSet {
-    resources: Arc<BTreeMap<String, Arc<Resource>>>,
+    /// Keys share one allocation per name with every set built from this
+    /// one ([`Self::union`], [`Self::filtered`]), so a set per proxy costs
+    /// a map, not copies of names.
+    resources: Arc<BTreeMap<Arc<str>, Arc<Resource>>>,
     /// Shared by clones until one of them is modified.
     version: Arc<OnceLock<String>>,
 }
@@ -66,13 +69,57 @@ impl ResourceSet {
         any: Any,
     ) {
         let name = name.into();
+        let key: Arc<str> = Arc::from(name.as_str());
         let resource = Resource {
-            name: name.clone(),
+            name,
             version: version.into(),
             any,
         };
         self.version = Arc::default();
-        Arc::make_mut(&mut self.resources).insert(name, Arc::new(resource));
+        Arc::make_mut(&mut self.resources).insert(key, Arc::new(resource));
+    }
+
+    /// Every resource of `self` and of `other`; `other`'s wins a name both
+    /// hold. Resources and names are shared with both inputs, not copied.
+    pub fn union(&self, other: &ResourceSet) -> ResourceSet {
+        if other.is_empty() {
+            return self.clone();
+        }
+        if self.is_empty() {
+            return other.clone();
+        }
+        let mut map = (*self.resources).clone();
+        for (k, r) in other.resources.iter() {
+            map.insert(k.clone(), r.clone());
+        }
+        ResourceSet {
+            resources: Arc::new(map),
+            version: Arc::default(),
+        }
+    }
+
+    /// The resources whose name satisfies `keep`, sharing resources and
+    /// names with `self`.
+    pub fn retain_names(&self, mut keep: impl FnMut(&str) -> bool) -> ResourceSet {
+        if self.resources.keys().all(|k| keep(k)) {
+            return self.clone();
+        }
+        let map = self
+            .resources
+            .iter()
+            .filter(|(k, _)| keep(k))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        ResourceSet {
+            resources: Arc::new(map),
+            version: Arc::default(),
+        }
+    }
+
+    /// Whether both sets are the same shared map (so equal without
+    /// comparing).
+    pub fn ptr_eq(&self, other: &ResourceSet) -> bool {
+        Arc::ptr_eq(&self.resources, &other.resources)
     }
 
     /// Removes `name`, returning whether it was present.
@@ -96,7 +143,7 @@ impl ResourceSet {
 
     /// Resource names in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.resources.keys().map(String::as_str)
+        self.resources.keys().map(|k| &**k)
     }
 
     /// Number of resources.
@@ -112,12 +159,19 @@ impl ResourceSet {
     /// The subset whose names are in `names` (a cheap clone when every
     /// resource is named).
     pub fn filtered(&self, names: &BTreeSet<String>) -> ResourceSet {
-        if is_subset(self.resources.keys(), names.iter()) {
+        if is_subset(
+            self.resources.keys().map(|k| &**k),
+            names.iter().map(String::as_str),
+        ) {
             return self.clone();
         }
         let resources = names
             .iter()
-            .filter_map(|n| self.resources.get(n).map(|r| (n.clone(), r.clone())))
+            .filter_map(|n| {
+                self.resources
+                    .get_key_value(n.as_str())
+                    .map(|(k, r)| (k.clone(), r.clone()))
+            })
             .collect();
         ResourceSet {
             resources: Arc::new(resources),
@@ -289,10 +343,7 @@ where
 }
 
 /// Whether every item of sorted `a` is in sorted `b`: one pass over both.
-fn is_subset<'a>(
-    a: impl Iterator<Item = &'a String>,
-    mut b: impl Iterator<Item = &'a String>,
-) -> bool {
+fn is_subset<'a>(a: impl Iterator<Item = &'a str>, mut b: impl Iterator<Item = &'a str>) -> bool {
     'outer: for x in a {
         for y in b.by_ref() {
             match y.cmp(x) {
@@ -399,6 +450,29 @@ mod tests {
         assert_eq!(a.changed_from(&ResourceSet::new()).len(), 2);
         assert!(ResourceSet::new().changed_from(&a).is_empty());
         assert_ne!(ResourceSet::new().version(), a.version());
+    }
+
+    #[test]
+    fn union_and_retain_share_resources() {
+        let a: ResourceSet = [("x".to_string(), any(b"1")), ("y".to_string(), any(b"2"))]
+            .into_iter()
+            .collect();
+        let b: ResourceSet = [("y".to_string(), any(b"3")), ("z".to_string(), any(b"4"))]
+            .into_iter()
+            .collect();
+        let u = a.union(&b);
+        assert_eq!(u.names().collect::<Vec<_>>(), ["x", "y", "z"]);
+        assert!(Arc::ptr_eq(u.get("x").unwrap(), a.get("x").unwrap()));
+        assert!(Arc::ptr_eq(u.get("y").unwrap(), b.get("y").unwrap()));
+        assert!(a.union(&ResourceSet::new()).ptr_eq(&a));
+        assert!(ResourceSet::new().union(&b).ptr_eq(&b));
+        let only_x = u.retain_names(|n| n == "x");
+        assert_eq!(only_x.names().collect::<Vec<_>>(), ["x"]);
+        assert_ne!(only_x.version(), u.version());
+        assert!(u.retain_names(|_| true).ptr_eq(&u));
+        // Unchanged resources are recognised by pointer after a union.
+        let changed: Vec<_> = u.changed_from(&a).iter().map(|r| r.name.clone()).collect();
+        assert_eq!(changed, ["y", "z"]);
     }
 
     #[test]

@@ -1,0 +1,422 @@
+//! Encoded xDS output per proxy without a full translation per proxy.
+//!
+//! Istio computes what does not depend on the proxy once per Sidecar scope
+//! and shares it; so does this cache. A proxy's output splits into:
+//!
+//! - its **own part**: what translation gives it when it may reach no
+//!   service at all (`virtualInbound`, `virtualOutbound`, `inbound|PORT||`
+//!   clusters, the fixed passthrough/blackhole clusters). Computed per
+//!   proxy; cheap, since it does not walk the services.
+//! - its **scope part**: everything else (outbound listeners, every route
+//!   configuration, outbound clusters, every ClusterLoadAssignment).
+//!   Computed once per [`ScopeKey`] (namespace, Sidecar, workload-selected
+//!   DestinationRules, sourceLabels that matter, DNS auto-allocation) by
+//!   translating for the first proxy of that key, and shared by every
+//!   proxy with the same key: same `Arc`s, same versions.
+//!
+//! Only encoded [`ResourceSet`]s are kept (never decoded protobuf
+//! structs), and a proxy's clusters and listeners are a union sharing the
+//! scope part's resources and names.
+//!
+//! On an endpoints-only change ([`XdsCache::update_endpoints`]) the scope
+//! parts are carried over and only the ClusterLoadAssignments of services
+//! whose endpoints changed are rebuilt (lazily, once per scope key), so an
+//! EDS push costs a map lookup per proxy and the diff against what the
+//! proxy holds is by pointer for unchanged assignments.
+//!
+//! `tests/xds_cache.rs` checks that own part ∪ scope part equals a full
+//! [`MeshView::translate`] for every golden scenario and several proxies;
+//! a translation change that makes the scope part depend on something the
+//! key misses fails there.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use weft_api::registry::{Resolution, labels_match, sidecar_for_workload};
+use weft_xds::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use weft_xds::{Node, ResourceSet};
+
+use crate::translate::cluster::{build_clusters, parse_outbound};
+use crate::translate::endpoint::build_endpoints;
+use crate::translate::listener::build_listeners;
+use crate::translate::scope::ProxyScope;
+use crate::translate::{MeshView, NodeError, ProxyNode, ProxyResources};
+
+/// What makes two proxies' scope parts equal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ScopeKey {
+    kind: String,
+    namespace: String,
+    /// `namespace/name` of the Sidecar that applies.
+    sidecar: Option<String>,
+    /// `namespace/name` of DestinationRules selecting the workload by label.
+    destination_rules: Vec<String>,
+    dns_auto_allocate: bool,
+    /// The proxy's labels restricted to keys some `sourceLabels` names.
+    source_labels: BTreeMap<String, String>,
+}
+
+impl ScopeKey {
+    /// The key of `node` under `view`; `source_keys` are the label keys
+    /// any VirtualService match uses in `sourceLabels`.
+    pub fn of(view: &MeshView, node: &ProxyNode, source_keys: &BTreeSet<String>) -> ScopeKey {
+        let sidecar = sidecar_for_workload(
+            view.sidecars.iter().map(Arc::as_ref),
+            &node.namespace,
+            &node.labels,
+            &view.options.root_namespace,
+        )
+        .map(|o| format!("{}/{}", o.namespace(), o.name()));
+        let destination_rules = view
+            .destination_rules
+            .iter()
+            .filter(|o| {
+                o.namespace() == node.namespace
+                    && o.as_destination_rule()
+                        .and_then(|dr| dr.workload_selector.as_ref())
+                        .is_some_and(|ws| labels_match(&ws.match_labels, &node.labels))
+            })
+            .map(|o| format!("{}/{}", o.namespace(), o.name()))
+            .collect();
+        ScopeKey {
+            kind: format!("{:?}", node.kind),
+            namespace: node.namespace.clone(),
+            sidecar,
+            destination_rules,
+            dns_auto_allocate: node.dns_auto_allocate,
+            source_labels: node
+                .labels
+                .iter()
+                .filter(|(k, _)| source_keys.contains(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// Label keys used by `sourceLabels` in any VirtualService match.
+fn source_label_keys(view: &MeshView) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    for o in &view.virtual_services {
+        let Some(vs) = o.as_virtual_service() else {
+            continue;
+        };
+        let http = vs
+            .http
+            .iter()
+            .flat_map(|r| &r.matches)
+            .map(|m| &m.source_labels);
+        let tls = vs
+            .tls
+            .iter()
+            .flat_map(|r| &r.matches)
+            .map(|m| &m.source_labels);
+        let tcp = vs
+            .tcp
+            .iter()
+            .flat_map(|r| &r.matches)
+            .map(|m| &m.source_labels);
+        for labels in http.chain(tls).chain(tcp) {
+            keys.extend(labels.keys().cloned());
+        }
+    }
+    keys
+}
+
+/// The part shared by every proxy of one [`ScopeKey`].
+#[derive(Debug)]
+pub struct ScopePart {
+    /// The proxy it was translated for (used to rebuild assignments).
+    representative: ProxyNode,
+    /// Listeners other than the proxy's own.
+    pub listeners: ResourceSet,
+    pub routes: ResourceSet,
+    /// Clusters other than the proxy's own.
+    pub clusters: ResourceSet,
+    pub endpoints: ResourceSet,
+}
+
+/// One proxy's output: its own part joined with its scope part.
+#[derive(Debug)]
+struct ProxyEntry {
+    node: Node,
+    listeners: ResourceSet,
+    clusters: ResourceSet,
+}
+
+/// A scope part of one view, computed on first use (once, even when many
+/// proxies ask at the same time).
+#[derive(Debug, Default)]
+struct Slot {
+    cell: OnceLock<Arc<ScopePart>>,
+    /// After an endpoints-only change: the part of an older view and the
+    /// hosts whose endpoints changed since.
+    base: Option<(Arc<ScopePart>, Arc<BTreeSet<String>>)>,
+}
+
+/// Everything cached for one view.
+#[derive(Debug)]
+struct State {
+    view: Arc<MeshView>,
+    source_keys: BTreeSet<String>,
+    keys: Mutex<HashMap<String, (Node, Arc<ScopeKey>)>>,
+    scopes: Mutex<HashMap<Arc<ScopeKey>, Arc<Slot>>>,
+    proxies: Mutex<HashMap<String, Arc<ProxyEntry>>>,
+}
+
+impl State {
+    fn new(view: Arc<MeshView>) -> State {
+        State {
+            source_keys: source_label_keys(&view),
+            view,
+            keys: Mutex::default(),
+            scopes: Mutex::default(),
+            proxies: Mutex::default(),
+        }
+    }
+}
+
+/// How a new view was applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewChange {
+    /// Everything is recomputed on demand.
+    Full,
+    /// Only the assignments of these service hostnames changed.
+    Endpoints(BTreeSet<String>),
+}
+
+/// The cache; see the module docs.
+#[derive(Debug)]
+pub struct XdsCache {
+    state: RwLock<Arc<State>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl XdsCache {
+    /// A cache serving `view`.
+    pub fn new(view: MeshView) -> XdsCache {
+        XdsCache {
+            state: RwLock::new(Arc::new(State::new(Arc::new(view)))),
+        }
+    }
+
+    fn state(&self) -> Arc<State> {
+        Arc::clone(&self.state.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The current view.
+    pub fn view(&self) -> Arc<MeshView> {
+        Arc::clone(&self.state().view)
+    }
+
+    /// Replaces the view; everything is recomputed on demand.
+    pub fn update(&self, view: MeshView) {
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(State::new(Arc::new(view)));
+    }
+
+    /// Replaces the view after a change of workload objects only (the
+    /// caller checked that services, ports, VIPs and every config object
+    /// are unchanged). Scope parts carry over with the assignments of
+    /// changed services rebuilt on demand; when a changed service is not
+    /// EDS-resolved (its endpoints live in the cluster) everything is
+    /// recomputed instead. Returns what was applied.
+    pub fn update_endpoints(&self, view: MeshView) -> ViewChange {
+        let mut guard = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let prev = Arc::clone(&guard);
+        let view = Arc::new(view);
+        let changed: BTreeSet<String> = view
+            .registry
+            .services()
+            .filter(|s| {
+                prev.view.registry.all_endpoints(&s.hostname)
+                    != view.registry.all_endpoints(&s.hostname)
+            })
+            .map(|s| s.hostname.clone())
+            .collect();
+        let eds_only = changed.iter().all(|h| {
+            view.registry
+                .service(h)
+                .is_some_and(|s| s.resolution == Resolution::ClientSideLb)
+        });
+        if !eds_only {
+            *guard = Arc::new(State::new(view));
+            return ViewChange::Full;
+        }
+        let next = State::new(view);
+        *lock(&next.keys) = lock(&prev.keys).clone();
+        let changed = Arc::new(changed);
+        let mut scopes = HashMap::new();
+        for (key, slot) in lock(&prev.scopes).iter() {
+            let base = match (slot.cell.get(), &slot.base) {
+                (Some(part), _) => (Arc::clone(part), Arc::clone(&changed)),
+                (None, Some((part, hosts))) => {
+                    let mut all = (**hosts).clone();
+                    all.extend(changed.iter().cloned());
+                    (Arc::clone(part), Arc::new(all))
+                }
+                (None, None) => continue,
+            };
+            let slot = Slot {
+                cell: OnceLock::new(),
+                base: Some(base),
+            };
+            scopes.insert(Arc::clone(key), Arc::new(slot));
+        }
+        *lock(&next.scopes) = scopes;
+        *guard = Arc::new(next);
+        ViewChange::Endpoints(Arc::unwrap_or_clone(changed))
+    }
+
+    /// The resources of `type_url` for `node` (empty for types translation
+    /// does not produce).
+    pub fn generate(&self, node: &Node, type_url: &str) -> Result<ResourceSet, NodeError> {
+        let state = self.state();
+        Ok(match type_url {
+            ENDPOINT => scope_part(&state, node)?.endpoints.clone(),
+            ROUTE => scope_part(&state, node)?.routes.clone(),
+            LISTENER => proxy_entry(&state, node)?.listeners.clone(),
+            CLUSTER => proxy_entry(&state, node)?.clusters.clone(),
+            _ => ResourceSet::new(),
+        })
+    }
+
+    /// Proxies served from the current view, and distinct scope parts
+    /// computed for them.
+    pub fn stats(&self) -> (usize, usize) {
+        let state = self.state();
+        let proxies = lock(&state.proxies).len();
+        let scopes = lock(&state.scopes)
+            .values()
+            .filter(|s| s.cell.get().is_some())
+            .count();
+        (proxies, scopes)
+    }
+}
+
+// === computing parts ===
+
+fn scope_key(state: &State, node: &Node) -> Result<(ProxyNode, Arc<ScopeKey>), NodeError> {
+    let proxy = ProxyNode::from_node(node)?;
+    if let Some((n, key)) = lock(&state.keys).get(&node.id)
+        && n == node
+    {
+        return Ok((proxy, Arc::clone(key)));
+    }
+    let key = Arc::new(ScopeKey::of(&state.view, &proxy, &state.source_keys));
+    lock(&state.keys).insert(node.id.clone(), (node.clone(), Arc::clone(&key)));
+    Ok((proxy, key))
+}
+
+fn scope_part(state: &State, node: &Node) -> Result<Arc<ScopePart>, NodeError> {
+    let (proxy, key) = scope_key(state, node)?;
+    let slot = Arc::clone(lock(&state.scopes).entry(key).or_default());
+    // Computed outside the map's lock; proxies of one key wait for the
+    // first, proxies of other keys go on.
+    Ok(Arc::clone(slot.cell.get_or_init(|| {
+        Arc::new(match &slot.base {
+            Some((base, hosts)) => with_new_endpoints(&state.view, base, hosts),
+            None => translate_scope(&state.view, proxy),
+        })
+    })))
+}
+
+fn proxy_entry(state: &State, node: &Node) -> Result<Arc<ProxyEntry>, NodeError> {
+    if let Some(e) = lock(&state.proxies).get(&node.id)
+        && e.node == *node
+    {
+        return Ok(Arc::clone(e));
+    }
+    let scope = scope_part(state, node)?;
+    let proxy = ProxyNode::from_node(node)?;
+    let (own_listeners, own_clusters) = own_part(&state.view, &proxy);
+    let entry = Arc::new(ProxyEntry {
+        node: node.clone(),
+        listeners: scope.listeners.union(&own_listeners),
+        clusters: scope.clusters.union(&own_clusters),
+    });
+    lock(&state.proxies).insert(node.id.clone(), Arc::clone(&entry));
+    Ok(entry)
+}
+
+fn encode(
+    listeners: Vec<envoy_types::pb::envoy::config::listener::v3::Listener>,
+    clusters: Vec<Cluster>,
+) -> (ResourceSet, ResourceSet) {
+    let res = ProxyResources {
+        listeners,
+        clusters,
+        ..ProxyResources::default()
+    };
+    (res.resource_set(LISTENER), res.resource_set(CLUSTER))
+}
+
+/// What translation gives `proxy` when it may reach no service.
+fn own_part(view: &MeshView, proxy: &ProxyNode) -> (ResourceSet, ResourceSet) {
+    let mut scope = ProxyScope::new(view, proxy);
+    scope.services.clear();
+    let listeners = build_listeners(view, &scope, proxy);
+    let clusters = build_clusters(view, &scope, proxy);
+    encode(listeners, clusters)
+}
+
+/// The scope part: a full translation for `proxy` minus its own part.
+fn translate_scope(view: &MeshView, proxy: ProxyNode) -> ScopePart {
+    let full = view.translate(&proxy);
+    let (own_listeners, own_clusters) = own_part(view, &proxy);
+    let listeners = full
+        .resource_set(LISTENER)
+        .retain_names(|n| own_listeners.get(n).is_none());
+    let clusters = full
+        .resource_set(CLUSTER)
+        .retain_names(|n| own_clusters.get(n).is_none());
+    ScopePart {
+        listeners,
+        routes: full.resource_set(ROUTE),
+        clusters,
+        endpoints: full.resource_set(ENDPOINT),
+        representative: proxy,
+    }
+}
+
+/// `base` with the assignments of clusters of `hosts` rebuilt under `view`.
+fn with_new_endpoints(view: &MeshView, base: &ScopePart, hosts: &BTreeSet<String>) -> ScopePart {
+    let affected: BTreeSet<&str> = base
+        .endpoints
+        .names()
+        .filter(|n| parse_outbound(n).is_some_and(|(_, _, h)| hosts.contains(h)))
+        .collect();
+    let endpoints = if affected.is_empty() {
+        base.endpoints.clone()
+    } else {
+        let scope = ProxyScope::new(view, &base.representative);
+        let clusters: Vec<Cluster> = affected
+            .iter()
+            .map(|name| Cluster {
+                name: (*name).to_string(),
+                cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+                ..Cluster::default()
+            })
+            .collect();
+        let rebuilt = ProxyResources {
+            endpoints: build_endpoints(view, &scope, &clusters),
+            ..ProxyResources::default()
+        }
+        .resource_set(ENDPOINT);
+        base.endpoints
+            .retain_names(|n| !affected.contains(n))
+            .union(&rebuilt)
+    };
+    ScopePart {
+        representative: base.representative.clone(),
+        listeners: base.listeners.clone(),
+        routes: base.routes.clone(),
+        clusters: base.clusters.clone(),
+        endpoints,
+    }
+}

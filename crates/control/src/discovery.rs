@@ -268,6 +268,12 @@ impl Discovery {
         &self.store
     }
 
+    /// The config store's namespaces, read live on each lookup (for the
+    /// injection webhook: namespace label changes apply without restart).
+    pub fn namespaces(&self) -> crate::namespaces::NamespaceStore {
+        crate::namespaces::NamespaceStore::live(Arc::clone(&self.store))
+    }
+
     /// The pusher, to trigger pushes from other sources.
     pub fn pusher(&self) -> &Pusher {
         &self.pusher

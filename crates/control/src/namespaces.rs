@@ -1,13 +1,21 @@
-//! Namespaces from the file config source (`--config file://DIR`): the
-//! labels of every `kind: Namespace` object in DIR's YAML files, which the
-//! injection webhook needs to apply Istio's namespace selectors. Other kinds
-//! in those files are left to the config store.
+//! Namespaces for the injection webhook, which needs their labels to apply
+//! Istio's namespace selectors (`istio-injection`, `istio.io/rev`).
+//!
+//! Two sources: [`NamespaceStore::live`] reads the `Namespace` objects of
+//! the config store's current snapshot on every lookup, so a label change
+//! in the watched directory applies to the next review without a restart
+//! (what weftd serves, via [`crate::discovery::Discovery::namespaces`]);
+//! [`NamespaceStore::load_dir`] / [`NamespaceStore::add_documents`] read
+//! YAML once (tools and tests).
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use thiserror::Error;
+use weft_api::store::Store;
+use weft_api::{Kind, ObjectKey};
 
 /// Errors reading the config source.
 #[derive(Debug, Error)]
@@ -44,13 +52,28 @@ pub fn parse_source(source: &str) -> Result<PathBuf, ConfigError> {
         .ok_or_else(|| ConfigError::BadSource(source.to_string()))
 }
 
-/// Namespace name -> labels.
+/// Namespace name -> labels, read once or live from the config store.
 #[derive(Debug, Clone, Default)]
 pub struct NamespaceStore {
     labels: HashMap<String, Map<String, Value>>,
+    /// When set, lookups read this store's current snapshot instead.
+    live: Option<Arc<Store>>,
 }
 
 impl NamespaceStore {
+    /// Namespaces as the config store has them at each lookup.
+    pub fn live(store: Arc<Store>) -> Self {
+        NamespaceStore {
+            labels: HashMap::new(),
+            live: Some(store),
+        }
+    }
+
+    /// Whether lookups follow the config store.
+    pub fn is_live(&self) -> bool {
+        self.live.is_some()
+    }
+
     /// Read every `*.yaml` / `*.yml` file directly in `dir`.
     pub fn load_dir(dir: &Path) -> Result<Self, ConfigError> {
         let io = |path: &Path| {
@@ -111,17 +134,38 @@ impl NamespaceStore {
 
     /// Labels of `namespace` (empty for an unknown namespace).
     pub fn labels(&self, namespace: &str) -> Map<String, Value> {
-        self.labels.get(namespace).cloned().unwrap_or_default()
+        let Some(store) = &self.live else {
+            return self.labels.get(namespace).cloned().unwrap_or_default();
+        };
+        let key = ObjectKey {
+            kind: Kind::Namespace,
+            namespace: String::new(),
+            name: namespace.to_string(),
+        };
+        store
+            .snapshot()
+            .get(&key)
+            .map(|o| {
+                o.meta
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Number of namespaces known.
     pub fn len(&self) -> usize {
-        self.labels.len()
+        match &self.live {
+            Some(store) => store.snapshot().of_kind(&Kind::Namespace).count(),
+            None => self.labels.len(),
+        }
     }
 
     /// True when no namespace is known.
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.len() == 0
     }
 }
 

@@ -110,6 +110,12 @@ enum Op {
     DownstreamRemoteAddressNoPort,
     DownstreamPeerAddress,
     RequestedServerName,
+    DownstreamPeerUriSan,
+    DownstreamLocalUriSan,
+    DownstreamPeerDnsSan,
+    DownstreamPeerSubject,
+    DownstreamTlsVersion,
+    DownstreamPeerCertSha256,
     RouteName,
     Method,
     Hostname,
@@ -275,6 +281,12 @@ impl Format {
                 Op::DownstreamPeerAddress
             }
             ("REQUESTED_SERVER_NAME", None) => Op::RequestedServerName,
+            ("DOWNSTREAM_PEER_URI_SAN", None) => Op::DownstreamPeerUriSan,
+            ("DOWNSTREAM_LOCAL_URI_SAN", None) => Op::DownstreamLocalUriSan,
+            ("DOWNSTREAM_PEER_DNS_SAN", None) => Op::DownstreamPeerDnsSan,
+            ("DOWNSTREAM_PEER_SUBJECT", None) => Op::DownstreamPeerSubject,
+            ("DOWNSTREAM_TLS_VERSION", None) => Op::DownstreamTlsVersion,
+            ("DOWNSTREAM_PEER_FINGERPRINT_256", None) => Op::DownstreamPeerCertSha256,
             ("ROUTE_NAME", None) => Op::RouteName,
             ("METHOD", None) => Op::Method,
             ("HOSTNAME", None) => Op::Hostname,
@@ -363,9 +375,34 @@ fn write_op(op: &Op, e: &Entry, out: &mut String) {
         }
         Op::DownstreamRemoteAddressNoPort => write_addr(out, e.downstream_remote, false),
         Op::RequestedServerName => dash_or(out, e.sni.as_deref(), None),
+        Op::DownstreamPeerUriSan => write_list(out, e.tls.as_ref().map(|t| &t.peer_uri_sans)),
+        Op::DownstreamLocalUriSan => write_list(out, e.tls.as_ref().map(|t| &t.local_uri_sans)),
+        Op::DownstreamPeerDnsSan => write_list(out, e.tls.as_ref().map(|t| &t.peer_dns_sans)),
+        Op::DownstreamPeerSubject => dash_or(
+            out,
+            e.tls
+                .as_ref()
+                .and_then(|t| t.peer_subject.as_deref())
+                .filter(|s| !s.is_empty()),
+            None,
+        ),
+        Op::DownstreamTlsVersion => dash_or(out, e.tls.as_ref().map(|t| t.version), None),
+        Op::DownstreamPeerCertSha256 => dash_or(
+            out,
+            e.tls.as_ref().and_then(|t| t.peer_cert_sha256.as_deref()),
+            None,
+        ),
         Op::RouteName => dash_or(out, e.route_name.as_deref(), None),
         Op::Method => dash_or(out, e.method.as_deref(), None),
         Op::Hostname => dash_or(out, Some(&hostname()), None),
+    }
+}
+
+/// A comma-separated list (Envoy's rendering of several SANs), `-` if empty.
+fn write_list(out: &mut String, v: Option<&Vec<String>>) {
+    match v {
+        Some(l) if !l.is_empty() => out.push_str(&l.join(",")),
+        _ => out.push('-'),
     }
 }
 
@@ -430,6 +467,8 @@ pub struct Entry {
     pub downstream_local: Option<SocketAddr>,
     pub downstream_remote: Option<SocketAddr>,
     pub sni: Option<Arc<str>>,
+    /// The downstream connection's TLS details (peer and local SANs, version).
+    pub tls: Option<Arc<crate::tls::TlsInfo>>,
     pub route_name: Option<Arc<str>>,
     pub req_headers: Vec<Option<HeaderValue>>,
     pub resp_headers: Vec<Option<HeaderValue>>,
@@ -457,6 +496,7 @@ impl Entry {
             downstream_local: None,
             downstream_remote: None,
             sni: None,
+            tls: None,
             route_name: None,
             req_headers: Vec::new(),
             resp_headers: Vec::new(),

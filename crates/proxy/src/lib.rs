@@ -10,7 +10,10 @@
 //! - `server`: one single-threaded runtime per worker with SO_REUSEPORT accept
 //!   loops; connection handling (original destination, sniffing, filter chain),
 //!   `http_connection_manager` (hyper, HTTP/1.1 + h2c + HTTP/2) and `tcp_proxy`.
-//! - `upstream`: per-worker HTTP/1.1 and HTTP/2 pools; the TLS seam.
+//! - `upstream`: per-worker HTTP/1.1 and HTTP/2 pools, plaintext or TLS per endpoint.
+//! - `tls`: downstream TLS termination and upstream TLS (rustls), secrets,
+//!   SAN checks, the peer identity of a connection; `identity`: the
+//!   sidecar's workload certificate from weftd's CA (`default`, `ROOTCA`).
 //! - `admin`, `stats`, `accesslog`, `agent`, `logging`, `sniff`: the control
 //!   thread's ports, metrics, Envoy-format access logs, pilot-agent commands,
 //!   log levels, and the protocol sniffer.
@@ -19,8 +22,10 @@
 pub mod accesslog;
 pub mod config;
 pub mod dns;
+pub mod identity;
 pub mod model;
 pub mod stats;
+pub mod tls;
 pub mod upstream;
 
 /// The body type on both sides of the proxy.

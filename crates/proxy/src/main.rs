@@ -162,9 +162,14 @@ fn run_proxy(cli: RunArgs) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?
                 .context("give --config FILE, or --xds-address HOST:PORT (or set XDS_ADDRESS, PILOT_ADDRESS or PROXY_CONFIG's discoveryAddress)")?,
         };
+        start_identity(&env, Some(&address))?;
         return run_xds(&address, &env, opts);
     };
     let loaded = weft_proxy::config::load_file(&config)?;
+    if !cli.validate {
+        let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+        start_identity(&env, None)?;
+    }
     if cli.validate {
         let stats = weft_proxy::stats::Stats::new();
         weft_proxy::model::Snapshot::compile(&loaded, &stats)?;
@@ -175,6 +180,27 @@ fn run_proxy(cli: RunArgs) -> anyhow::Result<()> {
     let proxy = weft_proxy::Proxy::start(loaded, opts)?;
     weft_proxy::server::run_until_signal(&proxy, drain_timeout, Some(&config))?;
     proxy.join();
+    Ok(())
+}
+
+/// Starts the workload certificate source (secrets `default` and
+/// `ROOTCA`) when the environment configures one (CA_ADDR,
+/// WEFT_TOKEN_FILE, WEFT_ROOT_CERT_FILE; in the sidecar mode CA_ADDR
+/// defaults to the xDS host on port 15012).
+fn start_identity(
+    env: &std::collections::HashMap<String, String>,
+    xds_address: Option<&str>,
+) -> anyhow::Result<()> {
+    match weft_proxy::identity::start_from_env(env, xds_address)? {
+        Some(w) => tracing::info!(
+            id = ?w.id.as_ref().map(ToString::to_string),
+            roots = w.roots().len(),
+            "workload certificate source configured"
+        ),
+        None => tracing::info!(
+            "no certificate source (CA_ADDR/WEFT_ROOT_CERT_FILE unset): TLS contexts naming default or ROOTCA will fail their connections"
+        ),
+    }
     Ok(())
 }
 

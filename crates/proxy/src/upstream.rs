@@ -1,7 +1,10 @@
 //! Upstream HTTP connections: one keep-alive pool per cluster (keyed by
-//! endpoint inside), HTTP/1.1 or HTTP/2 as the cluster says. Upstream TLS
-//! (the identity issue) plugs in here as another connector; `Transport`
-//! is the seam.
+//! endpoint inside), HTTP/1.1 or HTTP/2 as the cluster says, plaintext or
+//! TLS per endpoint ([`Transports`]: the cluster's `transport_socket`, or
+//! the first of Istio's `transport_socket_matches` that the endpoint's
+//! `envoy.transport_socket_match` metadata satisfies). A failed TLS
+//! handshake is a connect failure whose text is Envoy's transport failure
+//! reason.
 
 use crate::Body;
 use crate::model::cluster::HttpSettings;
@@ -20,11 +23,65 @@ use tokio::net::TcpStream;
 mod limited;
 use limited::LimitedPool;
 
-/// How bytes reach the upstream. Only plaintext today; mTLS arrives with
-/// the identity issue as a second variant wrapping a TLS connector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How bytes reach an upstream endpoint.
+#[derive(Debug, Clone, Default)]
 pub enum Transport {
+    #[default]
     Plain,
+    Tls(Arc<crate::tls::ClientTls>),
+}
+
+/// The transport of each endpoint of a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Transports {
+    /// The cluster's `transport_socket` (and endpoints no match selects).
+    pub default: Transport,
+    /// Endpoints whose `transport_socket_matches` entry differs from `default`.
+    pub by_endpoint: HashMap<SocketAddr, Transport>,
+}
+
+impl Transports {
+    pub fn for_endpoint(&self, addr: SocketAddr) -> &Transport {
+        if self.by_endpoint.is_empty() {
+            return &self.default;
+        }
+        self.by_endpoint.get(&addr).unwrap_or(&self.default)
+    }
+    /// Whether any endpoint is reached over TLS.
+    pub fn any_tls(&self) -> bool {
+        matches!(self.default, Transport::Tls(_))
+            || self
+                .by_endpoint
+                .values()
+                .any(|t| matches!(t, Transport::Tls(_)))
+    }
+}
+
+/// Connects to `addr` and runs the endpoint's transport (TLS handshake).
+pub async fn dial(
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    transport: &Transport,
+) -> Result<crate::tls::Stream, UpstreamError> {
+    let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| UpstreamError::Connect(format!("connect to {addr} timed out")))?
+        .map_err(|e| UpstreamError::Connect(format!("{addr}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    match transport {
+        Transport::Plain => Ok(crate::tls::Stream::Plain(tcp)),
+        Transport::Tls(tls) => {
+            let tls = tokio::time::timeout(connect_timeout, tls.connect(tcp))
+                .await
+                .map_err(|_| {
+                    UpstreamError::Connect(format!(
+                        "TLS_error:|handshake with {addr} timed out:TLS_error_end"
+                    ))
+                })?
+                .map_err(UpstreamError::Connect)?;
+            Ok(crate::tls::Stream::Client(Box::new(tls)))
+        }
+    }
 }
 
 /// Why an upstream request produced no response.
@@ -50,7 +107,8 @@ pub struct UpstreamClient {
     /// HTTP/1.1 pools per worker when connections serve at most N requests
     /// (max_requests_per_connection); `h1` is unused then.
     limited: Option<(u32, Arc<[LimitedPool]>)>,
-    pub transport: Transport,
+    /// Plaintext or TLS, per endpoint.
+    pub transports: Arc<Transports>,
 }
 
 /// An HTTP/1.1 keep-alive client (pool keyed by endpoint).
@@ -84,6 +142,7 @@ pub fn set_worker_id(i: usize) {
 #[derive(Debug)]
 struct H2Pool {
     connect_timeout: Duration,
+    transports: Arc<Transports>,
     settings: HttpSettings,
     /// Each endpoint's connection and the streams opened on it.
     conns: Mutex<HashMap<SocketAddr, (http2::SendRequest<Body>, u32)>>,
@@ -111,11 +170,12 @@ impl H2Pool {
                 return Ok(s);
             }
         }
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| UpstreamError::Connect(format!("connect to {addr} timed out")))?
-            .map_err(|e| UpstreamError::Connect(format!("{addr}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = dial(
+            addr,
+            self.connect_timeout,
+            self.transports.for_endpoint(addr),
+        )
+        .await?;
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new());
         if let Some(w) = self.settings.initial_stream_window {
@@ -176,22 +236,31 @@ impl H2Pool {
 }
 
 impl UpstreamClient {
-    pub fn new(connect_timeout: Duration, http: &HttpSettings) -> Self {
+    pub fn new(connect_timeout: Duration, http: &HttpSettings, transports: Transports) -> Self {
         let workers = POOLS.load(std::sync::atomic::Ordering::Relaxed);
+        let transports = Arc::new(transports);
         let h2 = http.http2.then(|| {
             (0..workers)
                 .map(|_| H2Pool {
                     connect_timeout,
+                    transports: transports.clone(),
                     settings: http.clone(),
                     conns: Mutex::new(HashMap::new()),
                 })
                 .collect::<Arc<[H2Pool]>>()
         });
-        let limited = match (http.http2, http.max_requests_per_connection) {
+        // TLS endpoints use the per-endpoint pool (unlimited without
+        // max_requests_per_connection): hyper's legacy client knows no TLS.
+        let limit = match http.max_requests_per_connection {
+            Some(m) => Some(m),
+            None if transports.any_tls() => Some(u32::MAX),
+            None => None,
+        };
+        let limited = match (http.http2, limit) {
             (false, Some(m)) => Some((
                 m,
                 (0..workers)
-                    .map(|_| LimitedPool::default())
+                    .map(|_| LimitedPool::new(transports.clone()))
                     .collect::<Arc<[LimitedPool]>>(),
             )),
             _ => None,
@@ -204,7 +273,7 @@ impl UpstreamClient {
             connect_timeout,
             idle_timeout: http.idle_timeout.unwrap_or(Duration::from_secs(3600)),
             h2,
-            transport: Transport::Plain,
+            transports,
         }
     }
 

@@ -51,6 +51,9 @@ const OPEN: &[&str] = &[
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster",
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight",
     "envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig",
+    // `sds_config` names where Envoy would fetch the secret; weft-proxy
+    // serves `default`/`ROOTCA` itself and static secrets by name (tls/context.rs).
+    "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig",
 ];
 
 /// Messages of which only the listed fields are understood.
@@ -91,7 +94,7 @@ const PARTIAL: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.bootstrap.v3.Bootstrap.StaticResources",
-        &["listeners", "clusters"],
+        &["listeners", "clusters", "secrets"],
     ),
     (
         "envoy.config.bootstrap.v3.Admin",
@@ -216,7 +219,13 @@ const PARTIAL: &[(&str, &[&str])] = &[
             "server_name",
             "common_http_protocol_options",
             "http2_protocol_options",
+            "forward_client_cert_details",
+            "set_current_client_cert_details",
         ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.SetCurrentClientCertDetails",
+        &["subject", "cert", "chain", "dns", "uri"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
@@ -452,7 +461,64 @@ const PARTIAL: &[(&str, &[&str])] = &[
             "common_lb_config",
             "metadata",
             "max_requests_per_connection",
+            "transport_socket",
+            "transport_socket_matches",
         ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.TransportSocketMatch",
+        &["name", "match", "transport_socket"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.Secret",
+        &["name", "tls_certificate", "validation_context"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.TlsCertificate",
+        &["certificate_chain", "private_key"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext",
+        &["trusted_ca", "match_typed_subject_alt_names"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher",
+        &["san_type", "matcher"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.TlsParameters",
+        &[
+            "tls_minimum_protocol_version",
+            "tls_maximum_protocol_version",
+            "cipher_suites",
+        ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
+        &[
+            "tls_params",
+            "tls_certificates",
+            "tls_certificate_sds_secret_configs",
+            "alpn_protocols",
+            "validation_context",
+            "validation_context_sds_secret_config",
+            "combined_validation_context",
+        ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.CombinedCertificateValidationContext",
+        &[
+            "default_validation_context",
+            "validation_context_sds_secret_config",
+        ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        &["common_tls_context", "require_client_certificate"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        &["common_tls_context", "sni", "max_session_keys"],
     ),
     (
         "envoy.config.endpoint.v3.ClusterLoadAssignment",
@@ -528,6 +594,8 @@ const ANY_TYPES: &[&str] = &[
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
     "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
     "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
     "envoy.extensions.filters.http.cors.v3.Cors",
     "envoy.extensions.filters.http.cors.v3.CorsPolicy",

@@ -8,7 +8,7 @@ use super::common::{Ctx, duration, opt_duration};
 use super::lb::{LbPolicy, PriorityHosts};
 use crate::config::ConfigError;
 use crate::stats::ClusterStats;
-use crate::upstream::UpstreamClient;
+use crate::upstream::{Transport, Transports, UpstreamClient};
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::cluster::v3 as pb;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
@@ -207,6 +207,7 @@ impl Cluster {
         ctx: &Ctx<'_>,
         c: &pb::Cluster,
         stats: &crate::stats::Stats,
+        secrets: &crate::tls::Secrets,
     ) -> Result<Self, ConfigError> {
         if c.name.is_empty() {
             return Err(ctx.field("name").invalid("a cluster needs a name"));
@@ -316,6 +317,7 @@ impl Cluster {
             opt_duration(&ctx.field("connect_timeout"), c.connect_timeout.as_ref())?
                 .unwrap_or(Duration::from_secs(5));
         let http = http_settings(ctx, c)?;
+        let transports = transports(ctx, c, secrets, http.http2, &hosts)?;
         let breakers = breakers(c);
         let outlier = c
             .outlier_detection
@@ -365,7 +367,7 @@ impl Cluster {
             } else {
                 &c.alt_stat_name
             }),
-            client: UpstreamClient::new(connect_timeout, &http),
+            client: UpstreamClient::new(connect_timeout, &http, transports),
             name,
             discovery,
             lb,
@@ -477,6 +479,81 @@ impl Cluster {
             .collect();
         self.hosts.store(Arc::new(group(hosts, self.lb)));
     }
+}
+
+/// Compiles one `transport_socket` (raw_buffer or an UpstreamTlsContext).
+fn transport(
+    ctx: &Ctx<'_>,
+    ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket,
+    secrets: &crate::tls::Secrets,
+    http2: bool,
+) -> Result<Transport, ConfigError> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+    let c = ctx.field("typed_config");
+    let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
+        return Err(c.invalid("typed_config is required"));
+    };
+    match any.type_url.rsplit('/').next().unwrap_or_default() {
+        "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" => Ok(Transport::Plain),
+        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" => {
+            let u = UpstreamTlsContext::decode(any.value.as_slice())
+                .map_err(|e| c.invalid(e.to_string()))?;
+            Ok(Transport::Tls(Arc::new(crate::tls::ClientTls::compile(
+                &c, &u, secrets, http2,
+            )?)))
+        }
+        other => Err(c.unsupported(format!("transport socket {other}"))),
+    }
+}
+
+/// Key of the endpoint metadata that `transport_socket_matches` look at.
+pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+
+/// The cluster's transport and, with `transport_socket_matches`, each
+/// endpoint's: the first match whose every field equals the endpoint's
+/// `envoy.transport_socket_match` metadata (an empty match takes all);
+/// no match falls back to the cluster's `transport_socket`.
+fn transports(
+    ctx: &Ctx<'_>,
+    c: &pb::Cluster,
+    secrets: &crate::tls::Secrets,
+    http2: bool,
+    hosts: &HostSet,
+) -> Result<Transports, ConfigError> {
+    let default = match &c.transport_socket {
+        Some(ts) => transport(&ctx.field("transport_socket"), ts, secrets, http2)?,
+        None => Transport::Plain,
+    };
+    let mut matches = Vec::new();
+    for (i, m) in c.transport_socket_matches.iter().enumerate() {
+        let mc = ctx.index("transport_socket_matches", i);
+        let t = match &m.transport_socket {
+            Some(ts) => transport(&mc.field("transport_socket"), ts, secrets, http2)?,
+            None => Transport::Plain,
+        };
+        matches.push((m.r#match.clone().unwrap_or_default(), t));
+    }
+    let mut by_endpoint = std::collections::HashMap::new();
+    if !matches.is_empty() {
+        for h in hosts.priorities.iter().flat_map(|p| p.hosts.iter()) {
+            let md = h
+                .metadata()
+                .and_then(|m| m.filter_metadata.get(TRANSPORT_SOCKET_MATCH));
+            let chosen = matches.iter().find(|(want, _)| {
+                want.fields
+                    .iter()
+                    .all(|(k, v)| md.and_then(|m| m.fields.get(k)) == Some(v))
+            });
+            if let Some((_, t)) = chosen {
+                by_endpoint.insert(h.address, t.clone());
+            }
+        }
+    }
+    Ok(Transports {
+        default,
+        by_endpoint,
+    })
 }
 
 fn group(hosts: Vec<(Arc<Host>, u32)>, lb: LbPolicy) -> HostSet {

@@ -107,6 +107,8 @@ pub struct HttpManager {
     pub websocket: bool,
     pub server_name: HeaderValue,
     pub stats: HttpStats,
+    /// `x-forwarded-client-cert` handling (forward_client_cert_details).
+    pub xfcc: crate::tls::xfcc::Xfcc,
 }
 
 impl HttpManager {
@@ -175,6 +177,7 @@ impl HttpManager {
         };
         let stat_prefix: Arc<str> = m.stat_prefix.as_str().into();
         Ok(HttpManager {
+            xfcc: crate::tls::xfcc::Xfcc::compile(ctx, m)?,
             stats: stats.http(&stat_prefix),
             stat_prefix,
             codec,

@@ -99,6 +99,8 @@ pub struct FilterChain {
     pub name: Arc<str>,
     matcher: ChainMatch,
     pub kind: ChainKind,
+    /// TLS termination (`transport_socket` `envoy.transport_sockets.tls`).
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 #[derive(Debug)]
@@ -131,6 +133,7 @@ impl Listener {
         l: &pb::Listener,
         clusters: &HashMap<String, Arc<Cluster>>,
         stats: &Stats,
+        secrets: &crate::tls::Secrets,
     ) -> Result<Self, ConfigError> {
         let address = socket_addr(&ctx.field("address"), l.address.as_ref())?;
         let (mut original_dst_filter, mut tls_inspector, mut http_inspector) =
@@ -166,12 +169,21 @@ impl Listener {
                 fc,
                 clusters,
                 stats,
+                secrets,
             )?);
         }
         let default_chain = l
             .default_filter_chain
             .as_ref()
-            .map(|fc| FilterChain::compile(&ctx.field("default_filter_chain"), fc, clusters, stats))
+            .map(|fc| {
+                FilterChain::compile(
+                    &ctx.field("default_filter_chain"),
+                    fc,
+                    clusters,
+                    stats,
+                    secrets,
+                )
+            })
             .transpose()?;
         let name: Arc<str> = if l.name.is_empty() {
             address.to_string().into()
@@ -314,15 +326,12 @@ impl FilterChain {
         fc: &pb::FilterChain,
         clusters: &HashMap<String, Arc<Cluster>>,
         stats: &Stats,
+        secrets: &crate::tls::Secrets,
     ) -> Result<Self, ConfigError> {
-        if let Some(ts) = &fc.transport_socket {
-            let raw = matches!(&ts.config_type, Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(a)) if a.type_url.ends_with("raw_buffer.v3.RawBuffer"));
-            if !raw {
-                return Err(ctx
-                    .field("transport_socket")
-                    .unsupported("downstream TLS comes with the identity issue"));
-            }
-        }
+        let tls = match &fc.transport_socket {
+            Some(ts) => downstream_tls(&ctx.field("transport_socket"), ts, secrets)?,
+            None => None,
+        };
         let matcher = match &fc.filter_chain_match {
             Some(m) => compile_match(&ctx.field("filter_chain_match"), m)?,
             None => ChainMatch::default(),
@@ -355,7 +364,33 @@ impl FilterChain {
             name: fc.name.as_str().into(),
             matcher,
             kind,
+            tls,
         })
+    }
+}
+
+/// A filter chain's `transport_socket`: raw_buffer (None) or TLS.
+fn downstream_tls(
+    ctx: &Ctx<'_>,
+    ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket,
+    secrets: &crate::tls::Secrets,
+) -> Result<Option<Arc<crate::tls::ServerTls>>, ConfigError> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+    let c = ctx.field("typed_config");
+    let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
+        return Err(c.invalid("typed_config is required"));
+    };
+    match any.type_url.rsplit('/').next().unwrap_or_default() {
+        "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" => Ok(None),
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext" => {
+            let d = DownstreamTlsContext::decode(any.value.as_slice())
+                .map_err(|e| c.invalid(e.to_string()))?;
+            Ok(Some(Arc::new(crate::tls::ServerTls::compile(
+                &c, &d, secrets,
+            )?)))
+        }
+        other => Err(c.unsupported(format!("transport socket {other}"))),
     }
 }
 

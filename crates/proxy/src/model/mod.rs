@@ -56,11 +56,12 @@ impl Snapshot {
         let root = Ctx::new(&loaded.origin, "");
         let sr = b.static_resources.clone().unwrap_or_default();
         let sctx = root.field("static_resources");
+        let secrets = crate::tls::Secrets::compile(&sctx, &sr.secrets)?;
         let mut clusters = HashMap::new();
         let mut cluster_order = Vec::new();
         for (i, c) in sr.clusters.iter().enumerate() {
             let ctx = sctx.index("clusters", i);
-            let compiled = Cluster::compile(&ctx, c, stats)?;
+            let compiled = Cluster::compile(&ctx, c, stats, &secrets)?;
             if clusters
                 .insert(c.name.clone(), Arc::new(compiled))
                 .is_some()
@@ -74,7 +75,7 @@ impl Snapshot {
         let mut listeners = Vec::new();
         for (i, l) in sr.listeners.iter().enumerate() {
             let ctx = sctx.index("listeners", i);
-            let compiled = Listener::compile(&ctx, l, &clusters, stats)?;
+            let compiled = Listener::compile(&ctx, l, &clusters, stats, &secrets)?;
             if listeners
                 .iter()
                 .any(|x: &Arc<Listener>| x.name == compiled.name)

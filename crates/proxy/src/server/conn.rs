@@ -1,11 +1,13 @@
 //! One accepted connection: recover the original destination, hand off to
 //! the listener that owns it (the virtual listener's job), sniff TLS/HTTP
-//! with a detection timeout, choose the filter chain and run it.
+//! with a detection timeout, choose the filter chain, terminate TLS when
+//! the chain has a `DownstreamTlsContext`, and run the chain's filter.
 
 use super::Shared;
 use crate::model::Snapshot;
 use crate::model::listener::{ChainKind, ConnInfo, Listener};
 use crate::sniff::{Sniffed, sniff};
+use crate::tls::{Stream, TlsInfo};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +21,24 @@ pub struct ConnMeta {
     pub destination: SocketAddr,
     pub server_name: Option<Arc<str>>,
     pub listener: Arc<str>,
+    /// Set when the chain terminated TLS: version, ALPN and the peer's
+    /// certificate identity (see [`ConnMeta::peer_principal`]).
+    pub tls: Option<Arc<TlsInfo>>,
+}
+
+impl ConnMeta {
+    /// The downstream peer's identity for policy and telemetry: the URI
+    /// SAN of its client certificate (`spiffe://td/ns/NS/sa/SA`), as
+    /// `source_principal` use it. `None` for plaintext or server-only TLS.
+    pub fn peer_principal(&self) -> Option<&str> {
+        self.tls.as_deref().and_then(TlsInfo::peer_principal)
+    }
+
+    /// Whether the connection is mutual TLS (Istio's
+    /// `connection_security_policy="mutual_tls"`, else `none`).
+    pub fn is_mutual_tls(&self) -> bool {
+        self.tls.as_deref().is_some_and(TlsInfo::is_mutual)
+    }
 }
 
 /// The destination before iptables REDIRECT (SO_ORIGINAL_DST), if any.
@@ -144,11 +164,33 @@ pub async fn handle(
     };
     listener.stats.cx_total.inc();
     listener.stats.cx_active.inc();
+    let (stream, tls) = match &chain.tls {
+        None => (Stream::Plain(stream), None),
+        Some(ctx) => {
+            // Envoy bounds the handshake by the transport socket connect
+            // timeout; the listener filter timeout plays that role here.
+            let limit = listener.filters_timeout.unwrap_or(Duration::from_secs(15));
+            match tokio::time::timeout(limit, crate::tls::accept(ctx, stream)).await {
+                Ok(Ok((s, info))) => (Stream::Server(Box::new(s)), Some(Arc::new(info))),
+                Ok(Err(reason)) => {
+                    tracing::debug!(listener = %listener.name, chain = %chain.name, %remote, %reason, "downstream TLS handshake failed");
+                    listener.stats.cx_active.dec();
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(listener = %listener.name, %remote, "downstream TLS handshake timed out");
+                    listener.stats.cx_active.dec();
+                    return;
+                }
+            }
+        }
+    };
     let meta = Arc::new(ConnMeta {
         remote,
         destination,
         server_name: det.server_name.map(Into::into),
         listener: listener.name.clone(),
+        tls,
     });
     match &chain.kind {
         ChainKind::Http(hcm) => super::http::serve(shared.clone(), hcm.clone(), stream, meta).await,

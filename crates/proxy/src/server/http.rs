@@ -26,12 +26,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
-use tokio::net::TcpStream;
 
 pub async fn serve(
     shared: Arc<Shared>,
     hcm: Arc<HttpManager>,
-    stream: TcpStream,
+    stream: crate::tls::Stream,
     meta: Arc<ConnMeta>,
 ) {
     use crate::model::cluster::now_ms;
@@ -240,6 +239,7 @@ async fn handle(
         parts.headers.insert(header::HOST, a);
     }
     prepare_headers(&hcm, &x.meta, &mut parts.headers);
+    hcm.xfcc.apply(x.meta.tls.as_deref(), &mut parts.headers);
     x.request_id = parts.headers.get("x-request-id").cloned();
     let body: Body = if logging {
         let rx = Arc::new(AtomicU64::new(0));
@@ -256,6 +256,7 @@ async fn handle(
         e.downstream_remote = Some(x.meta.remote);
         e.downstream_local = Some(x.meta.destination);
         e.sni = x.meta.server_name.clone();
+        e.tls = x.meta.tls.clone();
         if let Some(log) = hcm.access_logs.first() {
             e.capture_request(&log.format.req_headers, &parts.headers);
         }

@@ -1,18 +1,22 @@
 //! `tcp_proxy`: connect to a host of the chosen cluster (retrying up to
 //! `max_connect_attempts`), then relay bytes both ways with half-close
 //! (a FIN from one side is passed on while the other direction keeps
-//! flowing), an idle timeout and byte counters.
+//! flowing), an idle timeout and byte counters. Either side may be TLS
+//! (a terminating filter chain downstream, an UpstreamTlsContext upstream);
+//! a failed upstream handshake is a connect failure (UF) whose reason goes
+//! to `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
 
 use super::conn::ConnMeta;
 use crate::accesslog::{Entry, Flags};
 use crate::model::cluster::{Cluster, Discovery, Host, now_ms};
 use crate::model::listener::TcpProxy;
 use crate::model::route::Target;
+use crate::tls::Stream;
+use crate::upstream::UpstreamError;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Picks an upstream host: the original destination for ORIGINAL_DST clusters.
 pub fn pick_host(cluster: &Cluster, meta: &ConnMeta, hash: Option<u64>) -> Option<Arc<Host>> {
@@ -22,12 +26,13 @@ pub fn pick_host(cluster: &Cluster, meta: &ConnMeta, hash: Option<u64>) -> Optio
     }
 }
 
-pub async fn proxy(tp: Arc<TcpProxy>, mut down: TcpStream, meta: Arc<ConnMeta>) {
+pub async fn proxy(tp: Arc<TcpProxy>, mut down: Stream, meta: Arc<ConnMeta>) {
     let start = Instant::now();
     let mut entry = Entry::new(SystemTime::now());
     entry.downstream_remote = Some(meta.remote);
     entry.downstream_local = Some(meta.destination);
     entry.sni = meta.server_name.clone();
+    entry.tls = meta.tls.clone();
     tp.stats.cx_total.inc();
     let cluster = match &tp.target {
         Target::Missing(name) => {
@@ -62,11 +67,7 @@ async fn connect<'c>(
     cluster: &'c Cluster,
     meta: &ConnMeta,
     entry: &mut Entry,
-) -> Option<(
-    TcpStream,
-    Arc<Host>,
-    crate::model::cluster::BreakerGuard<'c>,
-)> {
+) -> Option<(Stream, Arc<Host>, crate::model::cluster::BreakerGuard<'c>)> {
     let Some(guard) = cluster.breakers.request(false) else {
         cluster.stats.rq_overflow.inc();
         entry.flags.set(Flags::UO);
@@ -78,20 +79,17 @@ async fn connect<'c>(
             return None;
         };
         entry.upstream_host = Some(host.address);
-        match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(host.address)).await
-        {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                entry.upstream_local = s.local_addr().ok();
+        let transport = cluster.client.transports.for_endpoint(host.address);
+        match crate::upstream::dial(host.address, cluster.connect_timeout, transport).await {
+            Ok(s) => {
+                entry.upstream_local = s.tcp().local_addr().ok();
                 cluster.report(&host, Some(200));
                 return Some((s, host, guard));
             }
-            Ok(Err(e)) => {
-                entry.upstream_failure = Some(e.to_string());
-                cluster.report(&host, None);
-            }
-            Err(_) => {
-                entry.upstream_failure = Some("connect timeout".into());
+            Err(
+                UpstreamError::Connect(e) | UpstreamError::Reset(e) | UpstreamError::Refused(e),
+            ) => {
+                entry.upstream_failure = Some(e);
                 cluster.report(&host, None);
             }
         }
@@ -130,21 +128,34 @@ async fn pump<R, W>(
 }
 
 async fn relay(
-    down: &mut TcpStream,
-    mut up: TcpStream,
+    down: &mut Stream,
+    mut up: Stream,
     idle: Option<Duration>,
     rx: &AtomicU64,
     tx: &AtomicU64,
     tp: &TcpProxy,
 ) {
     let last = AtomicU64::new(now_ms());
-    let (dr, dw) = down.split();
-    let (ur, uw) = up.split();
     let both = async {
-        tokio::join!(
-            pump(dr, uw, rx, &tp.stats.rx_bytes, &last),
-            pump(ur, dw, tx, &tp.stats.tx_bytes, &last)
-        );
+        match (down, &mut up) {
+            // Plain sockets split without a lock.
+            (Stream::Plain(d), Stream::Plain(u)) => {
+                let (dr, dw) = d.split();
+                let (ur, uw) = u.split();
+                tokio::join!(
+                    pump(dr, uw, rx, &tp.stats.rx_bytes, &last),
+                    pump(ur, dw, tx, &tp.stats.tx_bytes, &last)
+                );
+            }
+            (d, u) => {
+                let (dr, dw) = tokio::io::split(d);
+                let (ur, uw) = tokio::io::split(u);
+                tokio::join!(
+                    pump(dr, uw, rx, &tp.stats.rx_bytes, &last),
+                    pump(ur, dw, tx, &tp.stats.tx_bytes, &last)
+                );
+            }
+        }
     };
     let Some(idle) = idle else {
         both.await;

@@ -2,18 +2,18 @@
 //! `max_requests_per_connection`): a small per-endpoint pool over hyper's
 //! connection API. A connection's last request carries `Connection: close`
 //! and the connection leaves the pool once that request is sent, so the
-//! next request opens a new one.
+//! next request opens a new one. Clusters with TLS endpoints use it too
+//! (without a limit): keep-alive pooling per endpoint over plaintext or TLS.
 
-use super::{UpstreamError, classify_hyper, error_chain};
+use super::{Transports, UpstreamError, classify_hyper, error_chain};
 use crate::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// Idle connections kept per endpoint at most (others close when done).
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
@@ -25,9 +25,9 @@ struct Conn {
 }
 
 /// The pool of one worker.
-#[derive(Default)]
 pub(super) struct LimitedPool {
     conns: Mutex<HashMap<SocketAddr, Vec<Conn>>>,
+    transports: Arc<Transports>,
 }
 
 impl std::fmt::Debug for LimitedPool {
@@ -37,6 +37,13 @@ impl std::fmt::Debug for LimitedPool {
 }
 
 impl LimitedPool {
+    pub(super) fn new(transports: Arc<Transports>) -> Self {
+        LimitedPool {
+            conns: Mutex::default(),
+            transports,
+        }
+    }
+
     /// An idle connection to `addr` that may take another request.
     fn take_idle(&self, addr: SocketAddr) -> Option<Conn> {
         let mut map = self.conns.lock().expect("h1 limited pool");
@@ -55,14 +62,11 @@ impl LimitedPool {
     }
 
     async fn connect(
+        &self,
         addr: SocketAddr,
         connect_timeout: Duration,
     ) -> Result<http1::SendRequest<Body>, UpstreamError> {
-        let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| UpstreamError::Connect(format!("connect to {addr} timed out")))?
-            .map_err(|e| UpstreamError::Connect(format!("{addr}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = super::dial(addr, connect_timeout, self.transports.for_endpoint(addr)).await?;
         let (sender, conn) = http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| UpstreamError::Connect(format!("{addr}: {}", error_chain(&e))))?;
@@ -84,7 +88,7 @@ impl LimitedPool {
         let mut conn = match self.take_idle(addr) {
             Some(c) => c,
             None => Conn {
-                sender: Self::connect(addr, connect_timeout).await?,
+                sender: self.connect(addr, connect_timeout).await?,
                 used: 0,
             },
         };

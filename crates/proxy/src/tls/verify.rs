@@ -1,0 +1,335 @@
+//! Peer certificate checks as Envoy's `CertificateValidationContext` does
+//! them: the chain to `trusted_ca`, then `match_typed_subject_alt_names`
+//! (any SAN of the matcher's type satisfying any matcher). Host names are
+//! never checked against SNI (Istio verifies identities, not names).
+//!
+//! Owns the rustls verifiers of the data plane and reading SANs and the
+//! subject from certificates. Failure texts end up in
+//! `%UPSTREAM_TRANSPORT_FAILURE_REASON%` via
+//! `weft_identity::tls::failure_reason`.
+
+use crate::config::ConfigError;
+use crate::model::common::{Ctx, StringMatch};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    SubjectAltNameMatcher, subject_alt_name_matcher::SanType,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::verify_server_cert_signed_by_trust_anchor;
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::server::ParsedCertificate;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error, OtherError, RootCertStore,
+    SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use std::fmt;
+use std::sync::Arc;
+
+/// Which SAN a matcher looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SanKind {
+    Uri,
+    Dns,
+    Email,
+    Ip,
+}
+
+impl SanKind {
+    fn label(self) -> &'static str {
+        match self {
+            SanKind::Uri => "URI",
+            SanKind::Dns => "DNS",
+            SanKind::Email => "EMAIL",
+            SanKind::Ip => "IP_ADDRESS",
+        }
+    }
+}
+
+/// One entry of `match_typed_subject_alt_names`.
+#[derive(Debug, Clone)]
+pub struct SanMatcher {
+    pub kind: SanKind,
+    pub matcher: StringMatch,
+}
+
+/// Compiles `match_typed_subject_alt_names`.
+pub fn compile_san_matchers(
+    ctx: &Ctx<'_>,
+    list: &[SubjectAltNameMatcher],
+) -> Result<Vec<SanMatcher>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, m) in list.iter().enumerate() {
+        let c = ctx.index("match_typed_subject_alt_names", i);
+        let kind = match SanType::try_from(m.san_type) {
+            Ok(SanType::Uri) => SanKind::Uri,
+            Ok(SanType::Dns) => SanKind::Dns,
+            Ok(SanType::Email) => SanKind::Email,
+            Ok(SanType::IpAddress) => SanKind::Ip,
+            Ok(SanType::OtherName) => {
+                return Err(c.field("san_type").unsupported("OTHER_NAME"));
+            }
+            _ => return Err(c.field("san_type").invalid("san_type is required")),
+        };
+        let Some(sm) = &m.matcher else {
+            return Err(c.field("matcher").invalid("matcher is required"));
+        };
+        out.push(SanMatcher {
+            kind,
+            matcher: StringMatch::compile(&c.field("matcher"), sm)?,
+        });
+    }
+    Ok(out)
+}
+
+/// What a certificate says about its holder.
+#[derive(Debug, Clone, Default)]
+pub struct CertNames {
+    pub uris: Vec<String>,
+    pub dns: Vec<String>,
+    pub emails: Vec<String>,
+    pub ips: Vec<String>,
+    /// The subject DN in RFC 2253 order (`CN=a,O=b`), empty when none.
+    pub subject: String,
+}
+
+/// Reads SANs and the subject of a DER certificate (empty on a parse error).
+pub fn cert_names(der: &[u8]) -> CertNames {
+    use x509_parser::extensions::GeneralName;
+    let mut n = CertNames::default();
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return n;
+    };
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for g in &san.value.general_names {
+            match g {
+                GeneralName::URI(u) => n.uris.push((*u).to_owned()),
+                GeneralName::DNSName(d) => n.dns.push((*d).to_owned()),
+                GeneralName::RFC822Name(e) => n.emails.push((*e).to_owned()),
+                GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    if let Some(ip) = ip {
+                        n.ips.push(ip.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    // OpenSSL's RFC 2253 form lists the most specific RDN first.
+    let mut rdns: Vec<String> = cert
+        .subject()
+        .iter_rdn()
+        .flat_map(|rdn| rdn.iter())
+        .map(|atv| {
+            let key = x509_parser::objects::oid2abbrev(
+                atv.attr_type(),
+                x509_parser::objects::oid_registry(),
+            )
+            .map(str::to_owned)
+            .unwrap_or_else(|_| atv.attr_type().to_id_string());
+            format!("{key}={}", atv.as_str().unwrap_or_default())
+        })
+        .collect();
+    rdns.reverse();
+    n.subject = rdns.join(",");
+    n
+}
+
+/// A certificate whose SANs satisfy none of the configured matchers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("peer certificate SANs [{}] match none of match_typed_subject_alt_names [{}]", .found.join(", "), .expected.join(", "))]
+pub struct SanMismatch {
+    pub found: Vec<String>,
+    pub expected: Vec<String>,
+}
+
+/// Checks `matchers` against the leaf (no matchers: any certificate).
+pub fn check_sans(matchers: &[SanMatcher], leaf: &[u8]) -> Result<(), Error> {
+    if matchers.is_empty() {
+        return Ok(());
+    }
+    let names = cert_names(leaf);
+    let of = |k: SanKind| match k {
+        SanKind::Uri => &names.uris,
+        SanKind::Dns => &names.dns,
+        SanKind::Email => &names.emails,
+        SanKind::Ip => &names.ips,
+    };
+    if matchers
+        .iter()
+        .any(|m| of(m.kind).iter().any(|v| m.matcher.matches(v)))
+    {
+        return Ok(());
+    }
+    let found = [SanKind::Uri, SanKind::Dns, SanKind::Email, SanKind::Ip]
+        .into_iter()
+        .flat_map(|k| of(k).iter().map(move |v| format!("{}:{v}", k.label())))
+        .collect();
+    let expected = matchers
+        .iter()
+        .map(|m| format!("{}:{:?}", m.kind.label(), m.matcher))
+        .collect();
+    Err(Error::InvalidCertificate(CertificateError::Other(
+        OtherError(Arc::new(SanMismatch { found, expected })),
+    )))
+}
+
+fn algorithms() -> WebPkiSupportedAlgorithms {
+    weft_identity::tls::provider().signature_verification_algorithms
+}
+
+// === client side: verify the server ===
+
+/// Verifies an upstream's certificate: the chain to `roots` when a
+/// validation context is configured (without one, Envoy accepts any
+/// certificate), then the SAN matchers.
+pub struct UpstreamVerifier {
+    roots: Option<Arc<RootCertStore>>,
+    sans: Vec<SanMatcher>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl fmt::Debug for UpstreamVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamVerifier")
+            .field("verifies_chain", &self.roots.is_some())
+            .field("sans", &self.sans)
+            .finish()
+    }
+}
+
+impl UpstreamVerifier {
+    pub fn new(roots: Option<Arc<RootCertStore>>, sans: Vec<SanMatcher>) -> Self {
+        UpstreamVerifier {
+            roots,
+            sans,
+            algorithms: algorithms(),
+        }
+    }
+}
+
+impl ServerCertVerifier for UpstreamVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        if let Some(roots) = &self.roots {
+            let parsed = ParsedCertificate::try_from(end_entity)?;
+            verify_server_cert_signed_by_trust_anchor(
+                &parsed,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
+        check_sans(&self.sans, end_entity)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+// === server side: verify the client ===
+
+/// Verifies a downstream client certificate: webpki chain checks to the
+/// validation context's roots, then the SAN matchers.
+pub struct DownstreamVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    sans: Vec<SanMatcher>,
+}
+
+impl fmt::Debug for DownstreamVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DownstreamVerifier")
+            .field("sans", &self.sans)
+            .finish()
+    }
+}
+
+impl DownstreamVerifier {
+    /// `required`: Envoy's `require_client_certificate`.
+    pub fn new(
+        roots: Arc<RootCertStore>,
+        sans: Vec<SanMatcher>,
+        required: bool,
+    ) -> Result<Self, String> {
+        let mut b = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots,
+            weft_identity::tls::provider(),
+        );
+        if !required {
+            b = b.allow_unauthenticated();
+        }
+        let inner = b.build().map_err(|e| e.to_string())?;
+        Ok(DownstreamVerifier { inner, sans })
+    }
+}
+
+impl ClientCertVerifier for DownstreamVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        check_sans(&self.sans, end_entity)?;
+        Ok(ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

@@ -5,10 +5,14 @@
 //!
 //! The two binding listeners (`virtualOutbound` 15001, `virtualInbound`
 //! 15006) are moved to free loopback ports by a wrapping generator, so the
-//! test never collides with other tests' proxies on the machine.
+//! test never collides with other tests' proxies on the machine. Like an
+//! Istio sidecar, Envoy's bootstrap has an `sds-grpc` cluster: a node-agent
+//! SDS (`sds_agent`) serving the proxy's `default` and `ROOTCA` from an
+//! in-process CA, so the mesh TLS contexts warm up.
 
 #[path = "golden/harness.rs"]
 mod harness;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,6 +157,18 @@ async fn run_scenario(name: &str) {
             .await;
     });
 
+    let ca = weft_identity::CertificateAuthority::generate_self_signed("weft-test").unwrap();
+    let sds = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sds_addr = sds.local_addr().unwrap();
+    support::serve_agent_sds(
+        &tokio::runtime::Handle::current(),
+        sds,
+        support::agent_secrets(
+            &ca,
+            "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+        ),
+    );
+
     let admin = free_port();
     let tmp = tempfile::tempdir().unwrap();
     let bootstrap = serde_json::json!({
@@ -170,7 +186,7 @@ async fn run_scenario(name: &str) {
             "typedExtensionProtocolOptions": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicitHttpConfig": {"http2ProtocolOptions": {}}}}
-        }]}
+        }, support::sds_grpc_cluster(sds_addr)]}
     });
     let path = tmp.path().join("envoy.json");
     std::fs::write(&path, bootstrap.to_string()).unwrap();

@@ -275,6 +275,17 @@ fn bootstrap(res: &ProxyResources) -> serde_json::Value {
             "explicitHttpConfig": {"http2ProtocolOptions": {}}
         }}
     }));
+    // The SDS cluster every Istio sidecar bootstrap carries (mesh TLS
+    // contexts name it); validation never dials it.
+    clusters.push(json!({
+        "name": "sds-grpc",
+        "type": "STATIC",
+        "loadAssignment": {"clusterName": "sds-grpc", "endpoints": [{"lbEndpoints": [{"endpoint": {"address": {"pipe": {"path": "/var/run/weft/sds.sock"}}}}]}]},
+        "typedExtensionProtocolOptions": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicitHttpConfig": {"http2ProtocolOptions": {}}
+        }}
+    }));
     json!({
         "node": {"id": "sidecar~10.1.0.10~productpage-v1.default~default.svc.cluster.local", "cluster": "productpage.default"},
         "dynamicResources": {"adsConfig": {

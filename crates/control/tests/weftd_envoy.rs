@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 
 use weft_testbed::{Node, Pod};
 
+mod support;
+
 const VIP: &str = "10.96.0.20";
 const PODS: [(&str, &str); 2] = [("v1", "10.1.0.21"), ("v2", "10.1.0.22")];
 const HOST: &str = "reviews.default.svc.cluster.local:9080";
@@ -302,7 +304,9 @@ fn start_weftd(pod: &Pod, workdir: &Path, config: &Path) -> Killed {
     Killed(child, "weftd")
 }
 
-fn start_envoy(pod: &Pod, dir: &Path) -> Killed {
+/// Envoy's bootstrap carries Istio's `sds-grpc` cluster (the mesh TLS
+/// contexts weftd generates name it), served by a node-agent SDS on `sds`.
+fn start_envoy(pod: &Pod, dir: &Path, sds: std::net::SocketAddr) -> Killed {
     let ip = pod.addr().to_string();
     let (xds_host, xds_port) = XDS.split_once(':').expect("host:port");
     let bootstrap = serde_json::json!({
@@ -333,7 +337,7 @@ fn start_envoy(pod: &Pod, dir: &Path) -> Killed {
             "typedExtensionProtocolOptions": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicitHttpConfig": {"http2ProtocolOptions": {}}}}
-        }]}
+        }, support::sds_grpc_cluster(sds)]}
     });
     let path = dir.join("envoy.json");
     std::fs::write(&path, bootstrap.to_string()).expect("write bootstrap");
@@ -412,7 +416,21 @@ fn envoy_routes_per_virtual_service_from_weftd_and_follows_file_changes() {
     std::fs::create_dir(&config).expect("config dir");
     write_config(&config, &pod.addr().to_string());
     let mut weftd = start_weftd(&pod, tmp.path(), &config);
-    let mut envoy = start_envoy(&pod, tmp.path());
+    let sds = pod
+        .enter(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("enter pod")
+        .expect("bind the agent SDS");
+    let sds_addr = sds.local_addr().expect("SDS address");
+    let ca = weft_identity::CertificateAuthority::generate_self_signed("weft-test").expect("CA");
+    support::serve_agent_sds(
+        rt.handle(),
+        sds,
+        support::agent_secrets(
+            &ca,
+            "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+        ),
+    );
+    let mut envoy = start_envoy(&pod, tmp.path(), sds_addr);
 
     // Ready once a request through the captured VIP reaches a reviews pod.
     wait_for(

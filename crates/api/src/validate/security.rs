@@ -1,4 +1,10 @@
-//! PeerAuthentication and AuthorizationPolicy structural rules.
+//! PeerAuthentication and AuthorizationPolicy rules: Istio's validating
+//! webhook (structure, IPs, ports, `when` attributes, path templates), plus
+//! what weft cannot enforce and therefore rejects rather than silently
+//! ignoring: action CUSTOM (external authorization), JWT attributes
+//! (`requestPrincipals`, `request.auth.*`: weft has no
+//! RequestAuthentication), `experimental.envoy.filters.*` keys and path
+//! templates (`{*}`, `{**}`).
 
 use std::collections::BTreeMap;
 
@@ -75,6 +81,19 @@ pub(super) fn validate_authorization_policy(ap: &AuthorizationPolicy, e: &mut Er
     }
     let action = ap.action.unwrap_or(AuthorizationAction::Allow);
     if action == AuthorizationAction::Custom {
+        e.err(
+            "spec.action",
+            "CUSTOM (external authorization through an ext_authz provider) is not supported by weft; \
+             use ALLOW/DENY rules instead (a CUSTOM policy that reaches a proxy anyway denies the requests its rules match)",
+        );
+    }
+    if action == AuthorizationAction::Deny && ap.rules.is_none() {
+        e.err(
+            "spec.rules",
+            "DENY action without rules is never triggered; add an empty rule {} to deny every request",
+        );
+    }
+    if action == AuthorizationAction::Custom {
         match &ap.rules {
             None => e.err(
                 "spec.rules",
@@ -113,10 +132,16 @@ pub(super) fn validate_authorization_policy(ap: &AuthorizationPolicy, e: &mut Er
                     }
                     for (name, values) in src.fields() {
                         empty_values(values, &at(&sp, name), e);
-                        if name.ends_with("pBlocks") || name.ends_with("IpBlocks") {
-                            for (k, v) in values.iter().enumerate() {
-                                e.check(idx(&at(&sp, name), k), validate_ip_subnet(v));
-                            }
+                        let vp = at(&sp, name);
+                        for (k, v) in values.iter().enumerate() {
+                            let r = match name {
+                                "ipBlocks" | "notIpBlocks" | "remoteIpBlocks"
+                                | "notRemoteIpBlocks" => validate_ip_subnet(v),
+                                "requestPrincipals" | "notRequestPrincipals" => Err(no_jwt(name)),
+                                "serviceAccounts" | "notServiceAccounts" => service_account(v),
+                                _ => wildcard(v),
+                            };
+                            e.check(idx(&vp, k), r);
                         }
                     }
                 }
@@ -133,6 +158,16 @@ pub(super) fn validate_authorization_policy(ap: &AuthorizationPolicy, e: &mut Er
                     }
                     for (name, values) in op.fields() {
                         empty_values(values, &at(&op_p, name), e);
+                        if !matches!(name, "ports" | "notPorts") {
+                            for (k, v) in values.iter().enumerate() {
+                                let r = if name.ends_with("aths") {
+                                    path(v)
+                                } else {
+                                    wildcard(v)
+                                };
+                                e.check(idx(&at(&op_p, name), k), r);
+                            }
+                        }
                     }
                     for (name, values) in [("ports", &op.ports), ("notPorts", &op.not_ports)] {
                         for (k, v) in values.iter().enumerate() {
@@ -156,6 +191,15 @@ pub(super) fn validate_authorization_policy(ap: &AuthorizationPolicy, e: &mut Er
             if cond.values.is_empty() && cond.not_values.is_empty() {
                 e.err(&cp, "at least one of values or notValues must be set");
             }
+            if !cond.key.is_empty() {
+                e.check(at(&cp, "key"), when_key(&cond.key));
+            }
+            for (field, values) in [("values", &cond.values), ("notValues", &cond.not_values)] {
+                empty_values(values, &at(&cp, field), e);
+                for (k, v) in values.iter().enumerate() {
+                    e.check(idx(&at(&cp, field), k), when_value(&cond.key, v));
+                }
+            }
             if action == AuthorizationAction::Custom
                 && (cond.key.starts_with("source.") || cond.key.starts_with("request.auth."))
             {
@@ -173,5 +217,97 @@ fn empty_values(values: &[String], p: &str, e: &mut Errs) {
         if v.is_empty() {
             e.err(idx(p, k), "empty value is not allowed");
         }
+    }
+}
+
+fn no_jwt(what: &str) -> String {
+    format!(
+        "{what} needs JWT authentication (RequestAuthentication), which weft does not implement"
+    )
+}
+
+/// Istio's `*` forms: alone, leading or trailing; anywhere else it would be
+/// matched literally, which is never what was meant.
+fn wildcard(v: &str) -> Result<(), String> {
+    let inner = v.strip_prefix('*').unwrap_or(v);
+    let inner = inner.strip_suffix('*').unwrap_or(inner);
+    if inner.contains('*') {
+        return Err(format!(
+            "{v:?}: '*' is only supported alone, as a prefix or as a suffix"
+        ));
+    }
+    Ok(())
+}
+
+fn path(v: &str) -> Result<(), String> {
+    if v.contains('{') || v.contains('}') {
+        return Err(format!(
+            "{v:?}: path templates ({{*}}, {{**}}) are not supported by weft"
+        ));
+    }
+    wildcard(v)
+}
+
+/// `NAME` or `NAMESPACE/NAME`, no wildcards.
+fn service_account(v: &str) -> Result<(), String> {
+    let parts: Vec<&str> = v.split('/').collect();
+    if parts.len() > 2 || parts.iter().any(|p| p.is_empty() || p.contains('*')) {
+        return Err(format!(
+            "{v:?}: service account must be NAME or NAMESPACE/NAME, without wildcards"
+        ));
+    }
+    Ok(())
+}
+
+/// `a[b]` (Istio's map keys such as `request.headers[x-user]`).
+fn map_key(key: &str) -> Result<(), String> {
+    match key.find('[') {
+        Some(open) if key.ends_with(']') && open > 0 && open < key.len() - 2 => Ok(()),
+        _ => Err(format!("bad key {key:?}: should have the form {key}[NAME]")),
+    }
+}
+
+/// The attributes a `when` condition may name (Istio's list), minus what
+/// weft cannot evaluate.
+fn when_key(key: &str) -> Result<(), String> {
+    match key {
+        "source.ip"
+        | "remote.ip"
+        | "source.namespace"
+        | "source.principal"
+        | "source.serviceAccount"
+        | "source.trustDomain"
+        | "destination.ip"
+        | "destination.port"
+        | "connection.sni" => Ok(()),
+        k if k.starts_with("request.headers") => map_key(k),
+        k if k.starts_with("request.auth.") => Err(no_jwt(k)),
+        k if k.starts_with("experimental.envoy.filters.") => Err(format!(
+            "{k}: experimental Envoy metadata attributes are not supported by weft"
+        )),
+        "destination.namespace" => Err(format!(
+            "attribute {key} is replaced by the policy's metadata.namespace"
+        )),
+        k if k.starts_with("destination.labels") => Err(format!(
+            "attribute {k} is replaced by the workload selector"
+        )),
+        "destination.name" | "destination.user" => Err(format!(
+            "deprecated attribute {key}: only supported in v1alpha1"
+        )),
+        other => Err(format!("unknown attribute {other:?}")),
+    }
+}
+
+fn when_value(key: &str, v: &str) -> Result<(), String> {
+    match key {
+        "source.ip" | "remote.ip" | "destination.ip" => validate_ip_subnet(v),
+        "destination.port" => v
+            .parse::<u32>()
+            .ok()
+            .filter(|p| *p <= 65535)
+            .map(|_| ())
+            .ok_or_else(|| format!("bad port {v:?}: must be 0..65535")),
+        "source.serviceAccount" => service_account(v),
+        _ => wildcard(v),
     }
 }

@@ -6,7 +6,8 @@
 //! re-emits the encoded bytes with the entries of every map translation
 //! writes sorted, walking only the known paths to those maps (metadata
 //! `filter_metadata` and nested `Struct`s, routes' `typed_per_filter_config`,
-//! clusters' `typed_extension_protocol_options`).
+//! clusters' `typed_extension_protocol_options` and transport socket
+//! matches, RBAC filters' `policies`).
 //!
 //! Protobuf permits map entries in any order, so the result decodes to the
 //! same message.
@@ -90,12 +91,43 @@ static NETWORK_FILTER_CONFIG: Spec = Spec {
             "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
             &TCP_PROXY,
         ),
+        (
+            "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+            &RBAC_FILTER,
+        ),
     ],
 };
-// HttpConnectionManager { access_log = 13 }, TcpProxy { access_log = 5 }
+// HttpConnectionManager { http_filters = 5, access_log = 13 },
+// TcpProxy { access_log = 5 }
 static HCM: Spec = Spec {
-    children: &[(13, &ACCESS_LOG)],
+    children: &[(5, &HTTP_FILTER), (13, &ACCESS_LOG)],
     sorted: &[],
+    any: &[],
+};
+// HttpFilter { typed_config = 4 }
+static HTTP_FILTER: Spec = Spec {
+    children: &[(4, &HTTP_FILTER_CONFIG)],
+    sorted: &[],
+    any: &[],
+};
+static HTTP_FILTER_CONFIG: Spec = Spec {
+    children: &[],
+    sorted: &[],
+    any: &[(
+        "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        &RBAC_FILTER,
+    )],
+};
+// HTTP and network RBAC filters { rules = 1, shadow_rules = 2 }, each
+// envoy.config.rbac.v3.RBAC { map<string, Policy> policies = 2 }
+static RBAC_FILTER: Spec = Spec {
+    children: &[(1, &RBAC), (2, &RBAC)],
+    sorted: &[],
+    any: &[],
+};
+static RBAC: Spec = Spec {
+    children: &[(2, &NONE)],
+    sorted: &[2],
     any: &[],
 };
 static TCP_PROXY: Spec = Spec {
@@ -129,10 +161,16 @@ static FORMAT: Spec = Spec {
     any: &[],
 };
 /// envoy.config.cluster.v3.Cluster { Metadata metadata = 25,
-/// map typed_extension_protocol_options = 36 }
+/// map typed_extension_protocol_options = 36,
+/// transport_socket_matches = 43 { Struct match = 2 } }
 pub static CLUSTER: Spec = Spec {
-    children: &[(25, &METADATA), (36, &NONE)],
+    children: &[(25, &METADATA), (36, &NONE), (43, &SOCKET_MATCH)],
     sorted: &[36],
+    any: &[],
+};
+static SOCKET_MATCH: Spec = Spec {
+    children: &[(2, &STRUCT)],
+    sorted: &[],
     any: &[],
 };
 /// ClusterLoadAssignment { endpoints = 2 { lb_endpoints = 2 { metadata = 3 } } }

@@ -12,12 +12,14 @@ use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
 };
+use weft_api::networking::SimpleLb;
 use weft_api::registry::{Resolution, Service, labels_match};
 
 use super::node::ProxyNode;
 use super::protocol::{ListenerProtocol, is_http2, listener_protocol};
 use super::scope::ProxyScope;
-use super::{MeshView, metadata, pb, policy};
+use super::tls::UpstreamAlpn;
+use super::{MeshView, metadata, pb, policy, upstream};
 
 pub const PASSTHROUGH: &str = "PassthroughCluster";
 pub const BLACKHOLE: &str = "BlackHoleCluster";
@@ -79,23 +81,39 @@ pub fn build_clusters(view: &MeshView, scope: &ProxyScope<'_>, node: &ProxyNode)
             for (subset, labels) in subsets {
                 let mut c = outbound_cluster(view, svc, port.port, &subset, labels);
                 let eff = policy::effective(dr.map(|(_, d)| d), port.port, &subset);
-                policy::apply(
+                let http = proto == ListenerProtocol::Http;
+                let h2 = policy::apply(&mut c, &eff, http, is_http2(port.protocol));
+                let alpn = match (http, h2) {
+                    (true, true) => UpstreamAlpn::Http2,
+                    (true, false) => UpstreamAlpn::Http1,
+                    _ => UpstreamAlpn::Tcp,
+                };
+                let lb_passthrough = eff
+                    .load_balancer
+                    .as_ref()
+                    .is_some_and(|lb| lb.simple == Some(SimpleLb::Passthrough));
+                upstream::apply_upstream_tls(
+                    view,
                     &mut c,
-                    &eff,
-                    proto == ListenerProtocol::Http,
-                    is_http2(port.protocol),
+                    eff.tls.as_ref(),
+                    &upstream::UpstreamCluster {
+                        service: svc,
+                        port: port.port,
+                        subset: &subset,
+                        alpn,
+                        lb_passthrough,
+                    },
                 );
-                policy::apply_tls(&mut c, eff.tls.as_ref(), &svc.hostname);
                 if svc.resolution == Resolution::Passthrough {
                     c.lb_policy = LbPolicy::ClusterProvided as i32;
                     c.lb_config = None;
                 }
-                c.metadata = Some(metadata::outbound_cluster(
-                    svc,
-                    port.port,
-                    &subset,
-                    port.protocol.as_str(),
-                ));
+                let mut md =
+                    metadata::outbound_cluster(svc, port.port, &subset, port.protocol.as_str());
+                if let Some((obj, _)) = dr {
+                    metadata::add_istio_config(&mut md, obj, &subset);
+                }
+                c.metadata = Some(md);
                 out.push(c);
             }
         }
@@ -140,7 +158,12 @@ fn outbound_cluster(
                 .endpoints(&svc.hostname, port)
                 .into_iter()
                 .filter(|e| e.healthy && labels.is_none_or(|l| labels_match(l, &e.labels)))
-                .map(|e| lb_endpoint(&e.address, e.port))
+                .map(|e| {
+                    let mut lb = lb_endpoint(&e.address, e.port);
+                    lb.metadata =
+                        metadata::endpoint(e, "Kubernetes", view.mesh.trust_domain_or_default());
+                    lb
+                })
                 .collect();
             if eps.is_empty() && labels.is_none() && !svc.hostname.starts_with('*') {
                 eps.push(lb_endpoint(&svc.hostname, port));
@@ -183,6 +206,8 @@ pub struct InboundPort<'a> {
     pub service_port: u32,
     pub protocol: weft_api::validate::Protocol,
     pub service: &'a Service,
+    /// Every service served on this target port (first: `service`).
+    pub services: Vec<&'a Service>,
 }
 
 /// The ports the proxy's workload serves (services selecting its labels in
@@ -204,7 +229,10 @@ pub fn inbound_ports<'a>(view: &'a MeshView, node: &ProxyNode) -> Vec<InboundPor
                 .into_iter()
                 .find(|e| node.ips.contains(&e.address))
                 .map_or(port.port, |e| e.port);
-            if out.iter().any(|p| p.target_port == target_port) {
+            if let Some(p) = out.iter_mut().find(|p| p.target_port == target_port) {
+                if !p.services.iter().any(|s| s.hostname == svc.hostname) {
+                    p.services.push(svc);
+                }
                 continue;
             }
             out.push(InboundPort {
@@ -212,6 +240,7 @@ pub fn inbound_ports<'a>(view: &'a MeshView, node: &ProxyNode) -> Vec<InboundPor
                 service_port: port.port,
                 protocol: port.protocol,
                 service: svc,
+                services: vec![svc],
             });
         }
     }
@@ -244,7 +273,7 @@ fn inbound_clusters(view: &MeshView, node: &ProxyNode) -> Vec<Cluster> {
                 },
             );
             c.metadata = Some(metadata::inbound_cluster(
-                Some(p.service),
+                &p.services,
                 p.service_port,
                 node,
                 trust_domain,

@@ -160,6 +160,24 @@ pub fn hcm(
     http_filters: Vec<HttpFilter>,
     logs: &[AccessLog],
 ) -> Filter {
+    hcm_filter(&hcm_config(stat_prefix, routes, http_filters, logs))
+}
+
+/// The filter of a connection manager configuration.
+pub fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".to_string(),
+        config_type: Some(ConfigType::TypedConfig(pb::any(hcm))),
+    }
+}
+
+/// An HTTP connection manager configuration.
+pub fn hcm_config(
+    stat_prefix: &str,
+    routes: Routes,
+    http_filters: Vec<HttpFilter>,
+    logs: &[AccessLog],
+) -> HttpConnectionManager {
     let route_specifier = match routes {
         Routes::Rds(name) => RouteSpecifier::Rds(Rds {
             config_source: Some(pb::ads()),
@@ -167,7 +185,7 @@ pub fn hcm(
         }),
         Routes::Inline(rc) => RouteSpecifier::RouteConfig(rc),
     };
-    let hcm = HttpConnectionManager {
+    HttpConnectionManager {
         stat_prefix: stat_prefix.to_string(),
         route_specifier: Some(route_specifier),
         http_filters,
@@ -177,10 +195,6 @@ pub fn hcm(
             ..UpgradeConfig::default()
         }],
         ..HttpConnectionManager::default()
-    };
-    Filter {
-        name: "envoy.filters.network.http_connection_manager".to_string(),
-        config_type: Some(ConfigType::TypedConfig(pb::any(&hcm))),
     }
 }
 

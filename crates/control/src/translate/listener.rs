@@ -2,8 +2,8 @@
 //! (`use_original_dst`, hands connections to the per-port listeners,
 //! catch-all to PassthroughCluster or BlackHoleCluster), per-port outbound
 //! listeners with `bind_to_port: false` (`0.0.0.0_PORT` for HTTP and
-//! sniffed ports, `VIP_PORT` for TCP services), and `virtualInbound` on
-//! 15006 with a filter chain per port the workload serves.
+//! sniffed ports, `VIP_PORT` for TCP services); `virtualInbound` on 15006
+//! is built by [`super::inbound`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,13 +13,7 @@ use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
 };
-use envoy_types::pb::envoy::config::route::v3::route::Action;
-use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier as RouteCluster;
-use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, VirtualHost,
-};
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
-use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use weft_api::networking::OutboundTrafficMode;
@@ -27,25 +21,22 @@ use weft_api::networking::RouteDestination;
 use weft_api::registry::{Service, host_matches, labels_match, resolve_config_host};
 use weft_api::validate::Protocol;
 
-use super::cluster::{
-    BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, inbound_name, inbound_ports, outbound_name,
-};
+use super::cluster::{BLACKHOLE, PASSTHROUGH, outbound_name};
 use super::filters::{Routes, access_logs, hcm, http_filters, tcp_proxy};
-use super::http::catch_all;
 use super::node::ProxyNode;
 use super::protocol::{ListenerProtocol, listener_protocol};
 use super::route::vips;
 use super::scope::ProxyScope;
-use super::{MeshView, metadata, pb};
+use super::{MeshView, inbound, metadata, pb};
 
 /// Outbound capture port.
 pub const OUTBOUND_PORT: u32 = 15001;
 /// Inbound capture port.
 pub const INBOUND_PORT: u32 = 15006;
 /// ALPN values http_inspector reports for plaintext HTTP.
-const HTTP_ALPN: [&str; 3] = ["http/1.0", "http/1.1", "h2c"];
+pub const HTTP_ALPN: [&str; 3] = ["http/1.0", "http/1.1", "h2c"];
 
-fn listener_filter<M: prost::Name>(name: &str, m: &M) -> ListenerFilter {
+pub(super) fn listener_filter<M: prost::Name>(name: &str, m: &M) -> ListenerFilter {
     ListenerFilter {
         name: name.to_string(),
         config_type: Some(LfConfig::TypedConfig(pb::any(m))),
@@ -53,7 +44,7 @@ fn listener_filter<M: prost::Name>(name: &str, m: &M) -> ListenerFilter {
     }
 }
 
-fn chain(name: &str, m: Option<FilterChainMatch>, filters: Vec<Filter>) -> FilterChain {
+pub(super) fn chain(name: &str, m: Option<FilterChainMatch>, filters: Vec<Filter>) -> FilterChain {
     FilterChain {
         name: name.to_string(),
         filter_chain_match: m,
@@ -101,7 +92,7 @@ pub fn build_listeners(view: &MeshView, scope: &ProxyScope<'_>, node: &ProxyNode
     let trust_domain = view.mesh.trust_domain_or_default();
     let mut out = vec![virtual_outbound(fallback, &logs, node, trust_domain)];
     out.extend(outbound_listeners(scope, node, fallback, cors, &logs));
-    out.push(virtual_inbound(view, node, &logs, trust_domain));
+    out.push(inbound::virtual_inbound(view, node, &logs, trust_domain));
     out
 }
 
@@ -398,113 +389,4 @@ fn outbound_listeners(
         }
     }
     out
-}
-
-fn inbound_route(cluster: &str, service_port: u32) -> RouteConfiguration {
-    RouteConfiguration {
-        name: cluster.to_string(),
-        virtual_hosts: vec![VirtualHost {
-            name: format!("inbound|http|{service_port}"),
-            domains: vec!["*".to_string()],
-            routes: vec![Route {
-                name: "default".to_string(),
-                r#match: Some(catch_all()),
-                action: Some(Action::Route(RouteAction {
-                    cluster_specifier: Some(RouteCluster::Cluster(cluster.to_string())),
-                    timeout: Some(pb::secs(0)),
-                    ..RouteAction::default()
-                })),
-                ..Route::default()
-            }],
-            ..VirtualHost::default()
-        }],
-        validate_clusters: Some(BoolValue { value: false }),
-        ..RouteConfiguration::default()
-    }
-}
-
-fn virtual_inbound(view: &MeshView, node: &ProxyNode, logs: &[AccessLog], td: &str) -> Listener {
-    let port_match = |port: u32, alpn: Vec<String>| FilterChainMatch {
-        destination_port: Some(UInt32Value { value: port }),
-        application_protocols: alpn,
-        ..FilterChainMatch::default()
-    };
-    let mut chains = vec![chain(
-        "virtualInbound-blackhole",
-        Some(port_match(INBOUND_PORT, Vec::new())),
-        vec![tcp_proxy(BLACKHOLE, &[(BLACKHOLE.to_string(), 1)], &[])],
-    )];
-    for p in inbound_ports(view, node) {
-        let cluster = inbound_name(p.target_port);
-        let name = format!("0.0.0.0_{}", p.target_port);
-        let stat = format!("inbound_0.0.0.0_{}", p.target_port);
-        let http = || {
-            hcm(
-                &stat,
-                Routes::Inline(inbound_route(&cluster, p.service_port)),
-                http_filters(false, false),
-                logs,
-            )
-        };
-        let tcp = || tcp_proxy(&cluster, &[(cluster.clone(), 1)], logs);
-        match listener_protocol(p.protocol) {
-            ListenerProtocol::Http => {
-                chains.push(chain(
-                    &name,
-                    Some(port_match(p.target_port, Vec::new())),
-                    vec![http()],
-                ));
-            }
-            ListenerProtocol::Auto => {
-                chains.push(chain(
-                    &format!("{name}-http"),
-                    Some(port_match(p.target_port, http_alpn())),
-                    vec![http()],
-                ));
-                chains.push(chain(
-                    &name,
-                    Some(port_match(p.target_port, Vec::new())),
-                    vec![tcp()],
-                ));
-            }
-            ListenerProtocol::Tcp | ListenerProtocol::None => {
-                chains.push(chain(
-                    &name,
-                    Some(port_match(p.target_port, Vec::new())),
-                    vec![tcp()],
-                ));
-            }
-        }
-    }
-    Listener {
-        name: "virtualInbound".to_string(),
-        address: Some(pb::socket("0.0.0.0", INBOUND_PORT)),
-        traffic_direction: TrafficDirection::Inbound as i32,
-        listener_filters: vec![
-            listener_filter(
-                "envoy.filters.listener.original_dst",
-                &OriginalDst::default(),
-            ),
-            listener_filter(
-                "envoy.filters.listener.tls_inspector",
-                &TlsInspector::default(),
-            ),
-            listener_filter(
-                "envoy.filters.listener.http_inspector",
-                &HttpInspector::default(),
-            ),
-        ],
-        filter_chains: chains,
-        default_filter_chain: Some(chain(
-            "virtualInbound",
-            None,
-            vec![tcp_proxy(
-                INBOUND_PASSTHROUGH,
-                &[(INBOUND_PASSTHROUGH.to_string(), 1)],
-                logs,
-            )],
-        )),
-        metadata: Some(metadata::own_workload(node, td)),
-        ..Listener::default()
-    }
 }

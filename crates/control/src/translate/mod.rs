@@ -13,8 +13,12 @@
 //! - [`route`] and [`http`]: RDS route configurations (named by port) from
 //!   VirtualServices, with Istio's default route and retry policy;
 //! - [`listener`]: `virtualOutbound` (15001), per-port outbound listeners,
-//!   `virtualInbound` (15006), HTTP connection managers, TCP proxies and
-//!   access logs;
+//!   HTTP connection managers, TCP proxies and access logs; [`inbound`]:
+//!   `virtualInbound` (15006) with per-port chains by PeerAuthentication
+//!   mode ([`authn`]) and AuthorizationPolicy RBAC filters ([`authz`],
+//!   [`rbac`]);
+//! - [`tls`] and [`upstream`]: mesh TLS contexts (SDS `default`/`ROOTCA`
+//!   via `sds-grpc`), DestinationRule `tls` modes and auto mTLS;
 //! - [`metadata`]: the `filter_metadata` keys weft-proxy reads for Istio's
 //!   standard metrics labels;
 //! - [`generator`]: the [`weft_xds::Generator`] weftd serves.
@@ -28,15 +32,20 @@
 //! listeners' `bind`/`captureMode` (their `port` scopes the hosts) and
 //! `ingress` listeners,
 //! VirtualService `delegate` and hosts that name no service, TLS routes by
-//! SNI beyond picking a service's destinations, `localityLbSetting`, `ISTIO_MUTUAL` (needs SDS),
-//! auto mTLS, gateways (`router` proxies get the sidecar shape).
+//! SNI beyond picking a service's destinations, `localityLbSetting`,
+//! gateways (`router` proxies get the sidecar shape), RequestAuthentication
+//! (JWT) and AuthorizationPolicy CUSTOM (ext_authz; validation rejects it,
+//! translation fails closed).
 
+pub mod authn;
+pub mod authz;
 pub mod canonical;
 pub mod cluster;
 pub mod endpoint;
 pub mod filters;
 pub mod generator;
 pub mod http;
+pub mod inbound;
 pub mod listener;
 pub mod metadata;
 pub mod nds;
@@ -44,8 +53,11 @@ pub mod node;
 pub mod pb;
 pub mod policy;
 pub mod protocol;
+pub mod rbac;
 pub mod route;
 pub mod scope;
+pub mod tls;
+pub mod upstream;
 
 use std::sync::Arc;
 
@@ -93,6 +105,10 @@ pub struct MeshView {
     pub virtual_services: Vec<Arc<Object>>,
     pub destination_rules: Vec<Arc<Object>>,
     pub sidecars: Vec<Arc<Object>>,
+    /// PeerAuthentications, indexed by scope.
+    pub peer_authn: authn::PeerAuthentications,
+    /// AuthorizationPolicies, in key order.
+    pub authorization_policies: Vec<Arc<Object>>,
 }
 
 impl MeshView {
@@ -105,6 +121,7 @@ impl MeshView {
             .unwrap_or_else(|| options.root_namespace.clone());
         mesh.root_namespace = Some(root.clone());
         let of = |k: Kind| snapshot.of_kind(&k).cloned().collect::<Vec<_>>();
+        let peer_authn = authn::PeerAuthentications::new(&of(Kind::PeerAuthentication), &root);
         MeshView {
             version: snapshot.version,
             registry: snapshot.registry(&RegistryOptions {
@@ -118,6 +135,8 @@ impl MeshView {
             virtual_services: of(Kind::VirtualService),
             destination_rules: of(Kind::DestinationRule),
             sidecars: of(Kind::Sidecar),
+            peer_authn,
+            authorization_policies: of(Kind::AuthorizationPolicy),
         }
     }
 

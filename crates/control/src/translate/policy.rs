@@ -114,8 +114,9 @@ pub fn default_thresholds() -> Thresholds {
 
 /// Applies the effective policy to `cluster`. `http` says whether the
 /// port speaks HTTP (HTTP settings are ignored for TCP), `http2` whether
-/// upstream connections use HTTP/2 by protocol.
-pub fn apply(cluster: &mut Cluster, eff: &Effective, http: bool, http2: bool) {
+/// upstream connections use HTTP/2 by protocol. Returns whether the
+/// cluster ends up speaking HTTP/2 (by protocol or `h2UpgradePolicy`).
+pub fn apply(cluster: &mut Cluster, eff: &Effective, http: bool, http2: bool) -> bool {
     apply_lb(cluster, eff.load_balancer.as_ref());
     let mut thresholds = default_thresholds();
     let mut common = CommonHttpOptions::default();
@@ -176,6 +177,7 @@ pub fn apply(cluster: &mut Cluster, eff: &Effective, http: bool, http2: bool) {
     if let Some(od) = &eff.outlier_detection {
         apply_outlier(cluster, od);
     }
+    http && use_h2
 }
 
 /// Default CA bundle for `SIMPLE` TLS without `caCertificates` (the system
@@ -183,7 +185,7 @@ pub fn apply(cluster: &mut Cluster, eff: &Effective, http: bool, http2: bool) {
 pub const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// TLS origination from `trafficPolicy.tls`: `SIMPLE` and `MUTUAL` with
-/// files (`ISTIO_MUTUAL` needs the SDS identity and is not written here).
+/// files (`ISTIO_MUTUAL` and auto mTLS: [`super::upstream`]).
 /// `sni_default` is the SNI when `tls.sni` is unset (the service host).
 pub fn apply_tls(cluster: &mut Cluster, tls: Option<&ClientTlsSettings>, sni_default: &str) {
     use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;

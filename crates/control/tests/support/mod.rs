@@ -75,3 +75,57 @@ impl Drop for Weftd {
         let _ = self.child.wait();
     }
 }
+
+// === node-agent SDS for Envoy sidecars (the bootstrap's `sds-grpc`) ===
+
+/// Secrets for `spiffe_id` (e.g. `spiffe://cluster.local/ns/default/sa/x`)
+/// signed by `ca`: what a node agent serves as `default` and `ROOTCA`.
+pub fn agent_secrets(
+    ca: &weft_identity::CertificateAuthority,
+    spiffe_id: &str,
+) -> weft_control::sds_agent::AgentSecrets {
+    let id = weft_identity::SpiffeId::parse(spiffe_id).expect("SPIFFE id");
+    let (key, csr) = weft_identity::workload::generate_key_and_csr(&id).expect("key and CSR");
+    let issued = ca
+        .sign_csr(&csr, &id, std::time::Duration::from_secs(3600))
+        .expect("signed");
+    let (_root, leaf_and_intermediates) = issued.chain_pem.split_last().expect("chain");
+    weft_control::sds_agent::AgentSecrets {
+        chain_pem: leaf_and_intermediates.concat(),
+        key_pem: key.serialize_pem(),
+        root_pem: ca.root_cert_pem().to_string(),
+    }
+}
+
+/// Serves `secrets` over SDS (`sds_agent::AgentSds`) on `listener` (a
+/// bound, possibly in-namespace, std listener) from `rt`, until the runtime
+/// stops.
+pub fn serve_agent_sds(
+    rt: &tokio::runtime::Handle,
+    listener: std::net::TcpListener,
+    secrets: weft_control::sds_agent::AgentSecrets,
+) {
+    listener.set_nonblocking(true).expect("nonblocking");
+    rt.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        let (publish, watch) = tokio::sync::watch::channel(std::sync::Arc::new(secrets));
+        let _keep = publish;
+        let _ = tonic::transport::Server::builder()
+            .add_service(weft_control::sds_agent::AgentSds::new(watch).service())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+    });
+}
+
+/// The `sds-grpc` static cluster of an Istio-style sidecar bootstrap
+/// (proto3 JSON), pointing at an agent SDS on `addr`.
+pub fn sds_grpc_cluster(addr: SocketAddr) -> serde_json::Value {
+    serde_json::json!({
+        "name": "sds-grpc", "type": "STATIC", "connectTimeout": "1s",
+        "loadAssignment": {"clusterName": "sds-grpc", "endpoints": [{"lbEndpoints": [{"endpoint": {"address":
+            {"socketAddress": {"address": addr.ip().to_string(), "portValue": addr.port()}}}}]}]},
+        "typedExtensionProtocolOptions": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicitHttpConfig": {"http2ProtocolOptions": {}}}}
+    })
+}

@@ -1,0 +1,207 @@
+//! AuthorizationPolicy → Envoy RBAC filters for a workload's inbound
+//! chains, in Istio's order and shapes:
+//!
+//! - policies apply from the root namespace (mesh-wide) and the workload's
+//!   namespace, when their `selector` (none = all) matches the workload's
+//!   labels; policies with `targetRef(s)` are for gateways/waypoints and
+//!   never apply to sidecars;
+//! - one filter per action: AUDIT (`LOG`), then DENY, then ALLOW; policies
+//!   annotated `istio.io/dry-run: "true"` go to `shadow_rules` (stat
+//!   prefix `istio_dry_run_allow_`/`istio_dry_run_deny_`);
+//! - RBAC policy names `ns[NS]-policy[NAME]-rule[INDEX]`; a policy without
+//!   rules becomes one policy that never matches (an ALLOW policy without
+//!   rules allows nothing);
+//! - HTTP chains get `envoy.filters.http.rbac`, TCP chains
+//!   `envoy.filters.network.rbac` (stat prefix `tcp.`), see [`rbac`] for
+//!   what HTTP-only fields do on TCP;
+//! - CUSTOM (external authorization) is not implemented: validation rejects
+//!   it, and one that reaches translation anyway fails closed as Istio does
+//!   for an unknown provider: a DENY filter, placed first, denies every
+//!   request its rules match.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::listener::v3::Filter;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+use envoy_types::pb::envoy::config::rbac::v3::Rbac;
+use envoy_types::pb::envoy::config::rbac::v3::rbac::Action;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpConfig;
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+use weft_api::registry::labels_match;
+use weft_api::security::{AuthorizationAction, AuthorizationPolicy};
+use weft_api::{Object, Resource};
+
+use super::node::ProxyNode;
+use super::pb;
+use super::rbac::{self, Strictness};
+
+/// HTTP filter name of RBAC.
+pub const HTTP_RBAC: &str = "envoy.filters.http.rbac";
+/// Network filter name of RBAC.
+pub const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
+/// Annotation turning a policy into a dry run.
+pub const DRY_RUN: &str = "istio.io/dry-run";
+
+fn spec(o: &Object) -> Option<&AuthorizationPolicy> {
+    match &o.spec {
+        Resource::AuthorizationPolicy(ap) => Some(ap),
+        _ => None,
+    }
+}
+
+/// The policies that apply to `node`, in key order.
+pub fn policies_for<'a>(
+    all: &'a [Arc<Object>],
+    root_namespace: &str,
+    node: &ProxyNode,
+) -> Vec<&'a Object> {
+    all.iter()
+        .filter(|o| o.namespace() == root_namespace || o.namespace() == node.namespace)
+        .filter(|o| {
+            spec(o).is_some_and(|ap| {
+                ap.target_ref.is_none()
+                    && ap.target_refs.is_empty()
+                    && ap
+                        .selector
+                        .as_ref()
+                        .is_none_or(|s| labels_match(&s.match_labels, &node.labels))
+            })
+        })
+        .map(Arc::as_ref)
+        .collect()
+}
+
+/// The RBAC filters of one workload: built once, cloned into each chain.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuthzFilters {
+    /// For HTTP connection managers, before the router.
+    pub http: Vec<HttpFilter>,
+    /// For TCP chains, before the TCP proxy.
+    pub tcp: Vec<Filter>,
+}
+
+impl AuthzFilters {
+    /// Builds the filters for the policies that apply to `node`.
+    pub fn new(policies: &[&Object]) -> AuthzFilters {
+        let mut out = AuthzFilters::default();
+        let groups: [(AuthorizationAction, Action); 4] = [
+            (AuthorizationAction::Custom, Action::Deny),
+            (AuthorizationAction::Audit, Action::Log),
+            (AuthorizationAction::Deny, Action::Deny),
+            (AuthorizationAction::Allow, Action::Allow),
+        ];
+        for (kind, action) in groups {
+            let group: Vec<&Object> = policies
+                .iter()
+                .copied()
+                .filter(|o| {
+                    spec(o)
+                        .is_some_and(|ap| ap.action.unwrap_or(AuthorizationAction::Allow) == kind)
+                })
+                .collect();
+            if group.is_empty() {
+                continue;
+            }
+            let custom = kind == AuthorizationAction::Custom;
+            if custom {
+                tracing::warn!(
+                    policies = ?group.iter().map(|o| format!("{}/{}", o.namespace(), o.name())).collect::<Vec<_>>(),
+                    "AuthorizationPolicy action CUSTOM is not supported; denying the requests its rules match"
+                );
+            }
+            let (rules, shadow) = build_rules(&group, action, false, custom);
+            out.http.push(HttpFilter {
+                name: HTTP_RBAC.to_string(),
+                config_type: Some(HttpConfig::TypedConfig(pb::any(&HttpRbac {
+                    shadow_rules_stat_prefix: shadow_prefix(shadow.as_ref()),
+                    rules,
+                    shadow_rules: shadow,
+                    ..HttpRbac::default()
+                }))),
+                ..HttpFilter::default()
+            });
+            let (rules, shadow) = build_rules(&group, action, true, custom);
+            out.tcp.push(Filter {
+                name: NETWORK_RBAC.to_string(),
+                config_type: Some(ConfigType::TypedConfig(pb::any(&NetworkRbac {
+                    stat_prefix: "tcp.".to_string(),
+                    shadow_rules_stat_prefix: shadow_prefix(shadow.as_ref()),
+                    rules,
+                    shadow_rules: shadow,
+                    ..NetworkRbac::default()
+                }))),
+            });
+        }
+        out
+    }
+}
+
+fn shadow_prefix(shadow: Option<&Rbac>) -> String {
+    match shadow.map(|r| r.action) {
+        Some(a) if a == Action::Allow as i32 => "istio_dry_run_allow_".to_string(),
+        Some(a) if a == Action::Deny as i32 => "istio_dry_run_deny_".to_string(),
+        _ => String::new(),
+    }
+}
+
+/// `(rules, shadow_rules)` of one action's policies for HTTP or TCP.
+fn build_rules(
+    group: &[&Object],
+    action: Action,
+    tcp: bool,
+    custom: bool,
+) -> (Option<Rbac>, Option<Rbac>) {
+    let strict = if action == Action::Allow {
+        Strictness::DropRule
+    } else {
+        Strictness::DropCondition
+    };
+    let mut enforce: Option<HashMap<String, _>> = None;
+    let mut shadow: Option<HashMap<String, _>> = None;
+    for o in group {
+        let Some(ap) = spec(o) else { continue };
+        let dry_run = o
+            .meta
+            .annotations
+            .get(DRY_RUN)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let target = if dry_run { &mut shadow } else { &mut enforce };
+        let target = target.get_or_insert_with(HashMap::new);
+        let name = |i: usize| {
+            let base = format!("ns[{}]-policy[{}]-rule[{i}]", o.namespace(), o.name());
+            if custom {
+                format!("istio-ext-authz-{base}-deny-due-to-bad-CUSTOM-action")
+            } else {
+                base
+            }
+        };
+        let rules = ap.rules.as_deref().unwrap_or_default();
+        if rules.is_empty() {
+            target.insert(name(0), rbac::match_never());
+        }
+        for (i, rule) in rules.iter().enumerate() {
+            match rbac::policy(rule, tcp, strict, o.namespace()) {
+                Ok(p) => {
+                    target.insert(name(i), p);
+                }
+                Err(e) => tracing::debug!(
+                    policy = %name(i),
+                    tcp,
+                    reason = %e.0,
+                    "AuthorizationPolicy rule skipped on this filter chain"
+                ),
+            }
+        }
+    }
+    let wrap = |policies: Option<HashMap<String, _>>| {
+        policies.map(|policies| Rbac {
+            action: action as i32,
+            policies,
+            ..Rbac::default()
+        })
+    };
+    (wrap(enforce), wrap(shadow))
+}

@@ -5,9 +5,11 @@
 //! - `/debug/syncz`: every ADS stream in Istio's syncz shape, with weft's
 //!   sent/ACKed versions and last NACK per type;
 //! - `/debug/config_dump?proxyID=ID`: for a connected proxy (full node id
-//!   or `pod.namespace`), the resources translation gives it under the
-//!   current config: per type URL the names and versions, beside the
-//!   versions sent and ACKed on its stream;
+//!   or `pod.namespace`), what weftd serves it under the current config, in
+//!   Envoy's admin `config_dump` format (`envoy.admin.v3.ConfigDump` with
+//!   Listeners/Clusters/Routes/EndpointsConfigDump, proto3 JSON with proto
+//!   field names, every resource a dynamic one with its version), as
+//!   istiod's same endpoint answers and `weft proxy-config` reads;
 //! - `/debug/configz` and `/debug/config_errors`: the config source's state
 //!   (version, problems, objects served from their last good version);
 //! - `/ready`.
@@ -22,6 +24,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use weft_xds::json::DumpSection;
 use weft_xds::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
 use crate::discovery::Discovery;
@@ -107,37 +110,31 @@ fn config_dump(d: &Discovery, wanted: &str) -> Response<Full<Bytes>> {
             &json!({"error": format!("proxyID {wanted:?}: the proxy disconnected")}),
         );
     };
-    let resources = match d.generator().resources(&node) {
-        Ok(r) => r,
-        Err(e) => {
-            return json_response(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &json!({"error": format!("proxyID {wanted:?}: {e}")}),
-            );
+    if let Err(e) = crate::translate::ProxyNode::from_node(&node.node) {
+        return json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({"error": format!("proxyID {wanted:?}: {e}")}),
+        );
+    }
+    let section = |type_url: &str| {
+        let set = weft_xds::Generator::generate(d.generator().as_ref(), &node, type_url);
+        DumpSection {
+            version_info: set.version(),
+            resources: set,
         }
     };
-    let configs: Vec<Value> = [LISTENER, ROUTE, CLUSTER, ENDPOINT]
-        .iter()
-        .map(|type_url| {
-            let set = resources.resource_set(type_url);
-            let sync = stream.types.get(*type_url);
-            json!({
-                "type_url": type_url,
-                "version": set.version(),
-                "sent_version": sync.map(|s| s.sent_version.clone()).unwrap_or_default(),
-                "acked_version": sync.map(|s| s.acked_version.clone()).unwrap_or_default(),
-                "resources": set.iter().map(|r| json!({"name": r.name, "version": r.version})).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "proxy": stream.proxy_id,
-            "config_version": d.generator().view().version,
-            "configs": configs,
-        }),
-    )
+    match weft_xds::json::config_dump(
+        &section(LISTENER),
+        &section(ROUTE),
+        &section(CLUSTER),
+        &section(ENDPOINT),
+    ) {
+        Ok(dump) => json_response(StatusCode::OK, &dump),
+        Err(e) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"error": format!("proxyID {wanted:?}: rendering the config dump: {e}")}),
+        ),
+    }
 }
 
 fn metrics(d: &Discovery) -> Response<Full<Bytes>> {

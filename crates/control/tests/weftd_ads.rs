@@ -284,25 +284,29 @@ async fn weftd_serves_ads_pushes_changes_and_reports_config_errors() {
         "syncz and the client agree on the LDS version"
     );
 
-    // config_dump by pod.namespace.
+    // config_dump by pod.namespace, in Envoy's admin format.
     let dump = get_json(
         weftd.monitoring,
         "/debug/config_dump?proxyID=productpage-v1-6b746f74dc-9stvs.default",
     );
-    assert_eq!(dump["proxy"], node_id.as_str());
     let cds = dump["configs"]
         .as_array()
         .expect("configs")
         .iter()
-        .find(|c| c["type_url"] == CLUSTER)
+        .find(|c| c["@type"] == "type.googleapis.com/envoy.admin.v3.ClustersConfigDump")
         .expect("clusters in dump");
-    assert_eq!(cds["acked_version"], cds["version"], "dump: {cds}");
+    assert_eq!(
+        cds["version_info"].as_str(),
+        row["weft_versions"]["cds"]["acked"].as_str(),
+        "dump: {cds}"
+    );
     assert!(
-        cds["resources"]
+        cds["dynamic_active_clusters"]
             .as_array()
-            .expect("r")
+            .expect("clusters")
             .iter()
-            .any(|r| r["name"] == REVIEWS_V2)
+            .any(|c| c["cluster"]["name"] == REVIEWS_V2
+                && c["cluster"]["@type"] == "type.googleapis.com/envoy.config.cluster.v3.Cluster")
     );
     let (status, _) = get(
         weftd.monitoring,

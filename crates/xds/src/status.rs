@@ -83,6 +83,11 @@ pub struct ProxySyncStatus {
     pub proxy_id: String,
     /// `node.cluster`.
     pub cluster: String,
+    /// The cluster the proxy runs in (`CLUSTER_ID` node metadata, else
+    /// `node.cluster`), istioctl's CLUSTER column.
+    pub cluster_id: String,
+    /// The proxy's `ISTIO_VERSION` node metadata (istioctl's VERSION).
+    pub istio_version: String,
     /// Unique per stream, so a reconnecting proxy briefly shows twice.
     pub connection_id: String,
     /// ADS variant.
@@ -102,7 +107,8 @@ struct Row {
 
 impl ProxySyncStatus {
     /// This stream in Istio's `/debug/syncz` shape (what `istioctl
-    /// proxy-status` reads): `proxy`, `proxy_type`, and per type the nonce
+    /// proxy-status` reads): `proxy`, `proxy_type`, `cluster_id`,
+    /// `istio_version` (and `proxy_version`), and per type the nonce
     /// sent and the nonce ACKed (`cluster_sent`, `cluster_acked`,
     /// `listener_*`, `route_*`, `endpoint_*`, `secret_*`), plus weft's own
     /// `weft_versions` and `weft_last_nack` per type.
@@ -115,6 +121,9 @@ impl ProxySyncStatus {
             out.insert("proxy_type".into(), proxy_type.into());
         }
         out.insert("cluster".into(), self.cluster.clone().into());
+        out.insert("cluster_id".into(), self.cluster_id.clone().into());
+        out.insert("istio_version".into(), self.istio_version.clone().into());
+        out.insert("proxy_version".into(), self.istio_version.clone().into());
         out.insert("stream".into(), self.kind.as_str().into());
         let mut versions = serde_json::Map::new();
         let mut nacks = serde_json::Map::new();

@@ -211,6 +211,12 @@ impl StreamCtx {
             ProxySyncStatus {
                 proxy_id: node.id.clone(),
                 cluster: node.cluster.clone(),
+                cluster_id: node
+                    .metadata_str("CLUSTER_ID")
+                    .filter(|c| !c.is_empty())
+                    .unwrap_or(&node.cluster)
+                    .to_string(),
+                istio_version: node.metadata_str("ISTIO_VERSION").unwrap_or("").to_string(),
                 connection_id: conn_id.clone(),
                 kind,
                 connected_at: std::time::SystemTime::now(),

@@ -331,7 +331,48 @@ pub async fn weft(config: &str, env: &[(&str, String)], ports: &[u16]) -> Proces
     spawn(env!("CARGO_BIN_EXE_weft-proxy"), args, config, env, ports).await
 }
 
+/// Runs the weft-proxy binary through `cmd` (e.g. `Pod::command`, so it
+/// runs inside a test network namespace).
+pub async fn weft_cmd(
+    cmd: std::process::Command,
+    config: &str,
+    env: &[(&str, String)],
+    ports: &[u16],
+) -> Process {
+    let args = [
+        "--concurrency",
+        "1",
+        "--health-address",
+        "off",
+        "--prometheus-address",
+        "off",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    spawn_with(cmd, "weft-proxy", args, config, env, ports).await
+}
+
 async fn spawn(
+    program: &str,
+    args: Vec<String>,
+    config: &str,
+    env: &[(&str, String)],
+    ports: &[u16],
+) -> Process {
+    spawn_with(
+        std::process::Command::new(program),
+        program,
+        args,
+        config,
+        env,
+        ports,
+    )
+    .await
+}
+
+async fn spawn_with(
+    mut cmd: std::process::Command,
     program: &str,
     mut args: Vec<String>,
     config: &str,
@@ -344,7 +385,6 @@ async fn spawn(
     let stderr = dir.path().join("stderr.log");
     args.insert(0, cfg.display().to_string());
     args.insert(0, "-c".into());
-    let mut cmd = std::process::Command::new(program);
     cmd.args(&args)
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&stderr).expect("stderr"));
@@ -421,6 +461,12 @@ impl Drop for TestCa {
 
 impl TestCa {
     pub async fn start() -> TestCa {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        Self::start_on(l).await
+    }
+
+    /// Serves on `listener` (e.g. one bound inside a test network namespace).
+    pub async fn start_on(listener: std::net::TcpListener) -> TestCa {
         use std::sync::Arc;
         use weft_identity::*;
         let ca = Arc::new(CertificateAuthority::generate_self_signed("cluster.local").expect("CA"));
@@ -450,9 +496,8 @@ impl TestCa {
         .await
         .expect("istiod cert");
         let config = tls::control_plane_server_config(own, &mesh).expect("server config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
         let addr = listener.local_addr().expect("addr");
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()

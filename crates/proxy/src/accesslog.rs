@@ -25,7 +25,7 @@ pub const DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-O
 
 /// Envoy's response flags, kept in the order they were set (Envoy prints
 /// them that way, e.g. `URX,UF`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Flags {
     order: [u8; 6],
     n: u8,
@@ -354,7 +354,7 @@ fn write_op(op: &Op, e: &Entry, out: &mut String) {
         }
         Op::ResponseFlags => e.flags.write(out),
         Op::ResponseCodeDetails => dash_or(out, Some(e.details), None),
-        Op::ConnectionTerminationDetails => out.push('-'),
+        Op::ConnectionTerminationDetails => out.push_str(e.termination_details),
         Op::UpstreamTransportFailureReason => dash_or(out, e.upstream_failure.as_deref(), None),
         Op::BytesReceived => {
             let _ = write!(out, "{}", e.bytes_received);
@@ -457,6 +457,8 @@ pub struct Entry {
     pub status: u16,
     pub flags: Flags,
     pub details: &'static str,
+    /// `%CONNECTION_TERMINATION_DETAILS%` (e.g. a network RBAC denial), `-` if none.
+    pub termination_details: &'static str,
     pub upstream_failure: Option<String>,
     pub bytes_received: u64,
     pub bytes_sent: u64,
@@ -486,6 +488,7 @@ impl Entry {
             status: 0,
             flags: Flags::default(),
             details: "-",
+            termination_details: "-",
             upstream_failure: None,
             bytes_received: 0,
             bytes_sent: 0,

@@ -341,6 +341,7 @@ fn stats_text(shared: &Shared) -> String {
             }
         }
     }
+    shared.stats.render_rbac(&mut out);
     let _ = writeln!(out, "server.concurrency: {}", shared.concurrency);
     let _ = writeln!(
         out,

@@ -213,6 +213,7 @@ fn run_xds(
 ) -> anyhow::Result<()> {
     let md = weft_proxy::xds::metadata_from_env(env).map_err(anyhow::Error::msg)?;
     let node = md.to_node();
+    weft_proxy::istio_metrics::set_default_node(&node);
     if opts.admin_address.is_none() {
         opts.admin_address = Some(SocketAddr::from(([127, 0, 0, 1], 15000)));
     }

@@ -69,6 +69,11 @@ pub struct Stats {
     tcp_cx_total: Family<TcpLabel, Counter>,
     tcp_rx: Family<TcpLabel, Counter>,
     tcp_tx: Family<TcpLabel, Counter>,
+    /// RBAC filter counters by their full names (Envoy shares counters
+    /// between filters with the same names).
+    rbac: Mutex<Vec<Arc<RbacPair>>>,
+    /// Istio's standard metrics (`istio_requests_total`, ...).
+    pub istio: crate::istio_metrics::IstioMetrics,
 }
 
 impl Default for Stats {
@@ -104,6 +109,8 @@ impl Stats {
             tcp_cx_total: Family::default(),
             tcp_rx: Family::default(),
             tcp_tx: Family::default(),
+            rbac: Mutex::new(Vec::new()),
+            istio: crate::istio_metrics::IstioMetrics::default(),
         };
         {
             let mut r = s.registry.lock().expect("stats registry");
@@ -276,11 +283,119 @@ impl Stats {
         }
     }
 
+    /// Counters of an `envoy.filters.http.rbac` filter of the connection
+    /// manager `hcm_prefix`.
+    pub fn rbac_http(&self, hcm_prefix: &str, rules: &str, shadow: &str) -> RbacStats {
+        self.rbac_stats(RbacScope::Http(hcm_prefix.to_owned()), rules, shadow)
+    }
+
+    /// Counters of an `envoy.filters.network.rbac` filter.
+    pub fn rbac_network(&self, stat_prefix: &str, shadow: &str) -> RbacStats {
+        let prefix = stat_prefix.strip_suffix('.').unwrap_or(stat_prefix);
+        self.rbac_stats(RbacScope::Network(prefix.to_owned()), "", shadow)
+    }
+
+    fn rbac_stats(&self, scope: RbacScope, rules: &str, shadow: &str) -> RbacStats {
+        let mut all = self.rbac.lock().unwrap_or_else(|e| e.into_inner());
+        // Counters are shared by name, as Envoy's are: the enforced pair by
+        // the rules prefix, the shadow pair by the shadow prefix.
+        let mut pair = |shadow_pair: bool, prefix: &str| {
+            if let Some(p) = all.iter().find(|p| {
+                p.scope == scope && p.shadow == shadow_pair && p.prefix == prefix
+            }) {
+                return p.clone();
+            }
+            let p = Arc::new(RbacPair {
+                scope: scope.clone(),
+                shadow: shadow_pair,
+                prefix: prefix.to_owned(),
+                counts: Default::default(),
+            });
+            all.push(p.clone());
+            p
+        };
+        RbacStats {
+            enforced: pair(false, rules),
+            shadow: pair(true, shadow),
+        }
+    }
+
+    /// Envoy's `/stats` lines of every RBAC filter.
+    pub fn render_rbac(&self, out: &mut String) {
+        let all = self.rbac.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lines: Vec<String> = Vec::new();
+        for p in all.iter() {
+            let base = match &p.scope {
+                RbacScope::Http(x) => format!("http.{x}.rbac."),
+                RbacScope::Network(x) => format!("{x}.rbac."),
+            };
+            let sep = if p.prefix.is_empty() { "" } else { "." };
+            for (i, name) in p.names().iter().enumerate() {
+                lines.push(format!("{base}{}{sep}{name}: {}", p.prefix, p.get(i)));
+            }
+        }
+        lines.sort();
+        for l in lines {
+            let _ = writeln!(out, "{l}");
+        }
+    }
+
+    fn prometheus_rbac(&self, out: &mut String) {
+        let all = self.rbac.lock().unwrap_or_else(|e| e.into_inner());
+        for name in RBAC_NAMES {
+            for http in [true, false] {
+                let metric = if http {
+                    format!("envoy_http_rbac_{name}")
+                } else {
+                    format!("envoy_rbac_{name}")
+                };
+                let mut samples = Vec::new();
+                for p in all.iter() {
+                    let Some(i) = p.names().iter().position(|n| *n == name) else {
+                        continue;
+                    };
+                    let sub = &p.prefix;
+                    let labels = match (&p.scope, http) {
+                        (RbacScope::Http(x), true) if sub.is_empty() => {
+                            format!("envoy_http_conn_manager_prefix=\"{x}\"")
+                        }
+                        (RbacScope::Http(x), true) => format!(
+                            "envoy_rbac_http_prefix=\"{sub}\",envoy_http_conn_manager_prefix=\"{x}\""
+                        ),
+                        (RbacScope::Network(x), false) if sub.is_empty() => {
+                            format!("envoy_rbac_prefix=\"{x}\"")
+                        }
+                        (RbacScope::Network(x), false) => {
+                            format!("envoy_rbac_prefix=\"{x}\",envoy_rbac_shadow_prefix=\"{sub}\"")
+                        }
+                        _ => continue,
+                    };
+                    samples.push(format!("{metric}{{{labels}}} {}", p.get(i)));
+                }
+                if samples.is_empty() {
+                    continue;
+                }
+                samples.sort();
+                let _ = writeln!(out, "# TYPE {metric} counter");
+                for line in samples {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
         let r = self.registry.lock().expect("stats registry");
         let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+        drop(r);
+        // Our own families go before the OpenMetrics terminator.
+        let eof = out.rfind("# EOF").unwrap_or(out.len());
+        let tail = out.split_off(eof);
+        self.prometheus_rbac(&mut out);
+        self.istio.render(&mut out);
+        out.push_str(&tail);
         out
     }
 }
@@ -404,6 +519,70 @@ impl TcpStats {
             "tcp.{prefix}.downstream_cx_tx_bytes_total: {}",
             self.tx_bytes.get()
         );
+    }
+}
+
+// === RBAC counters ===
+
+const RBAC_NAMES: [&str; 4] = ["allowed", "denied", "shadow_allowed", "shadow_denied"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RbacScope {
+    /// An HTTP filter under this connection manager prefix.
+    Http(String),
+    /// A network filter with this stat prefix.
+    Network(String),
+}
+
+/// One named pair of RBAC counters (`allowed`/`denied`, or the shadow pair).
+#[derive(Debug)]
+struct RbacPair {
+    scope: RbacScope,
+    shadow: bool,
+    prefix: String,
+    counts: [std::sync::atomic::AtomicU64; 2],
+}
+
+impl RbacPair {
+    fn names(&self) -> [&'static str; 2] {
+        if self.shadow {
+            [RBAC_NAMES[2], RBAC_NAMES[3]]
+        } else {
+            [RBAC_NAMES[0], RBAC_NAMES[1]]
+        }
+    }
+    fn get(&self, i: usize) -> u64 {
+        self.counts[i].load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn bump(&self, allowed: bool) {
+        self.counts[usize::from(!allowed)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The counters of one RBAC filter: `allowed`/`denied` under its rules
+/// prefix, `shadow_allowed`/`shadow_denied` under its shadow prefix.
+#[derive(Debug, Clone)]
+pub struct RbacStats {
+    enforced: Arc<RbacPair>,
+    shadow: Arc<RbacPair>,
+}
+
+impl RbacStats {
+    /// Counts an enforced decision.
+    pub fn enforced(&self, allowed: bool) {
+        self.enforced.bump(allowed);
+    }
+    /// Counts a shadow decision.
+    pub fn shadow(&self, allowed: bool) {
+        self.shadow.bump(allowed);
+    }
+    /// `allowed`, `denied`, `shadow_allowed`, `shadow_denied` by index.
+    pub fn get(&self, i: usize) -> u64 {
+        if i < 2 {
+            self.enforced.get(i)
+        } else {
+            self.shadow.get(i - 2)
+        }
     }
 }
 

@@ -199,8 +199,22 @@ async fn run_with(
         normalized.sort();
         logs.insert(log_name.clone(), normalized);
     }
+    let stats = if sc.compare_stats.is_empty() {
+        Vec::new()
+    } else {
+        let (_, text) = proxy::admin_get(net, bindings.admin_port, "/stats")
+            .await
+            .ok_or_else(|| format!("{}: GET /stats failed", kind.label()))?;
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| sc.compare_stats.iter().any(|p| l.starts_with(p.as_str())))
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    };
     drop(running);
-    Ok(Run { obs: out, logs })
+    Ok(Run { obs: out, logs, stats })
 }
 
 /// What one proxy run of a scenario observed.
@@ -210,6 +224,8 @@ struct Run {
     obs: Vec<Vec<Observation>>,
     /// Extra access logs by name, normalised and sorted.
     logs: BTreeMap<String, Vec<String>>,
+    /// The `compare_stats` lines of `/stats`, sorted.
+    stats: Vec<String>,
 }
 
 /// Checks the extra access logs' expectations.
@@ -273,6 +289,12 @@ async fn run_scenario(name: &str) {
         observe::check(spec, obs, &mut expect_errs);
     }
     check_logs(&sc, &envoy_run, "envoy", &mut expect_errs);
+    if !sc.compare_stats.is_empty() && envoy_run.stats.is_empty() {
+        expect_errs.push(format!(
+            "envoy: no /stats line starts with any of {:?}",
+            sc.compare_stats
+        ));
+    }
     assert!(
         expect_errs.is_empty(),
         "scenario {name} ({}): Envoy does not meet the scenario's expectations (fix the scenario; WEFT_DIFF_DUMP=1 prints what Envoy did):\n  {}",
@@ -305,6 +327,12 @@ async fn run_scenario(name: &str) {
                         "{field} differs\n    envoy: {a:#?}\n    weft:  {b:#?}"
                     ));
                 }
+            }
+            if envoy_run.stats != weft_run.stats {
+                diffs.push(format!(
+                    "stats differ\n    envoy: {:#?}\n    weft:  {:#?}",
+                    envoy_run.stats, weft_run.stats
+                ));
             }
             for ((spec, a), b) in sc.requests.iter().zip(envoy).zip(&weft_run.obs) {
                 let mut errs = Vec::new();
@@ -398,6 +426,9 @@ scenarios!(
     no_healthy_upstream,
     outlier_detection,
     outlier_gateway_errors,
+    rbac_http_istio_policy,
+    rbac_http_shadow_per_route,
+    rbac_network,
     redirect,
     rejected_unknown_cluster,
     retry_5xx,

@@ -579,6 +579,87 @@ const PARTIAL: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// The RBAC filters' messages (crate::rbac).
+const RBAC: &[(&str, &[&str])] = &[
+    (
+        "envoy.extensions.filters.http.rbac.v3.RBAC",
+        &[
+            "rules",
+            "rules_stat_prefix",
+            "shadow_rules",
+            "shadow_rules_stat_prefix",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
+        &["rbac"],
+    ),
+    (
+        "envoy.extensions.filters.network.rbac.v3.RBAC",
+        &[
+            "rules",
+            "shadow_rules",
+            "shadow_rules_stat_prefix",
+            "stat_prefix",
+            "enforcement_type",
+        ],
+    ),
+    ("envoy.config.rbac.v3.RBAC", &["action", "policies"]),
+    (
+        "envoy.config.rbac.v3.Policy",
+        &["permissions", "principals"],
+    ),
+    (
+        "envoy.config.rbac.v3.Permission",
+        &[
+            "and_rules",
+            "or_rules",
+            "any",
+            "header",
+            "url_path",
+            "destination_ip",
+            "destination_port",
+            "destination_port_range",
+            "metadata",
+            "not_rule",
+            "requested_server_name",
+            "sourced_metadata",
+        ],
+    ),
+    ("envoy.config.rbac.v3.Permission.Set", &["rules"]),
+    (
+        "envoy.config.rbac.v3.Principal",
+        &[
+            "and_ids",
+            "or_ids",
+            "any",
+            "authenticated",
+            "source_ip",
+            "direct_remote_ip",
+            "remote_ip",
+            "header",
+            "url_path",
+            "metadata",
+            "not_id",
+            "sourced_metadata",
+        ],
+    ),
+    ("envoy.config.rbac.v3.Principal.Set", &["ids"]),
+    (
+        "envoy.config.rbac.v3.Principal.Authenticated",
+        &["principal_name"],
+    ),
+    (
+        "envoy.config.rbac.v3.SourcedMetadata",
+        &["metadata_matcher", "metadata_source"],
+    ),
+    ("envoy.type.matcher.v3.PathMatcher", &["path"]),
+    (
+        "envoy.type.matcher.v3.MetadataMatcher",
+        &["filter", "path", "value", "invert"],
+    ),
+];
+
 /// `typed_config` payloads weft-proxy knows how to run.
 const ANY_TYPES: &[&str] = &[
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -599,6 +680,9 @@ const ANY_TYPES: &[&str] = &[
     "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
     "envoy.extensions.filters.http.cors.v3.Cors",
     "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+    "envoy.extensions.filters.http.rbac.v3.RBAC",
+    "envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
+    "envoy.extensions.filters.network.rbac.v3.RBAC",
 ];
 
 /// Refuses any set field that weft-proxy does not implement, naming its path.
@@ -618,6 +702,7 @@ fn walk(msg: &DynamicMessage, path: &mut String, origin: &str) -> Result<(), Con
     }
     let allowed: &[&str] = PARTIAL
         .iter()
+        .chain(RBAC)
         .find(|(n, _)| *n == name)
         .map(|(_, f)| *f)
         .unwrap_or(&[]);

@@ -79,6 +79,8 @@ pub enum HttpFilter {
     LocalRateLimit(LocalRateLimit),
     /// The CORS filter: None on the HCM, a route's policy per route.
     Cors(Option<Arc<super::cors::CorsPolicy>>),
+    /// `envoy.filters.http.rbac` (or a route's `RBACPerRoute`).
+    Rbac(Box<crate::rbac::HttpRbac>),
 }
 
 /// An HTTP filter with the name routes use in `typed_per_filter_config`.
@@ -107,6 +109,8 @@ pub struct HttpManager {
     pub websocket: bool,
     pub server_name: HeaderValue,
     pub stats: HttpStats,
+    /// Istio metrics scope, set by the listener (crate::istio_metrics).
+    pub istio: std::sync::OnceLock<Arc<crate::istio_metrics::Scope>>,
     /// `x-forwarded-client-cert` handling (forward_client_cert_details).
     pub xfcc: crate::tls::xfcc::Xfcc,
 }
@@ -149,6 +153,13 @@ impl HttpManager {
                 return Err(c.invalid("the router must be the last HTTP filter"));
             }
             match compile_typed(&c.field("typed_config"), any)? {
+                Some(HttpFilter::Rbac(mut r)) => {
+                    r.bind_stats(stats, &m.stat_prefix);
+                    filters.push(NamedFilter {
+                        name: f.name.clone(),
+                        filter: HttpFilter::Rbac(r),
+                    })
+                }
                 Some(filter) => filters.push(NamedFilter {
                     name: f.name.clone(),
                     filter,
@@ -177,6 +188,7 @@ impl HttpManager {
         };
         let stat_prefix: Arc<str> = m.stat_prefix.as_str().into();
         Ok(HttpManager {
+            istio: Default::default(),
             xfcc: crate::tls::xfcc::Xfcc::compile(ctx, m)?,
             stats: stats.http(&stat_prefix),
             stat_prefix,
@@ -251,6 +263,20 @@ pub fn compile_typed(
             Some(HttpFilter::Cors(Some(Arc::new(
                 super::cors::CorsPolicy::compile(tc, &p)?,
             ))))
+        }
+        "envoy.extensions.filters.http.rbac.v3.RBAC" => {
+            use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
+            let r = Rbac::decode(any.value.as_slice()).map_err(decode_err)?;
+            Some(HttpFilter::Rbac(Box::new(crate::rbac::HttpRbac::compile(
+                tc, &r,
+            )?)))
+        }
+        "envoy.extensions.filters.http.rbac.v3.RBACPerRoute" => {
+            use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::RbacPerRoute;
+            let r = RbacPerRoute::decode(any.value.as_slice()).map_err(decode_err)?;
+            Some(HttpFilter::Rbac(Box::new(
+                crate::rbac::HttpRbac::compile_per_route(tc, &r)?,
+            )))
         }
         other => return Err(tc.unsupported(format!("HTTP filter {other}"))),
     })

@@ -31,6 +31,8 @@ pub struct TcpProxy {
     pub access_logs: Vec<AccessLog>,
     pub max_connect_attempts: u32,
     pub stats: TcpStats,
+    /// Istio metrics scope, set by the listener (crate::istio_metrics).
+    pub istio: std::sync::OnceLock<Arc<crate::istio_metrics::Scope>>,
 }
 
 #[derive(Debug)]
@@ -99,6 +101,8 @@ pub struct FilterChain {
     pub name: Arc<str>,
     matcher: ChainMatch,
     pub kind: ChainKind,
+    /// `envoy.filters.network.rbac` filters run before `kind`.
+    pub rbac: Vec<Arc<crate::rbac::NetworkRbac>>,
     /// TLS termination (`transport_socket` `envoy.transport_sockets.tls`).
     pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
@@ -185,6 +189,7 @@ impl Listener {
                 )
             })
             .transpose()?;
+        crate::istio_metrics::bind_chains(stats, l, chains.iter().chain(default_chain.iter()));
         let name: Arc<str> = if l.name.is_empty() {
             address.to_string().into()
         } else {
@@ -336,14 +341,10 @@ impl FilterChain {
             Some(m) => compile_match(&ctx.field("filter_chain_match"), m)?,
             None => ChainMatch::default(),
         };
-        if fc.filters.len() != 1 {
-            return Err(ctx.field("filters").unsupported(format!(
-                "{} network filters; exactly one (http_connection_manager or tcp_proxy) is implemented",
-                fc.filters.len()
-            )));
-        }
-        let f = &fc.filters[0];
-        let c = ctx.index("filters", 0).field("typed_config");
+        // Network RBAC filters, then one terminal filter.
+        let (rbac, last) = crate::rbac::network_filters(ctx, &fc.filters, stats)?;
+        let f = &fc.filters[last];
+        let c = ctx.index("filters", last).field("typed_config");
         let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
             return Err(c.invalid(format!("filter {:?} needs a typed_config", f.name)));
         };
@@ -361,6 +362,7 @@ impl FilterChain {
             other => return Err(c.unsupported(format!("network filter {other}"))),
         };
         Ok(FilterChain {
+            rbac,
             name: fc.name.as_str().into(),
             matcher,
             kind,
@@ -474,6 +476,7 @@ fn compile_tcp(
     };
     let stat_prefix: Arc<str> = t.stat_prefix.as_str().into();
     Ok(TcpProxy {
+        istio: Default::default(),
         stats: stats.tcp(&stat_prefix),
         stat_prefix,
         target,

@@ -72,6 +72,7 @@ impl Snapshot {
             }
             cluster_order.push(c.name.clone());
         }
+        stats.istio.set_node(b.node.as_ref());
         let mut listeners = Vec::new();
         for (i, l) in sr.listeners.iter().enumerate() {
             let ctx = sctx.index("listeners", i);

@@ -93,7 +93,7 @@ enum HeaderKey {
 }
 
 #[derive(Debug)]
-struct HeaderMatch {
+pub(crate) struct HeaderMatch {
     name: HeaderKey,
     test: HeaderTest,
     invert: bool,
@@ -587,7 +587,7 @@ fn starts_with(s: &str, p: &str, case_sensitive: bool) -> bool {
 
 impl HeaderMatch {
     #[allow(deprecated)]
-    fn compile(ctx: &Ctx<'_>, h: &pb::HeaderMatcher) -> Result<Self, ConfigError> {
+    pub(crate) fn compile(ctx: &Ctx<'_>, h: &pb::HeaderMatcher) -> Result<Self, ConfigError> {
         let name = match h.name.to_ascii_lowercase().as_str() {
             ":method" => HeaderKey::Method,
             ":path" => HeaderKey::Path,
@@ -627,7 +627,7 @@ impl HeaderMatch {
         })
     }
 
-    fn matches(&self, req: &RequestView<'_>) -> bool {
+    pub(crate) fn matches(&self, req: &RequestView<'_>) -> bool {
         let pseudo = match &self.name {
             HeaderKey::Name(_) => None,
             HeaderKey::Method => Some(req.method),

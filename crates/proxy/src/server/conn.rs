@@ -192,6 +192,11 @@ pub async fn handle(
         listener: listener.name.clone(),
         tls,
     });
+    if let Err(details) = crate::rbac::check_connection(&chain.rbac, &meta) {
+        crate::rbac::deny_connection(stream, &chain.kind, &meta, details).await;
+        listener.stats.cx_active.dec();
+        return;
+    }
     match &chain.kind {
         ChainKind::Http(hcm) => super::http::serve(shared.clone(), hcm.clone(), stream, meta).await,
         ChainKind::Tcp(tp) => super::tcp::proxy(tp.clone(), stream, meta).await,

@@ -196,6 +196,9 @@ pub async fn forward(
     if let Some(e) = x.entry.as_mut() {
         e.upstream_cluster = Some(cluster.name.clone());
     }
+    if x.istio.active() {
+        x.istio.cluster = Some(cluster.clone());
+    }
     let original_pq = parts
         .uri
         .path_and_query()
@@ -349,6 +352,9 @@ pub async fn forward(
         }
         if let Some(e) = x.entry.as_mut() {
             e.upstream_host = Some(host.address);
+        }
+        if x.istio.active() {
+            x.istio.host = Some(host.clone());
         }
         let uri: Uri = match format!("http://{}{}", host.address, pq).parse() {
             Ok(u) => u,

@@ -150,6 +150,8 @@ pub struct Exchange {
     pub tunnel: Option<tokio::sync::oneshot::Receiver<(u64, u64)>>,
     /// An allowed CORS origin and its policy: `finish` adds the headers.
     pub cors: Option<(HeaderValue, Arc<crate::model::cors::CorsPolicy>)>,
+    /// Istio's standard metrics for this request (crate::istio_metrics).
+    pub istio: crate::istio_metrics::HttpObs,
 }
 
 pub fn full(b: impl Into<Bytes>) -> Body {
@@ -228,6 +230,7 @@ async fn handle(
         rx: None,
         tunnel: None,
         cors: None,
+        istio: Default::default(),
     };
     // Host: HTTP/2 carries it as :authority.
     if !parts.headers.contains_key(header::HOST)
@@ -241,26 +244,29 @@ async fn handle(
     prepare_headers(&hcm, &x.meta, &mut parts.headers);
     hcm.xfcc.apply(x.meta.tls.as_deref(), &mut parts.headers);
     x.request_id = parts.headers.get("x-request-id").cloned();
-    let body: Body = if logging {
+    x.istio = crate::istio_metrics::HttpObs::start(hcm.istio.get(), &mut parts.headers);
+    let body: Body = if logging || x.istio.active() {
         let rx = Arc::new(AtomicU64::new(0));
         x.rx = Some(rx.clone());
-        let mut e = Entry::new(SystemTime::now());
-        e.method = Some(parts.method.as_str().to_owned());
-        e.path = parts.uri.path_and_query().map(|p| p.as_str().to_owned());
-        e.authority = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned);
-        e.protocol = protocol(parts.version);
-        e.downstream_remote = Some(x.meta.remote);
-        e.downstream_local = Some(x.meta.destination);
-        e.sni = x.meta.server_name.clone();
-        e.tls = x.meta.tls.clone();
-        if let Some(log) = hcm.access_logs.first() {
-            e.capture_request(&log.format.req_headers, &parts.headers);
+        if logging {
+            let mut e = Entry::new(SystemTime::now());
+            e.method = Some(parts.method.as_str().to_owned());
+            e.path = parts.uri.path_and_query().map(|p| p.as_str().to_owned());
+            e.authority = parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned);
+            e.protocol = protocol(parts.version);
+            e.downstream_remote = Some(x.meta.remote);
+            e.downstream_local = Some(x.meta.destination);
+            e.sni = x.meta.server_name.clone();
+            e.tls = x.meta.tls.clone();
+            if let Some(log) = hcm.access_logs.first() {
+                e.capture_request(&log.format.req_headers, &parts.headers);
+            }
+            x.entry = Some(e);
         }
-        x.entry = Some(e);
         body.map_frame(move |f| {
             if let Some(d) = f.data_ref() {
                 rx.fetch_add(d.len() as u64, Ordering::Relaxed);
@@ -442,6 +448,18 @@ async fn route_and_run(
                     return local(pending, local_reply(*status, "fault filter abort"));
                 }
             }
+            HttpFilter::Rbac(r) => {
+                let stats = match &nf.filter {
+                    HttpFilter::Rbac(own) => own.stats.as_ref(),
+                    _ => None,
+                };
+                let allowed = crate::rbac::check_request(r, stats, &x.meta, &hcm, &parts);
+                if let Err(details) = allowed {
+                    x.details = details;
+                    let denied = local_reply(StatusCode::FORBIDDEN, "RBAC: access denied");
+                    return local(pending, denied);
+                }
+            }
             HttpFilter::Cors(None) => {}
             HttpFilter::Cors(Some(p)) => {
                 if let Some(r) = super::cors::check(x, p, &parts) {
@@ -561,6 +579,7 @@ fn redirect(rd: &Redirect, route: &Route, host: &str, pq: &str) -> Response<Body
 fn finish(mut x: Exchange, mut resp: Response<Body>) -> Response<Body> {
     let hcm = x.hcm.clone();
     let status = resp.status().as_u16();
+    x.istio.response(resp.headers_mut());
     resp.headers_mut()
         .insert(header::SERVER, hcm.server_name.clone());
     if let Some((origin, p)) = x.cors.take() {
@@ -573,59 +592,93 @@ fn finish(mut x: Exchange, mut resp: Response<Body>) -> Response<Body> {
     }
     let ms = x.start.elapsed().as_secs_f64() * 1000.0;
     hcm.stats.response(status, ms);
-    let Some(mut entry) = x.entry.take() else {
+    let istio = std::mem::take(&mut x.istio);
+    if x.entry.is_none() && !istio.active() {
         return resp;
-    };
+    }
+    let mut entry = x.entry.take();
+    if let Some(e) = entry.as_mut() {
+        e.status = status;
+        e.flags = x.flags;
+        e.details = x.details;
+        if let Some(log) = hcm.access_logs.first() {
+            e.capture_response(&log.format.resp_headers, resp.headers());
+        }
+    }
+    let mut fin = Box::new(Finish {
+        entry,
+        istio,
+        meta: x.meta.clone(),
+        status,
+        flags: x.flags,
+        grpc_status: crate::istio_metrics::grpc_status(resp.headers()),
+        hcm,
+        start: x.start,
+        rx: x.rx.take(),
+    });
     if let Some(tunnel) = x.tunnel.take() {
         // Envoy logs an upgraded stream when the tunnel ends (the client
         // closing it is a downstream termination: DC).
-        entry.status = status;
-        entry.flags = x.flags;
-        entry.details = x.details;
-        if let Some(log) = hcm.access_logs.first() {
-            entry.capture_response(&log.format.resp_headers, resp.headers());
-        }
-        let start = x.start;
         tokio::spawn(async move {
             let (rx, tx) = tunnel.await.unwrap_or_default();
-            entry.bytes_received = rx;
-            entry.bytes_sent = tx;
-            entry.duration_ms = start.elapsed().as_millis() as u64;
-            entry.flags.set(Flags::DC);
-            for log in &hcm.access_logs {
-                log.log(&entry);
-            }
+            fin.rx = Some(Arc::new(AtomicU64::new(rx)));
+            fin.done(tx, true);
         });
         return resp;
-    }
-    entry.status = status;
-    entry.flags = x.flags;
-    entry.details = x.details;
-    if let Some(log) = hcm.access_logs.first() {
-        entry.capture_response(&log.format.resp_headers, resp.headers());
     }
     let (parts, body) = resp.into_parts();
     let tracked = Tracked {
         inner: body,
         sent: 0,
-        fin: Some(Box::new(Finish {
-            entry,
-            hcm,
-            start: x.start,
-            rx: x.rx.take(),
-        })),
+        fin: Some(fin),
     };
     Response::from_parts(parts, tracked.boxed_unsync())
 }
 
+/// What is recorded when a response ends: the access log entry and the
+/// Istio metrics.
 struct Finish {
-    entry: Entry,
+    entry: Option<Entry>,
+    istio: crate::istio_metrics::HttpObs,
+    meta: Arc<ConnMeta>,
+    status: u16,
+    flags: Flags,
+    grpc_status: Option<u16>,
     hcm: Arc<HttpManager>,
     start: Instant,
     rx: Option<Arc<AtomicU64>>,
 }
 
-/// Counts response bytes and writes the access log when the body ends or is dropped.
+impl Finish {
+    fn done(self: Box<Self>, sent: u64, reset: bool) {
+        let f = *self;
+        let received = f.rx.map(|r| r.load(Ordering::Relaxed)).unwrap_or(0);
+        let mut flags = f.flags;
+        if reset {
+            flags.set(Flags::DC);
+        }
+        if let Some(mut e) = f.entry {
+            e.bytes_sent = sent;
+            e.bytes_received = received;
+            e.duration_ms = f.start.elapsed().as_millis() as u64;
+            e.flags = flags;
+            for log in &f.hcm.access_logs {
+                log.log(&e);
+            }
+        }
+        f.istio.finish(crate::istio_metrics::HttpDone {
+            meta: &f.meta,
+            status: f.status,
+            grpc_status: f.grpc_status,
+            flags,
+            request_bytes: received,
+            response_bytes: sent,
+            duration_ms: f.start.elapsed().as_secs_f64() * 1000.0,
+        });
+    }
+}
+
+/// Counts response bytes and records the request when the body ends or is dropped.
 struct Tracked {
     inner: Body,
     sent: u64,
@@ -635,16 +688,7 @@ struct Tracked {
 impl Tracked {
     fn done(&mut self, reset: bool) {
         if let Some(f) = self.fin.take() {
-            let mut e = f.entry;
-            e.bytes_sent = self.sent;
-            e.bytes_received = f.rx.map(|r| r.load(Ordering::Relaxed)).unwrap_or(0);
-            e.duration_ms = f.start.elapsed().as_millis() as u64;
-            if reset {
-                e.flags.set(Flags::DC);
-            }
-            for log in &f.hcm.access_logs {
-                log.log(&e);
-            }
+            f.done(self.sent, reset);
         }
     }
 }
@@ -662,6 +706,11 @@ impl http_body::Body for Tracked {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     this.sent += d.len() as u64;
+                }
+                if let (Some(t), Some(fin)) = (f.trailers_ref(), this.fin.as_mut())
+                    && let Some(g) = crate::istio_metrics::grpc_status(t)
+                {
+                    fin.grpc_status = Some(g);
                 }
                 if this.inner.is_end_stream() {
                     this.done(false);

@@ -45,6 +45,8 @@ pub async fn proxy(tp: Arc<TcpProxy>, mut down: Stream, meta: Arc<ConnMeta>) {
     entry.upstream_cluster = Some(cluster.name.clone());
     let (rx, tx) = (AtomicU64::new(0), AtomicU64::new(0));
     let result = connect(&tp, &cluster, &meta, &mut entry).await;
+    let host = result.as_ref().map(|r| &r.1);
+    let istio = crate::istio_metrics::TcpObs::open(tp.istio.get(), &meta, &cluster, host);
     if let Some((up, host, _guard)) = result {
         cluster.stats.rq_total.inc();
         host.begin();
@@ -57,6 +59,9 @@ pub async fn proxy(tp: Arc<TcpProxy>, mut down: Stream, meta: Arc<ConnMeta>) {
     entry.bytes_received = rx.load(Ordering::Relaxed);
     entry.bytes_sent = tx.load(Ordering::Relaxed);
     entry.duration_ms = start.elapsed().as_millis() as u64;
+    if let Some(o) = istio {
+        o.close(entry.bytes_received, entry.bytes_sent, entry.flags);
+    }
     for log in &tp.access_logs {
         log.log(&entry);
     }

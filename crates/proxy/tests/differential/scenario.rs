@@ -40,6 +40,10 @@ pub struct Scenario {
     /// expectations.
     #[serde(default)]
     pub extra_logs: BTreeMap<String, ExtraLog>,
+    /// Prefixes of admin `/stats` lines (e.g. `http.main.rbac.`) compared
+    /// between the proxies after the requests; Envoy must have some.
+    #[serde(default)]
+    pub compare_stats: Vec<String>,
     /// Upstream test servers by name (`{{upstream.NAME}}` is its port).
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamSpec>,

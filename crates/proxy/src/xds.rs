@@ -18,6 +18,9 @@
 use crate::config::{ConfigError, LoadedBootstrap, check_supported, pool};
 use crate::dns::{DnsConfig, DnsProxy};
 use crate::model::Snapshot;
+use crate::model::http::HttpManager;
+use crate::model::listener::ChainKind;
+use crate::model::route::RouteTable;
 use crate::server::{Options, Proxy, Shared};
 use envoy_types::pb::envoy::config::bootstrap::v3::{Bootstrap, bootstrap::StaticResources};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster::ClusterDiscoveryType};
@@ -155,7 +158,13 @@ pub struct XdsApplier {
     started: Option<Sender<Result<Proxy, String>>>,
     warmed: Arc<AtomicBool>,
     dns: Option<DnsProxy>,
+    /// The newest route table per RDS name, shared with every config
+    /// version's HTTP connection managers of that name.
+    route_slots: HashMap<Arc<str>, RouteSlot>,
 }
+
+/// Where the newest route table of one name is published.
+type RouteSlot = Arc<arc_swap::ArcSwap<RouteTable>>;
 
 impl XdsApplier {
     /// The proxy starts (binds listeners, serves, turns ready) once both
@@ -191,6 +200,73 @@ impl XdsApplier {
             started,
             warmed: Arc::new(AtomicBool::new(false)),
             dns,
+            route_slots: HashMap::new(),
+        }
+    }
+
+    /// `message` about the assembled bootstrap (`xds:
+    /// static_resources.listeners[I]...`) rewritten to name the xDS resource
+    /// and the field path inside it: `RouteConfiguration NAME: virtual_hosts...`
+    /// for an inlined RDS route, `ClusterLoadAssignment NAME: ...` for an
+    /// inlined EDS assignment, else `Listener NAME: ...` / `Cluster NAME: ...`.
+    fn locate(&self, message: &str) -> String {
+        let Some(rest) = message.strip_prefix("xds: static_resources.") else {
+            return message.to_owned();
+        };
+        let indexed = |rest: &str, field: &str| -> Option<(usize, String)> {
+            let r = rest.strip_prefix(field)?.strip_prefix('[')?;
+            let (i, tail) = r.split_once(']')?;
+            Some((i.parse().ok()?, tail.trim_start_matches('.').to_owned()))
+        };
+        if let Some((i, tail)) = indexed(rest, "listeners")
+            && let Some((name, l)) = self.listeners.iter().nth(i)
+        {
+            if let Some((_, inner)) = tail.split_once(".typed_config.route_config.") {
+                let route = rds_names(&l.msg).into_iter().next().unwrap_or_default();
+                return format!("RouteConfiguration {route}: {inner} (listener {name})");
+            }
+            return format!("Listener {name}: {tail}");
+        }
+        if let Some((i, tail)) = indexed(rest, "clusters")
+            && let Some((name, c)) = self.clusters.iter().nth(i)
+        {
+            if let Some(inner) = tail.strip_prefix("load_assignment.")
+                && let Some(eds) = eds_name(&c.msg)
+            {
+                return format!("ClusterLoadAssignment {eds}: {inner}");
+            }
+            return format!("Cluster {name}: {tail}");
+        }
+        message.to_owned()
+    }
+
+    /// Attaches each HTTP connection manager of `snap` to the route slot of
+    /// its route table's name (creating slots for new names, dropping
+    /// slots no longer named).
+    fn link_routes(&mut self, snap: &Snapshot) {
+        let mut slots = HashMap::new();
+        for hcm in http_managers(snap) {
+            let name = hcm.routes.name.clone();
+            let slot = slots
+                .entry(name.clone())
+                .or_insert_with(|| {
+                    self.route_slots
+                        .remove(&name)
+                        .unwrap_or_else(|| Arc::new(arc_swap::ArcSwap::new(hcm.routes.clone())))
+                })
+                .clone();
+            let _ = hcm.rds.set(slot);
+        }
+        self.route_slots = slots;
+    }
+
+    /// Publishes `snap`'s route tables: from now on every connection,
+    /// also those accepted under older listeners, routes by them.
+    fn publish_routes(snap: &Snapshot) {
+        for hcm in http_managers(snap) {
+            if let Some(slot) = hcm.rds.get() {
+                slot.store(hcm.routes.clone());
+            }
         }
     }
 
@@ -288,6 +364,7 @@ impl XdsApplier {
             started: None,
             warmed: self.warmed.clone(),
             dns: None,
+            route_slots: HashMap::new(),
         };
         let err = |e: ConfigError| e.to_string();
         match type_url {
@@ -319,13 +396,23 @@ impl XdsApplier {
             other => return Err(format!("type {other}: not supported by weft-proxy")),
         }
         let loaded = next.assemble().map_err(err)?;
+        // Compile errors name paths in the assembled bootstrap; report them
+        // against the xDS resource they come from.
+        let err = |e: ConfigError| next.locate(&e.to_string());
         match &self.shared {
             Some(shared) => {
+                let shared = shared.clone();
                 let snap = Snapshot::compile(&loaded, &shared.stats).map_err(err)?;
+                self.link_routes(&snap);
                 shared.swap_in(snap).map_err(|e| e.to_string())?;
+                Self::publish_routes(&shared.snapshot.load());
             }
             None if next.seen_lds && next.seen_cds => {
-                let proxy = Proxy::start(loaded, self.opts.clone()).map_err(|e| e.to_string())?;
+                let proxy = Proxy::start(loaded, self.opts.clone())
+                    .map_err(|e| next.locate(&e.to_string()))?;
+                let snap = proxy.shared.snapshot.load_full();
+                self.link_routes(&snap);
+                Self::publish_routes(&snap);
                 self.shared = Some(proxy.shared.clone());
                 if let Some(tx) = self.started.take() {
                     let _ = tx.send(Ok(proxy));
@@ -361,6 +448,17 @@ impl ConfigHandler for XdsApplier {
             tracing::warn!(type_url, error = %e, "rejected xDS update; keeping the previous config");
         })
     }
+}
+
+/// Every HTTP connection manager of `snap`'s listeners.
+fn http_managers(snap: &Snapshot) -> impl Iterator<Item = &Arc<HttpManager>> {
+    snap.listeners
+        .iter()
+        .flat_map(|l| l.chains.iter().chain(l.default_chain.as_ref()))
+        .filter_map(|c| match &c.kind {
+            ChainKind::Http(h) => Some(h),
+            ChainKind::Tcp(_) => None,
+        })
 }
 
 /// Decodes and checks every resource; errors are prefixed `KIND NAME`.

@@ -219,6 +219,12 @@ impl RetryPolicy {
                 "refused-stream" => on.refused_stream = true,
                 "reset" => on.reset = true,
                 "retriable-status-codes" => on.retriable_status_codes = true,
+                // gRPC: retried when the response's grpc-status says so.
+                "cancelled" => on.grpc_status.push(1),
+                "deadline-exceeded" => on.grpc_status.push(4),
+                "resource-exhausted" => on.grpc_status.push(8),
+                "internal" => on.grpc_status.push(13),
+                "unavailable" => on.grpc_status.push(14),
                 other => {
                     return Err(ctx
                         .field("retry_on")

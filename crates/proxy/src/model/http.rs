@@ -94,7 +94,12 @@ pub struct NamedFilter {
 pub struct HttpManager {
     pub stat_prefix: Arc<str>,
     pub codec: Codec,
-    pub routes: RouteTable,
+    pub routes: Arc<RouteTable>,
+    /// In sidecar (xDS) mode: the newest route table of this name, shared
+    /// across config versions, so requests on connections accepted under
+    /// an older listener config route by the newest RDS routes, as Envoy's
+    /// do (set by `crate::xds`; unset for static bootstraps).
+    pub rds: std::sync::OnceLock<Arc<arc_swap::ArcSwap<RouteTable>>>,
     pub filters: Vec<NamedFilter>,
     pub access_logs: Vec<AccessLog>,
     pub use_remote_address: bool,
@@ -193,7 +198,8 @@ impl HttpManager {
             stats: stats.http(&stat_prefix),
             stat_prefix,
             codec,
-            routes,
+            routes: Arc::new(routes),
+            rds: std::sync::OnceLock::new(),
             filters,
             access_logs: super::access_logs(ctx, &m.access_log)?,
             use_remote_address: m.use_remote_address.as_ref().is_some_and(|b| b.value),

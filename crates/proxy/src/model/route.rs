@@ -216,6 +216,10 @@ pub struct RetryOn {
     pub refused_stream: bool,
     pub reset: bool,
     pub retriable_status_codes: bool,
+    /// gRPC conditions (`cancelled`, `deadline-exceeded`,
+    /// `resource-exhausted`, `internal`, `unavailable`) as the
+    /// `grpc-status` codes they retry on.
+    pub grpc_status: Vec<u8>,
 }
 
 #[derive(Debug, Clone)]

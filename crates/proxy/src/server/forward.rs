@@ -141,6 +141,16 @@ fn retriable_status(p: &RetryPolicy, status: u16) -> bool {
         || (p.on.retriable_status_codes && p.status_codes.contains(&status))
 }
 
+/// Envoy's gRPC retry conditions: the response (trailers-only, as gRPC
+/// servers answer errors) carries one of the policy's `grpc-status` codes.
+fn retriable_grpc(p: &RetryPolicy, headers: &http::HeaderMap) -> bool {
+    !p.on.grpc_status.is_empty()
+        && headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u8>().ok())
+            .is_some_and(|code| p.on.grpc_status.contains(&code))
+}
+
 fn retriable_failure(p: &RetryPolicy, f: &Failure) -> bool {
     match f {
         Failure::Connect(_) => p.on.connect_failure || p.on.five_xx || p.on.gateway_error,
@@ -417,7 +427,9 @@ pub async fn forward(
         let retriable = match &result {
             Ok(r) => {
                 cluster.report(&host, Some(r.status().as_u16()));
-                retry.is_some_and(|p| retriable_status(p, r.status().as_u16()))
+                retry.is_some_and(|p| {
+                    retriable_status(p, r.status().as_u16()) || retriable_grpc(p, r.headers())
+                })
             }
             Err(f) => {
                 cluster.report(&host, None);

@@ -404,7 +404,8 @@ async fn route_and_run(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let table: &RouteTable = &hcm.routes;
+    let live = hcm.rds.get().map(|slot| slot.load_full());
+    let table: &RouteTable = live.as_deref().unwrap_or(&hcm.routes);
     let Some(vh) = table.virtual_host(host) else {
         return local(pending, no_route(x));
     };

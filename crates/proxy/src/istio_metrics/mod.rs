@@ -185,6 +185,8 @@ struct Series {
     service: Option<ByPtr<Service>>,
     /// The peer's mTLS identity (inbound).
     principal: Option<ByPtr<str>>,
+    /// The observed hop was TLS: the downstream connection's mutual TLS
+    /// (inbound), or the upstream transport (outbound).
     mtls: bool,
 }
 
@@ -418,7 +420,10 @@ impl HttpObs {
             peer = shard.peer_from_host(h);
         }
         let service = self.cluster.as_deref().and_then(|c| shard.service(c));
-        let (principal, mtls) = downstream_identity(&scope, done.meta, &mut shard);
+        let (principal, mut mtls) = downstream_identity(&scope, done.meta, &mut shard);
+        if let (Some(c), Some(h)) = (&self.cluster, &self.host) {
+            mtls |= upstream_tls(&scope, c, h);
+        }
         let key = HttpKey {
             series: Series {
                 scope: ByPtr(scope.clone()),
@@ -483,6 +488,17 @@ fn downstream_identity(
     (p, meta.is_mutual_tls())
 }
 
+/// Whether the outbound side reached `host` over TLS (Istio's
+/// auto-mTLS: its principals are then this proxy's own identity and the
+/// peer workload's).
+fn upstream_tls(scope: &Scope, cluster: &Cluster, host: &Host) -> bool {
+    scope.reporter == Reporter::Source
+        && matches!(
+            cluster.client.transports.for_endpoint(host.address),
+            crate::upstream::Transport::Tls(_)
+        )
+}
+
 // === TCP ===
 
 /// An open tcp_proxy connection's record.
@@ -510,7 +526,10 @@ impl TcpObs {
                 _ => None,
             };
             let service = shard.service(cluster);
-            let (principal, mtls) = downstream_identity(&scope, meta, &mut shard);
+            let (principal, mut mtls) = downstream_identity(&scope, meta, &mut shard);
+            if let Some(h) = host {
+                mtls |= upstream_tls(&scope, cluster, h);
+            }
             let series = Series {
                 scope: ByPtr(scope.clone()),
                 peer: peer.map(ByPtr),

@@ -51,17 +51,15 @@ fn series_labels(s: &Series) -> (String, &'static str) {
     };
     let mut out = String::new();
     push(&mut out, "reporter", reporter);
-    // Principals: the downstream peer's certificate on the inbound side;
-    // outbound connections are the app's plaintext here.
+    // Principals: inbound, the downstream peer's certificate and this
+    // proxy's identity; outbound over TLS, this proxy's identity and the
+    // peer workload's (from its exchanged or endpoint metadata).
     let (src_principal, dst_principal) = match scope.reporter {
-        Reporter::Destination => (
-            principal.unwrap_or(UNKNOWN),
-            if s.mtls {
-                or_unknown(&me.principal)
-            } else {
-                UNKNOWN
-            },
-        ),
+        Reporter::Destination if s.mtls => {
+            (principal.unwrap_or(UNKNOWN), or_unknown(&me.principal))
+        }
+        Reporter::Destination => (principal.unwrap_or(UNKNOWN), UNKNOWN),
+        Reporter::Source if s.mtls => (or_unknown(&me.principal), or_unknown(&peer.principal)),
         Reporter::Source => (UNKNOWN, UNKNOWN),
     };
     let src_ns = if src.namespace.is_empty() {

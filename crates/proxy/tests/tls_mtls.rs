@@ -368,3 +368,39 @@ async fn expired_and_foreign_certificates_fail_with_the_reason() {
     m.client.shutdown();
     m.server.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sds_secret_weft_cannot_serve_fails_connections_not_the_config() {
+    let pki = Pki::new();
+    let app = support::upstream("app").await;
+    let log = pki.dir.path().join("client.log");
+    // A DestinationRule credentialName becomes an SDS name Envoy would
+    // fetch from its agent; weft-proxy accepts the config and fails the
+    // connections with the reason (as Envoy does while a secret is missing).
+    let ctx = json!({"common_tls_context": {
+        "tls_certificate_sds_secret_configs": [{"name": "kubernetes://my-credential",
+            "sds_config": {"ads": {}, "resource_api_version": "V3"}}]}});
+    let mut transport = ts(upstream(json!({}), "app.example"));
+    transport["typed_config"]["common_tls_context"] = ctx["common_tls_context"].clone();
+    let yaml = bootstrap(
+        vec![json!({"name": "out",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+            "filter_chains": [{"filters": [hcm("out", "app", json!({}), &log)]}]})],
+        vec![cluster(
+            "app",
+            &[(app.addr, None)],
+            json!({"transport_socket": transport}),
+        )],
+        vec![],
+    );
+    let p = support::proxy(&yaml);
+    let got = support::get(p.listener_address("out").expect("out"), "app", "/").await;
+    assert_eq!(got.status, 503, "{}", got.body);
+    let text = wait_for_log(&log, |t| t.contains("UF")).await;
+    assert!(
+        text.contains("SDS secret \"kubernetes://my-credential\" is not available"),
+        "{text}"
+    );
+    assert_eq!(app.hits(), 0);
+    p.shutdown();
+}

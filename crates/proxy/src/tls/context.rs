@@ -1,20 +1,19 @@
-//! Compiling Envoy's TLS configuration into rustls configs:
-//! `static_resources.secrets`, `DownstreamTlsContext` (filter chains) and
-//! `UpstreamTlsContext` (clusters).
-//!
-//! Where certificates come from:
-//! - inline `tls_certificates` / `validation_context` (PEM inline or files);
-//! - an `SdsSecretConfig` without `sds_config`: a static secret by name;
-//! - an `SdsSecretConfig` with `sds_config` named `default` or `ROOTCA`:
-//!   the workload identity (`crate::identity`), whatever the config source
-//!   says (weft-proxy is its own node agent). Other SDS names are refused.
+//! Compiling Envoy's TLS contexts into rustls configs:
+//! `DownstreamTlsContext` (filter chains) and `UpstreamTlsContext`
+//! (clusters): certificates and trust (see `super::secrets` for where they
+//! come from), SAN matchers, ALPN, TLS versions and cipher suites, SNI and
+//! session resumption.
 //!
 //! A context whose secrets are not available (no certificate source) still
 //! compiles; its connections fail with the reason (`UF` and
 //! `%UPSTREAM_TRANSPORT_FAILURE_REASON%` upstream, a closed connection
 //! downstream), as Envoy does while a secret is not warmed.
 
-use super::verify::{DownstreamVerifier, SanMatcher, UpstreamVerifier, compile_san_matchers};
+use super::secrets::{
+    CertSource, DEFAULT_SECRET, ROOT_CA_SECRET, Roots, Secrets, Validation, tls_certificate,
+    validation_context,
+};
+use super::verify::{DownstreamVerifier, UpstreamVerifier};
 use crate::config::ConfigError;
 use crate::model::common::Ctx;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as pb;
@@ -22,186 +21,8 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_c
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::tls_parameters::TlsProtocol;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use std::collections::HashMap;
+use rustls_pki_types::{CertificateDer, ServerName};
 use std::sync::Arc;
-
-/// Istio's secret names that the workload identity answers.
-pub const DEFAULT_SECRET: &str = "default";
-pub const ROOT_CA_SECRET: &str = "ROOTCA";
-
-/// `static_resources.secrets`, compiled.
-#[derive(Debug, Default)]
-pub struct Secrets {
-    certs: HashMap<String, Arc<CertifiedKey>>,
-    validation: HashMap<String, Validation>,
-}
-
-/// Trust anchors and SAN matchers.
-#[derive(Debug, Clone, Default)]
-struct Validation {
-    roots: Roots,
-    sans: Vec<SanMatcher>,
-}
-
-#[derive(Debug, Clone, Default)]
-enum Roots {
-    /// No trusted_ca: the chain is not verified (Envoy's behaviour).
-    #[default]
-    None,
-    Static(Vec<CertificateDer<'static>>),
-    /// `ROOTCA` from the workload identity.
-    Workload,
-}
-
-/// Where the certificate a side presents comes from.
-#[derive(Debug, Clone)]
-enum CertSource {
-    None,
-    Static(Arc<CertifiedKey>),
-    Workload,
-}
-
-fn pem_certs(ctx: &Ctx<'_>, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(bytes)
-        .collect::<Result<_, _>>()
-        .map_err(|e| ctx.invalid(format!("not PEM certificates: {e}")))?;
-    if certs.is_empty() {
-        return Err(ctx.invalid("no PEM certificate found"));
-    }
-    Ok(certs)
-}
-
-fn tls_certificate(
-    ctx: &Ctx<'_>,
-    c: &pb::TlsCertificate,
-) -> Result<Arc<CertifiedKey>, ConfigError> {
-    let chain_ctx = ctx.field("certificate_chain");
-    let Some(chain) = &c.certificate_chain else {
-        return Err(chain_ctx.invalid("certificate_chain is required"));
-    };
-    let chain = pem_certs(&chain_ctx, &crate::model::data_source(&chain_ctx, chain)?)?;
-    let key_ctx = ctx.field("private_key");
-    let Some(key) = &c.private_key else {
-        return Err(key_ctx.invalid("private_key is required"));
-    };
-    let key_pem = crate::model::data_source(&key_ctx, key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| key_ctx.invalid(format!("not a PEM private key: {e}")))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| key_ctx.invalid(format!("unusable private key: {e}")))?;
-    let ck = CertifiedKey::new(chain, signing);
-    ck.keys_match()
-        .map_err(|e| ctx.invalid(format!("certificate and private key do not match: {e}")))?;
-    Ok(Arc::new(ck))
-}
-
-fn validation_context(
-    ctx: &Ctx<'_>,
-    v: &pb::CertificateValidationContext,
-) -> Result<Validation, ConfigError> {
-    let roots = match &v.trusted_ca {
-        Some(ds) => {
-            let c = ctx.field("trusted_ca");
-            Roots::Static(pem_certs(&c, &crate::model::data_source(&c, ds)?)?)
-        }
-        None => Roots::None,
-    };
-    Ok(Validation {
-        roots,
-        sans: compile_san_matchers(ctx, &v.match_typed_subject_alt_names)?,
-    })
-}
-
-impl Secrets {
-    /// Compiles `static_resources.secrets` (`ctx` is that list's parent).
-    pub fn compile(ctx: &Ctx<'_>, secrets: &[pb::Secret]) -> Result<Secrets, ConfigError> {
-        let mut out = Secrets::default();
-        for (i, s) in secrets.iter().enumerate() {
-            let c = ctx.index("secrets", i);
-            if s.name.is_empty() {
-                return Err(c.field("name").invalid("a secret needs a name"));
-            }
-            let dup = match &s.r#type {
-                Some(pb::secret::Type::TlsCertificate(t)) => out
-                    .certs
-                    .insert(
-                        s.name.clone(),
-                        tls_certificate(&c.field("tls_certificate"), t)?,
-                    )
-                    .is_some(),
-                Some(pb::secret::Type::ValidationContext(v)) => out
-                    .validation
-                    .insert(
-                        s.name.clone(),
-                        validation_context(&c.field("validation_context"), v)?,
-                    )
-                    .is_some(),
-                Some(_) => {
-                    return Err(c.unsupported(
-                        "only tls_certificate and validation_context secrets are implemented",
-                    ));
-                }
-                None => return Err(c.invalid("tls_certificate or validation_context is required")),
-            };
-            if dup {
-                return Err(c
-                    .field("name")
-                    .invalid(format!("duplicate secret {:?}", s.name)));
-            }
-        }
-        Ok(out)
-    }
-
-    fn cert(&self, ctx: &Ctx<'_>, sds: &pb::SdsSecretConfig) -> Result<CertSource, ConfigError> {
-        if sds.sds_config.is_some() {
-            return if sds.name == DEFAULT_SECRET {
-                Ok(CertSource::Workload)
-            } else {
-                Err(ctx.field("name").unsupported(format!(
-                    "SDS secret {:?}: weft-proxy serves only {DEFAULT_SECRET:?} and {ROOT_CA_SECRET:?} from its own certificate source",
-                    sds.name
-                )))
-            };
-        }
-        self.certs
-            .get(&sds.name)
-            .map(|c| CertSource::Static(c.clone()))
-            .ok_or_else(|| {
-                ctx.field("name").invalid(format!(
-                    "no tls_certificate secret {:?} in static_resources.secrets",
-                    sds.name
-                ))
-            })
-    }
-
-    fn validation(
-        &self,
-        ctx: &Ctx<'_>,
-        sds: &pb::SdsSecretConfig,
-    ) -> Result<Validation, ConfigError> {
-        if sds.sds_config.is_some() {
-            return if sds.name == ROOT_CA_SECRET {
-                Ok(Validation {
-                    roots: Roots::Workload,
-                    sans: Vec::new(),
-                })
-            } else {
-                Err(ctx.field("name").unsupported(format!(
-                    "SDS validation secret {:?}: weft-proxy serves only {ROOT_CA_SECRET:?} from its own certificate source",
-                    sds.name
-                )))
-            };
-        }
-        self.validation.get(&sds.name).cloned().ok_or_else(|| {
-            ctx.field("name").invalid(format!(
-                "no validation_context secret {:?} in static_resources.secrets",
-                sds.name
-            ))
-        })
-    }
-}
 
 /// The parts of a `CommonTlsContext` both sides use.
 struct Common {
@@ -359,6 +180,7 @@ fn roots_store(v: &Validation) -> Result<Option<Arc<RootCertStore>>, String> {
     let certs: Vec<CertificateDer<'static>> = match &v.roots {
         Roots::None => return Ok(None),
         Roots::Static(c) => c.clone(),
+        Roots::Unavailable(why) => return Err(why.clone()),
         Roots::Workload => match crate::identity::current() {
             Some(w) if !w.roots().is_empty() => w.roots().to_vec(),
             Some(_) => {
@@ -390,7 +212,7 @@ struct Resolver(CertSource);
 impl Resolver {
     fn key(&self) -> Option<Arc<CertifiedKey>> {
         match &self.0 {
-            CertSource::None => None,
+            CertSource::None | CertSource::Unavailable(_) => None,
             CertSource::Static(k) => Some(k.clone()),
             CertSource::Workload => crate::identity::current().and_then(|w| w.certified_key()),
         }
@@ -418,8 +240,10 @@ impl rustls::client::ResolvesClientCert for Resolver {
 
 /// Why the workload certificate is missing right now, if it is.
 fn workload_missing(cert: &CertSource) -> Option<String> {
-    if !matches!(cert, CertSource::Workload) {
-        return None;
+    match cert {
+        CertSource::Workload => {}
+        CertSource::Unavailable(why) => return Some(why.clone()),
+        CertSource::None | CertSource::Static(_) => return None,
     }
     match crate::identity::current() {
         Some(w) if w.certified_key().is_some() => None,

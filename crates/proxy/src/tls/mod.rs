@@ -4,7 +4,8 @@
 //! `transport_socket_matches`), and what a TLS connection tells the rest of
 //! the proxy about its peer ([`TlsInfo`]).
 //!
-//! - [`context`]: secrets and TLS contexts compiled into rustls configs;
+//! - [`secrets`]: static secrets and secret references (`default`/`ROOTCA`);
+//! - [`context`]: TLS contexts compiled into rustls configs;
 //! - [`verify`]: chain and SAN checks, SAN/subject extraction;
 //! - [`xfcc`]: the `x-forwarded-client-cert` header of an HCM;
 //! - [`Stream`]: a plaintext or TLS byte stream, as HTTP and TCP handling
@@ -14,10 +15,12 @@
 //! `crate::identity`. This module does not own sockets or listeners.
 
 pub mod context;
+pub mod secrets;
 pub mod verify;
 pub mod xfcc;
 
-pub use context::{ClientTls, Secrets, ServerTls};
+pub use context::{ClientTls, ServerTls};
+pub use secrets::Secrets;
 
 use std::io;
 use std::pin::Pin;

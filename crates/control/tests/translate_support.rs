@@ -27,10 +27,6 @@ use harness::{scenarios, translate_scenario};
 /// accepted.
 const KNOWN_GAPS: &[(&str, &str)] = &[
     (
-        "transport_socket",
-        "DestinationRule tls SIMPLE/MUTUAL origination (upstream TLS)",
-    ),
-    (
         "envoy.extensions.filters.http.rbac.v3.RBAC",
         "AuthorizationPolicy on inbound HTTP chains: weft-proxy's RBAC filters are being added (engineer R)",
     ),

@@ -9,6 +9,8 @@ mod kube_inject;
 mod local;
 mod manifest;
 mod output;
+mod proxy_config;
+mod proxy_status;
 mod version;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +51,12 @@ enum Command {
         #[command(subcommand)]
         command: manifest::Command,
     },
+    /// Show the xDS config weftd serves a proxy (istioctl proxy-config).
+    #[command(name = "proxy-config", visible_alias = "pc")]
+    ProxyConfig(proxy_config::Args),
+    /// Sync state of every proxy connected to weftd (istioctl proxy-status).
+    #[command(name = "proxy-status", visible_alias = "ps")]
+    ProxyStatus(proxy_status::Args),
     /// Print the version of this client.
     Version(version::Args),
 }
@@ -65,6 +73,8 @@ fn main() -> anyhow::Result<()> {
         Command::Up(args) => local::up(&args),
         Command::KubeInject(args) => kube_inject::run(&args),
         Command::Manifest { command } => manifest::run(&command),
+        Command::ProxyConfig(args) => proxy_config::run(&args),
+        Command::ProxyStatus(args) => proxy_status::run(&args),
         Command::Version(args) => version::run(&args),
     }
 }

@@ -205,3 +205,187 @@ fn build_rules(
     };
     (wrap(enforce), wrap(shadow))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+    use weft_api::{Kind, ObjectMeta, Origin};
+
+    fn policy(ns: &str, name: &str, annotations: &[(&str, &str)], spec: &str) -> Arc<Object> {
+        Arc::new(Object {
+            api_version: "security.istio.io/v1".into(),
+            kind: Kind::AuthorizationPolicy,
+            meta: ObjectMeta {
+                name: name.into(),
+                namespace: Some(ns.into()),
+                annotations: annotations
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                    .collect(),
+                ..ObjectMeta::default()
+            },
+            spec: Resource::AuthorizationPolicy(serde_yaml::from_str(spec).expect("spec")),
+            origin: Origin::default(),
+        })
+    }
+
+    fn http_rbac(f: &HttpFilter) -> HttpRbac {
+        match &f.config_type {
+            Some(HttpConfig::TypedConfig(any)) => HttpRbac::decode(any.value.as_slice()).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn node(labels: &[(&'static str, &'static str)]) -> ProxyNode {
+        ProxyNode::sidecar("default", "web-1", "10.0.0.1", labels.iter().copied())
+    }
+
+    #[test]
+    fn selection_scope_and_order() {
+        let all = vec![
+            policy(
+                "istio-system",
+                "mesh-audit",
+                &[],
+                "action: AUDIT\nrules: [{}]\n",
+            ),
+            policy(
+                "default",
+                "allow-web",
+                &[],
+                "selector: {matchLabels: {app: web}}\nrules: [{}]\n",
+            ),
+            policy("default", "deny-all", &[], "action: DENY\nrules: [{}]\n"),
+            policy(
+                "default",
+                "other-app",
+                &[],
+                "selector: {matchLabels: {app: db}}\nrules: [{}]\n",
+            ),
+            policy("other", "other-ns", &[], "rules: [{}]\n"),
+            policy(
+                "default",
+                "gateway",
+                &[],
+                "targetRefs: [{kind: Gateway, name: gw}]\nrules: [{}]\n",
+            ),
+        ];
+        let picked = policies_for(&all, "istio-system", &node(&[("app", "web")]));
+        let names: Vec<&str> = picked.iter().map(|o| o.name()).collect();
+        assert_eq!(names, ["mesh-audit", "allow-web", "deny-all"]);
+        let f = AuthzFilters::new(&picked);
+        let actions: Vec<i32> = f
+            .http
+            .iter()
+            .map(|f| http_rbac(f).rules.unwrap().action)
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                Action::Log as i32,
+                Action::Deny as i32,
+                Action::Allow as i32
+            ],
+            "AUDIT, then DENY, then ALLOW"
+        );
+        assert_eq!(f.tcp.len(), 3);
+    }
+
+    #[test]
+    fn dry_run_goes_to_shadow_rules_and_no_rules_allow_nothing() {
+        let all = vec![
+            policy("default", "nothing", &[], "{}\n"),
+            policy("default", "try", &[(DRY_RUN, "true")], "rules: [{}]\n"),
+        ];
+        let f = AuthzFilters::new(&policies_for(&all, "istio-system", &node(&[])));
+        let rbac = http_rbac(&f.http[0]);
+        let rules = rbac.rules.unwrap();
+        assert_eq!(rules.action, Action::Allow as i32);
+        let never = &rules.policies["ns[default]-policy[nothing]-rule[0]"];
+        assert_eq!(never, &rbac::match_never());
+        let shadow = rbac.shadow_rules.unwrap();
+        assert!(
+            shadow
+                .policies
+                .contains_key("ns[default]-policy[try]-rule[0]")
+        );
+        assert_eq!(rbac.shadow_rules_stat_prefix, "istio_dry_run_allow_");
+    }
+
+    #[test]
+    fn custom_fails_closed_as_a_deny_filter_first() {
+        let all = vec![
+            policy("default", "allow", &[], "rules: [{}]\n"),
+            policy(
+                "default",
+                "ext",
+                &[],
+                "action: CUSTOM\nprovider: {name: opa}\nrules:\n- to:\n  - operation: {paths: [/admin/*]}\n",
+            ),
+        ];
+        let f = AuthzFilters::new(&policies_for(&all, "istio-system", &node(&[])));
+        let first = http_rbac(&f.http[0]).rules.unwrap();
+        assert_eq!(first.action, Action::Deny as i32);
+        let (name, p) = first.policies.iter().next().unwrap();
+        assert_eq!(
+            name,
+            "istio-ext-authz-ns[default]-policy[ext]-rule[0]-deny-due-to-bad-CUSTOM-action"
+        );
+        assert!(
+            format!("{:?}", p.permissions).contains("/admin/"),
+            "the CUSTOM rule's match is what is denied: {p:?}"
+        );
+        assert_eq!(
+            http_rbac(&f.http[1]).rules.unwrap().action,
+            Action::Allow as i32
+        );
+    }
+
+    #[test]
+    fn http_only_fields_on_tcp() {
+        let all = vec![
+            policy(
+                "default",
+                "allow",
+                &[],
+                "rules:\n- to:\n  - operation: {methods: [GET]}\n- to:\n  - operation: {ports: [\"80\"]}\n",
+            ),
+            policy(
+                "default",
+                "deny",
+                &[],
+                "action: DENY\nrules:\n- to:\n  - operation: {methods: [POST], ports: [\"81\"]}\n",
+            ),
+        ];
+        let f = AuthzFilters::new(&policies_for(&all, "istio-system", &node(&[])));
+        let tcp = |i: usize| match &f.tcp[i].config_type {
+            Some(ConfigType::TypedConfig(any)) => {
+                NetworkRbac::decode(any.value.as_slice()).unwrap()
+            }
+            other => panic!("{other:?}"),
+        };
+        // DENY: the method condition is dropped, the port kept (wider).
+        let deny = tcp(0).rules.unwrap();
+        let p = &deny.policies["ns[default]-policy[deny]-rule[0]"];
+        let text = format!("{:?}", p.permissions);
+        assert!(
+            text.contains("DestinationPort(81)") && !text.contains("POST"),
+            "{text}"
+        );
+        // ALLOW: the rule using methods is dropped entirely (narrower).
+        let allow = tcp(1).rules.unwrap();
+        assert!(
+            !allow
+                .policies
+                .contains_key("ns[default]-policy[allow]-rule[0]")
+        );
+        assert!(
+            allow
+                .policies
+                .contains_key("ns[default]-policy[allow]-rule[1]")
+        );
+        let http = http_rbac(&f.http[1]).rules.unwrap();
+        assert_eq!(http.policies.len(), 2, "both ALLOW rules apply to HTTP");
+    }
+}

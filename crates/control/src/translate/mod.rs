@@ -109,6 +109,9 @@ pub struct MeshView {
     pub peer_authn: authn::PeerAuthentications,
     /// AuthorizationPolicies, in key order.
     pub authorization_policies: Vec<Arc<Object>>,
+    /// ServiceEntry `subjectAltNames` by (namespace, name): identities
+    /// their hosts' workloads may present (mesh TLS SAN matching).
+    pub service_entry_sans: std::collections::BTreeMap<(String, String), Vec<String>>,
 }
 
 impl MeshView {
@@ -122,6 +125,18 @@ impl MeshView {
         mesh.root_namespace = Some(root.clone());
         let of = |k: Kind| snapshot.of_kind(&k).cloned().collect::<Vec<_>>();
         let peer_authn = authn::PeerAuthentications::new(&of(Kind::PeerAuthentication), &root);
+        let service_entry_sans = snapshot
+            .of_kind(&Kind::ServiceEntry)
+            .filter_map(|o| {
+                let se = o.as_service_entry()?;
+                (!se.subject_alt_names.is_empty()).then(|| {
+                    (
+                        (o.namespace().to_string(), o.name().to_string()),
+                        se.subject_alt_names.clone(),
+                    )
+                })
+            })
+            .collect();
         MeshView {
             version: snapshot.version,
             registry: snapshot.registry(&RegistryOptions {
@@ -137,6 +152,7 @@ impl MeshView {
             sidecars: of(Kind::Sidecar),
             peer_authn,
             authorization_policies: of(Kind::AuthorizationPolicy),
+            service_entry_sans,
         }
     }
 

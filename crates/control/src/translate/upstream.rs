@@ -16,7 +16,7 @@
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
 use weft_api::networking::{ClientTlsMode, ClientTlsSettings};
-use weft_api::registry::{MeshLocation, Resolution, Service};
+use weft_api::registry::{MeshLocation, Resolution, Service, ServiceSource};
 
 use super::authn::PeerMode;
 use super::tls::{
@@ -35,8 +35,8 @@ pub struct UpstreamCluster<'a> {
     pub lb_passthrough: bool,
 }
 
-/// The SPIFFE identities of the service's workloads (sorted, unique),
-/// Istio's "service accounts" of a service.
+/// Istio's "service accounts" of a service (sorted, unique): the SPIFFE
+/// identities of its workloads, plus a ServiceEntry's `subjectAltNames`.
 pub fn service_accounts(view: &MeshView, svc: &Service) -> Vec<String> {
     let td = view.mesh.trust_domain_or_default();
     let mut out: Vec<String> = view
@@ -46,6 +46,13 @@ pub fn service_accounts(view: &MeshView, svc: &Service) -> Vec<String> {
         .filter(|e| !e.service_account.is_empty())
         .map(|e| metadata::principal(td, &e.namespace, &e.service_account))
         .collect();
+    if svc.source == ServiceSource::ServiceEntry
+        && let Some(sans) = view
+            .service_entry_sans
+            .get(&(svc.namespace.clone(), svc.name.clone()))
+    {
+        out.extend(sans.iter().cloned());
+    }
     out.sort();
     out.dedup();
     out

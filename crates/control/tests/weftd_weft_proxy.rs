@@ -260,3 +260,247 @@ fn weft_proxy_nacks_what_it_cannot_honour_and_keeps_routing() {
     drop(proxy);
     drop(weftd);
 }
+
+// === DNS ===
+
+/// The pod's (fake) cluster resolver: the address apps send DNS to, which
+/// capture redirects to weft-proxy's DNS proxy.
+const NAMESERVER: &str = "10.96.0.53";
+
+/// A ServiceEntry host without addresses: with DNS auto-allocation it
+/// resolves to a 240.240.0.0/16 VIP.
+const SERVICE_ENTRY: &str = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin-ext, namespace: default}
+spec:
+  hosts: [httpbin.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{address: 192.0.2.80}]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+";
+
+/// A minimal upstream DNS server standing in for the cluster's resolver
+/// behind weft-proxy: `outside.test` A 192.0.2.55, NXDOMAIN for anything
+/// else. Bound inside the pod on 127.0.0.1; stops when dropped.
+struct Upstream {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Upstream {
+    fn start(mesh: &Mesh) -> Upstream {
+        let sock = mesh
+            .pod
+            .enter(|| std::net::UdpSocket::bind("127.0.0.1:0"))
+            .expect("enter pod")
+            .expect("bind the upstream DNS server");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let addr = sock.local_addr().expect("address");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                if let Some(reply) = upstream_reply(&buf[..n]) {
+                    let _ = sock.send_to(&reply, peer);
+                }
+            }
+        });
+        Upstream {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The upstream's answer to one query (DNS wire format, RFC 1035 §4).
+fn upstream_reply(q: &[u8]) -> Option<Vec<u8>> {
+    if q.len() < 12 || u16::from_be_bytes([q[4], q[5]]) != 1 {
+        return None;
+    }
+    // The question: labels, then type and class.
+    let mut i = 12;
+    let mut name = Vec::new();
+    loop {
+        let len = usize::from(*q.get(i)?);
+        i += 1;
+        if len == 0 {
+            break;
+        }
+        name.push(String::from_utf8_lossy(q.get(i..i + len)?).to_ascii_lowercase());
+        i += len;
+    }
+    let qtype = u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]);
+    let question = q.get(12..i + 4)?;
+    let known = name.join(".") == "outside.test";
+    let answer = known && qtype == 1;
+    let mut r = Vec::with_capacity(64);
+    r.extend_from_slice(&q[0..2]);
+    // QR, opcode and RD as asked, RA; NXDOMAIN (3) for unknown names.
+    r.push(0x80 | (q[2] & 0x79));
+    r.push(0x80 | if known { 0 } else { 3 });
+    r.extend_from_slice(&[0, 1, 0, u8::from(answer), 0, 0, 0, 0]);
+    r.extend_from_slice(question);
+    if answer {
+        r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 55]);
+    }
+    Some(r)
+}
+
+/// `getent hosts NAME` run as an app (root, captured) inside the pod, with
+/// the pod's resolv.conf bind-mounted over /etc/resolv.conf in a private
+/// mount namespace: the first address, if it resolved.
+fn getent(mesh: &Mesh, resolv: &std::path::Path, name: &str) -> Option<String> {
+    let out = mesh
+        .pod
+        .command("unshare")
+        .expect("command in pod")
+        .args(["-m", "sh", "-c"])
+        .arg("mount --bind \"$0\" /etc/resolv.conf && exec getent hosts \"$1\"")
+        .arg(resolv)
+        .arg(name)
+        .output()
+        .expect("run getent");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.trim().is_empty(),
+            "getent hosts {name}: {}: {err}",
+            out.status
+        );
+        return None;
+    }
+    text.split_whitespace().next().map(str::to_owned)
+}
+
+#[test]
+fn apps_resolve_mesh_names_through_weft_proxy_dns_with_capture() {
+    let mesh = Mesh::new("wp-dns");
+    mesh.pod
+        .netns()
+        .ip(&["addr", "add", &format!("{NAMESERVER}/32"), "dev", "lo"])
+        .expect("nameserver address on lo");
+    std::fs::write(mesh.config.join("httpbin-se.yaml"), SERVICE_ENTRY).expect("ServiceEntry");
+    // weft-proxy runs as 1337 and reads the pod's resolv.conf from here.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(mesh.tmp.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod tmp");
+    let resolv = mesh.tmp.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        format!(
+            "nameserver {NAMESERVER}\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 attempts:1 timeout:2\n"
+        ),
+    )
+    .expect("resolv.conf");
+    let upstream = Upstream::start(&mesh);
+
+    // istio-init's capture with DNS: UDP/TCP 53 to the pod's nameserver
+    // from anyone but 1337 goes to 127.0.0.1:15053.
+    let capture = mesh
+        .pod
+        .command(scenario::weft_proxy_bin())
+        .expect("command in pod")
+        .args(["iptables", "-p", "15001", "-z", "15006", "-u", "1337"])
+        .args([
+            "-m",
+            "REDIRECT",
+            "-i",
+            "*",
+            "-b",
+            "*",
+            "-d",
+            "15090,15021,15020",
+        ])
+        .args([
+            "--ipv6=false",
+            "--redirect-dns",
+            "--dns-servers",
+            NAMESERVER,
+        ])
+        .output()
+        .expect("weft-proxy iptables");
+    assert!(
+        capture.status.success(),
+        "weft-proxy iptables: {}",
+        String::from_utf8_lossy(&capture.stderr)
+    );
+
+    let mut weftd = mesh.start_weftd();
+    let upstreams = upstream.addr.to_string();
+    let resolv_path = resolv.to_str().expect("utf-8 path").to_owned();
+    let mut proxy = start_weft_proxy(
+        &mesh,
+        &[
+            ("ISTIO_META_DNS_CAPTURE", "true"),
+            ("ISTIO_META_DNS_AUTO_ALLOCATE", "true"),
+            ("WEFT_DNS_RESOLV_CONF", &resolv_path),
+            ("WEFT_DNS_UPSTREAMS", &upstreams),
+        ],
+    );
+
+    let mut bare = None;
+    wait_for(
+        "getent hosts reviews through weft-proxy's DNS proxy",
+        &mut [&mut weftd, &mut proxy],
+        || {
+            bare = getent(&mesh, &resolv, "reviews");
+            bare.is_some()
+        },
+    );
+    assert_eq!(bare.as_deref(), Some(scenario::VIP), "reviews");
+    for name in ["reviews.default", "reviews.default.svc.cluster.local"] {
+        assert_eq!(
+            getent(&mesh, &resolv, name).as_deref(),
+            Some(scenario::VIP),
+            "{name}"
+        );
+    }
+    // Another service of the namespace (its VIP is what the routing tests
+    // above send traffic to; here the pod's same-namespace "pods" sit on
+    // lo, where full capture would loop the sidecar's own upstream calls).
+    assert_eq!(
+        getent(&mesh, &resolv, "productpage").as_deref(),
+        Some("10.96.0.10")
+    );
+    // The ServiceEntry host without addresses: its auto-allocated VIP.
+    let se = getent(&mesh, &resolv, "httpbin.example.com").expect("httpbin.example.com resolves");
+    assert!(se.starts_with("240.240."), "auto-allocated VIP, got {se}");
+    // Not a mesh name: forwarded to the upstream resolver.
+    assert_eq!(
+        getent(&mesh, &resolv, "outside.test").as_deref(),
+        Some("192.0.2.55"),
+        "forwarded name"
+    );
+    assert_eq!(getent(&mesh, &resolv, "nowhere.test"), None);
+
+    // weftd goes away: answers come from the last table.
+    drop(weftd);
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.assert_running();
+    assert_eq!(
+        getent(&mesh, &resolv, "reviews").as_deref(),
+        Some(scenario::VIP),
+        "after weftd stopped"
+    );
+    drop(proxy);
+    drop(upstream);
+}

@@ -11,6 +11,9 @@
 //! - RBAC policy names `ns[NS]-policy[NAME]-rule[INDEX]`; a policy without
 //!   rules becomes one policy that never matches (an ALLOW policy without
 //!   rules allows nothing);
+//! - principals written with `cluster.local` or one of the mesh's trust
+//!   domain aliases match every trust domain of the mesh (Istio's trust
+//!   domain migration);
 //! - HTTP chains get `envoy.filters.http.rbac`, TCP chains
 //!   `envoy.filters.network.rbac` (stat prefix `tcp.`), see [`rbac`] for
 //!   what HTTP-only fields do on TCP;
@@ -84,8 +87,9 @@ pub struct AuthzFilters {
 }
 
 impl AuthzFilters {
-    /// Builds the filters for the policies that apply to `node`.
-    pub fn new(policies: &[&Object]) -> AuthzFilters {
+    /// Builds the filters for the policies that apply to a workload;
+    /// `trust_domains` are the mesh's trust domain then its aliases.
+    pub fn new(policies: &[&Object], trust_domains: &[String]) -> AuthzFilters {
         let mut out = AuthzFilters::default();
         let groups: [(AuthorizationAction, Action); 4] = [
             (AuthorizationAction::Custom, Action::Deny),
@@ -112,7 +116,7 @@ impl AuthzFilters {
                     "AuthorizationPolicy action CUSTOM is not supported; denying the requests its rules match"
                 );
             }
-            let (rules, shadow) = build_rules(&group, action, false, custom);
+            let (rules, shadow) = build_rules(&group, action, false, custom, trust_domains);
             out.http.push(HttpFilter {
                 name: HTTP_RBAC.to_string(),
                 config_type: Some(HttpConfig::TypedConfig(pb::any(&HttpRbac {
@@ -123,7 +127,7 @@ impl AuthzFilters {
                 }))),
                 ..HttpFilter::default()
             });
-            let (rules, shadow) = build_rules(&group, action, true, custom);
+            let (rules, shadow) = build_rules(&group, action, true, custom, trust_domains);
             out.tcp.push(Filter {
                 name: NETWORK_RBAC.to_string(),
                 config_type: Some(ConfigType::TypedConfig(pb::any(&NetworkRbac {
@@ -153,6 +157,7 @@ fn build_rules(
     action: Action,
     tcp: bool,
     custom: bool,
+    trust_domains: &[String],
 ) -> (Option<Rbac>, Option<Rbac>) {
     let strict = if action == Action::Allow {
         Strictness::DropRule
@@ -183,7 +188,8 @@ fn build_rules(
             target.insert(name(0), rbac::match_never());
         }
         for (i, rule) in rules.iter().enumerate() {
-            match rbac::policy(rule, tcp, strict, o.namespace()) {
+            let rule = rbac::migrate_trust_domain(rule, trust_domains);
+            match rbac::policy(&rule, tcp, strict, o.namespace()) {
                 Ok(p) => {
                     target.insert(name(i), p);
                 }
@@ -274,7 +280,7 @@ mod tests {
         let picked = policies_for(&all, "istio-system", &node(&[("app", "web")]));
         let names: Vec<&str> = picked.iter().map(|o| o.name()).collect();
         assert_eq!(names, ["mesh-audit", "allow-web", "deny-all"]);
-        let f = AuthzFilters::new(&picked);
+        let f = AuthzFilters::new(&picked, &["cluster.local".to_string()]);
         let actions: Vec<i32> = f
             .http
             .iter()
@@ -298,7 +304,10 @@ mod tests {
             policy("default", "nothing", &[], "{}\n"),
             policy("default", "try", &[(DRY_RUN, "true")], "rules: [{}]\n"),
         ];
-        let f = AuthzFilters::new(&policies_for(&all, "istio-system", &node(&[])));
+        let f = AuthzFilters::new(
+            &policies_for(&all, "istio-system", &node(&[])),
+            &["cluster.local".to_string()],
+        );
         let rbac = http_rbac(&f.http[0]);
         let rules = rbac.rules.unwrap();
         assert_eq!(rules.action, Action::Allow as i32);
@@ -324,7 +333,10 @@ mod tests {
                 "action: CUSTOM\nprovider: {name: opa}\nrules:\n- to:\n  - operation: {paths: [/admin/*]}\n",
             ),
         ];
-        let f = AuthzFilters::new(&policies_for(&all, "istio-system", &node(&[])));
+        let f = AuthzFilters::new(
+            &policies_for(&all, "istio-system", &node(&[])),
+            &["cluster.local".to_string()],
+        );
         let first = http_rbac(&f.http[0]).rules.unwrap();
         assert_eq!(first.action, Action::Deny as i32);
         let (name, p) = first.policies.iter().next().unwrap();
@@ -358,7 +370,10 @@ mod tests {
                 "action: DENY\nrules:\n- to:\n  - operation: {methods: [POST], ports: [\"81\"]}\n",
             ),
         ];
-        let f = AuthzFilters::new(&policies_for(&all, "istio-system", &node(&[])));
+        let f = AuthzFilters::new(
+            &policies_for(&all, "istio-system", &node(&[])),
+            &["cluster.local".to_string()],
+        );
         let tcp = |i: usize| match &f.tcp[i].config_type {
             Some(ConfigType::TypedConfig(any)) => {
                 NetworkRbac::decode(any.value.as_slice()).unwrap()

@@ -238,10 +238,11 @@ pub fn virtual_inbound(
         &view.options.root_namespace,
         node,
     );
+    let trust_domains = trust_domains(view);
     let ib = Inbound {
         logs,
-        authz: AuthzFilters::new(&policies),
-        trust_domains: trust_domains(view),
+        authz: AuthzFilters::new(&policies, &trust_domains),
+        trust_domains,
     };
     let mut chains = vec![chain(
         "virtualInbound-blackhole",

@@ -25,16 +25,7 @@ use harness::{scenarios, translate_scenario};
 /// why translation still writes them. A refusal whose path ends in one of
 /// these fields (or whose detail names one of these types) is reported but
 /// accepted.
-const KNOWN_GAPS: &[(&str, &str)] = &[
-    (
-        "envoy.extensions.filters.http.rbac.v3.RBAC",
-        "AuthorizationPolicy on inbound HTTP chains: weft-proxy's RBAC filters are being added (engineer R)",
-    ),
-    (
-        "envoy.extensions.filters.network.rbac.v3.RBAC",
-        "AuthorizationPolicy on inbound TCP chains: weft-proxy's RBAC filters are being added (engineer R)",
-    ),
-];
+const KNOWN_GAPS: &[(&str, &str)] = &[];
 
 fn pool() -> &'static prost_reflect::DescriptorPool {
     weft_proxy::config::pool()

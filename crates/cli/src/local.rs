@@ -66,7 +66,11 @@ fn validate_name(name: &str) -> anyhow::Result<()> {
 pub fn reporter() -> weft_local::Report {
     let start = std::time::Instant::now();
     Arc::new(move |line: &str| {
-        println!("[{:>6.1}s] {line}", start.elapsed().as_secs_f64());
+        use std::io::Write;
+        // A closed stdout must not stop the mesh.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "[{:>6.1}s] {line}", start.elapsed().as_secs_f64());
+        let _ = out.flush();
     })
 }
 

@@ -145,7 +145,11 @@ pub fn plan_files(files: &BTreeMap<String, String>, opts: &PlanOptions) -> Plan 
     let (docs, mut errors) = manifest::parse_files(files);
     // Istio resources get weftd's own validation, with lines.
     for p in weft_api::analyze_files(files).problems {
-        if !p.is_error() || p.error.message.starts_with("not valid YAML") {
+        // YAML syntax errors are reported once, by `parse_files`.
+        if !p.is_error()
+            || p.error.message.starts_with("not valid YAML")
+            || p.error.message.starts_with("invalid YAML")
+        {
             continue;
         }
         errors.push(PlanError {

@@ -146,13 +146,15 @@ struct H2Pool {
     settings: HttpSettings,
     /// Each endpoint's connection and the streams opened on it.
     conns: Mutex<HashMap<SocketAddr, (http2::SendRequest<Body>, u32)>>,
+    /// Held while a connection to the endpoint is being opened, so that
+    /// concurrent requests wait for it and share it (as Envoy multiplexes
+    /// them on one connection) instead of each opening their own.
+    connecting: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl H2Pool {
-    async fn connection(
-        &self,
-        addr: SocketAddr,
-    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
+    /// A pooled connection to `addr` that may take another stream.
+    fn pooled(&self, addr: SocketAddr) -> Option<http2::SendRequest<Body>> {
         {
             let mut conns = self.conns.lock().expect("h2 pool");
             if let Some((s, used)) = conns.get_mut(&addr).filter(|(s, _)| !s.is_closed()) {
@@ -167,8 +169,29 @@ impl H2Pool {
                 {
                     conns.remove(&addr);
                 }
-                return Ok(s);
+                return Some(s);
             }
+        }
+        None
+    }
+
+    async fn connection(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
+        if let Some(s) = self.pooled(addr) {
+            return Ok(s);
+        }
+        let gate = self
+            .connecting
+            .lock()
+            .expect("h2 pool")
+            .entry(addr)
+            .or_default()
+            .clone();
+        let _opening = gate.lock().await;
+        if let Some(s) = self.pooled(addr) {
+            return Ok(s);
         }
         let tcp = dial(
             addr,
@@ -246,6 +269,7 @@ impl UpstreamClient {
                     transports: transports.clone(),
                     settings: http.clone(),
                     conns: Mutex::new(HashMap::new()),
+                    connecting: Mutex::new(HashMap::new()),
                 })
                 .collect::<Arc<[H2Pool]>>()
         });

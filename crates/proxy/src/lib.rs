@@ -18,6 +18,8 @@
 //!   thread's ports, metrics, Envoy-format access logs, pilot-agent commands,
 //!   log levels, and the protocol sniffer.
 //! - `xds`: the sidecar mode, an ADS client of weftd (`weft-proxy run --xds-address`).
+//! - `dns`: the sidecar DNS proxy on 15053 (mesh names from weftd's NDS
+//!   table, other names forwarded to the pod's resolvers).
 
 pub mod accesslog;
 pub mod config;

@@ -456,6 +456,8 @@ scenarios!(
     timeout_route,
     tls_inspector_sni,
     tls_inspector_transport,
+    tls_mtls_xfcc,
+    tls_auto_mtls,
     unknown_cluster,
     unreachable_upstream,
     vhost_domains,

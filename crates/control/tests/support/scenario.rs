@@ -380,6 +380,11 @@ impl Mesh {
         }
     }
 
+    /// The runtime serving the reviews pods (for more in-pod servers).
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self._rt
+    }
+
     pub fn start_weftd(&self) -> Killed {
         start_weftd(&self.pod, self.tmp.path(), &self.config)
     }

@@ -304,7 +304,9 @@ fn prepare_headers(hcm: &HttpManager, meta: &ConnMeta, h: &mut http::HeaderMap) 
         }
     }
     if hcm.use_remote_address || !h.contains_key("x-forwarded-proto") {
-        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        // The downstream connection's scheme, as Envoy sets it.
+        let scheme = if meta.tls.is_some() { "https" } else { "http" };
+        h.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
     }
     if hcm.generate_request_id {
         let keep =

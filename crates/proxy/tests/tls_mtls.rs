@@ -49,6 +49,11 @@ async fn mesh() -> Mesh {
     let dir = pki.dir.path().to_owned();
     let server_cert = pki.issue("server", SERVER_ID);
     let client_cert = pki.issue("client", CLIENT_ID);
+    let client_foreign = pki.issue(
+        "client-foreign",
+        "spiffe://evil.example/ns/default/sa/client",
+    );
+    let client_expired = pki.issue_expired("client-expired", CLIENT_ID);
     let expired = pki.issue_expired("expired", SERVER_ID);
     let foreign = pki.issue("foreign", "spiffe://evil.example/ns/default/sa/server");
     let app = support::upstream("app").await;
@@ -147,6 +152,14 @@ async fn mesh() -> Mesh {
                 hcm("out-nocert", "nocert", json!({}), &client_log),
             ),
             client_listener("tcp", tcp("out-tcp", "server-tcp", &client_log)),
+            client_listener(
+                "as-foreign",
+                hcm("out-as-foreign", "as-foreign", json!({}), &client_log),
+            ),
+            client_listener(
+                "as-expired",
+                hcm("out-as-expired", "as-expired", json!({}), &client_log),
+            ),
         ],
         vec![
             cluster("server-h1", &[(inbound, None)], h1_tls),
@@ -168,8 +181,24 @@ async fn mesh() -> Mesh {
             ),
             cluster("nocert", &[(inbound, None)], no_cert),
             cluster("server-tcp", &[(inbound, None)], tcp_tls),
+            cluster(
+                "as-foreign",
+                &[(inbound, None)],
+                json!({"transport_socket": ts(upstream(
+                    common("client-foreign", "mesh-root", false, Some(exact.clone()), &["http/1.1"]),
+                    sni))}),
+            ),
+            cluster(
+                "as-expired",
+                &[(inbound, None)],
+                json!({"transport_socket": ts(upstream(
+                    common("client-expired", "mesh-root", false, Some(exact.clone()), &["http/1.1"]),
+                    sni))}),
+            ),
         ],
         vec![
+            cert_secret("client-foreign", &client_foreign),
+            cert_secret("client-expired", &client_expired),
             cert_secret("client-cert", &client_cert),
             root_secret("mesh-root", &pki.root()),
         ],
@@ -403,4 +432,29 @@ async fn an_sds_secret_weft_cannot_serve_fails_connections_not_the_config() {
     );
     assert_eq!(app.hits(), 0);
     p.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_strict_server_refuses_foreign_and_expired_client_certificates() {
+    let m = mesh().await;
+    for (listener, alert) in [
+        ("as-foreign", "CertificateUnknown"),
+        ("as-expired", "CertificateExpired"),
+    ] {
+        let got = support::get(m.client_addr(listener), "server.default", "/").await;
+        assert_eq!(got.status, 503, "{listener}: {}", got.body);
+        let log = wait_for_log(&m.client_log, |t| {
+            t.contains(&format!("cluster={listener} "))
+        })
+        .await;
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("cluster={listener} ")))
+            .unwrap_or_else(|| panic!("no {listener} line: {log}"));
+        // The server's verdict reaches the client as a TLS alert.
+        assert!(line.contains(alert), "{listener}: {line}");
+    }
+    assert_eq!(m.app.hits(), 0);
+    m.client.shutdown();
+    m.server.shutdown();
 }

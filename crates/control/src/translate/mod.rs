@@ -109,9 +109,10 @@ pub struct MeshView {
     pub peer_authn: authn::PeerAuthentications,
     /// AuthorizationPolicies, in key order.
     pub authorization_policies: Vec<Arc<Object>>,
-    /// ServiceEntry `subjectAltNames` by (namespace, name): identities
-    /// their hosts' workloads may present (mesh TLS SAN matching).
-    pub service_entry_sans: std::collections::BTreeMap<(String, String), Vec<String>>,
+    /// Istio's "service accounts" of each service by hostname: the SPIFFE
+    /// identities its workloads present, plus a ServiceEntry's
+    /// `subjectAltNames` (mesh TLS SAN matching), computed once per view.
+    pub service_accounts: std::collections::HashMap<String, Vec<String>>,
 }
 
 impl MeshView {
@@ -125,23 +126,13 @@ impl MeshView {
         mesh.root_namespace = Some(root.clone());
         let of = |k: Kind| snapshot.of_kind(&k).cloned().collect::<Vec<_>>();
         let peer_authn = authn::PeerAuthentications::new(&of(Kind::PeerAuthentication), &root);
-        let service_entry_sans = snapshot
-            .of_kind(&Kind::ServiceEntry)
-            .filter_map(|o| {
-                let se = o.as_service_entry()?;
-                (!se.subject_alt_names.is_empty()).then(|| {
-                    (
-                        (o.namespace().to_string(), o.name().to_string()),
-                        se.subject_alt_names.clone(),
-                    )
-                })
-            })
-            .collect();
+        let registry = snapshot.registry(&RegistryOptions {
+            domain: options.domain.clone(),
+        });
+        let service_accounts = upstream::all_service_accounts(snapshot, &registry, &mesh);
         MeshView {
             version: snapshot.version,
-            registry: snapshot.registry(&RegistryOptions {
-                domain: options.domain.clone(),
-            }),
+            registry,
             mesh,
             options: TranslateOptions {
                 root_namespace: root,
@@ -152,7 +143,7 @@ impl MeshView {
             sidecars: of(Kind::Sidecar),
             peer_authn,
             authorization_policies: of(Kind::AuthorizationPolicy),
-            service_entry_sans,
+            service_accounts,
         }
     }
 

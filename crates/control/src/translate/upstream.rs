@@ -15,8 +15,13 @@
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use std::collections::HashMap;
 use weft_api::networking::{ClientTlsMode, ClientTlsSettings};
-use weft_api::registry::{MeshLocation, Resolution, Service, ServiceSource};
+
+use weft_api::Kind;
+use weft_api::mesh::MeshConfig;
+use weft_api::registry::{MeshLocation, Registry, Resolution, Service, ServiceSource};
+use weft_api::store::Snapshot;
 
 use super::authn::PeerMode;
 use super::tls::{
@@ -35,27 +40,47 @@ pub struct UpstreamCluster<'a> {
     pub lb_passthrough: bool,
 }
 
-/// Istio's "service accounts" of a service (sorted, unique): the SPIFFE
-/// identities of its workloads, plus a ServiceEntry's `subjectAltNames`.
-pub fn service_accounts(view: &MeshView, svc: &Service) -> Vec<String> {
-    let td = view.mesh.trust_domain_or_default();
-    let mut out: Vec<String> = view
-        .registry
-        .all_endpoints(&svc.hostname)
-        .iter()
-        .filter(|e| !e.service_account.is_empty())
-        .map(|e| metadata::principal(td, &e.namespace, &e.service_account))
-        .collect();
-    if svc.source == ServiceSource::ServiceEntry
-        && let Some(sans) = view
-            .service_entry_sans
-            .get(&(svc.namespace.clone(), svc.name.clone()))
-    {
-        out.extend(sans.iter().cloned());
+/// Istio's "service accounts" of every service (sorted, unique): the
+/// SPIFFE identities of its workloads, plus a ServiceEntry's
+/// `subjectAltNames`.
+pub fn all_service_accounts(
+    snapshot: &Snapshot,
+    registry: &Registry,
+    mesh: &MeshConfig,
+) -> HashMap<String, Vec<String>> {
+    let td = mesh.trust_domain_or_default();
+    let mut se_sans: HashMap<(&str, &str), &[String]> = HashMap::new();
+    for o in snapshot.of_kind(&Kind::ServiceEntry) {
+        if let Some(se) = o.as_service_entry() {
+            se_sans.insert((o.namespace(), o.name()), &se.subject_alt_names);
+        }
     }
-    out.sort();
-    out.dedup();
-    out
+    registry
+        .services()
+        .map(|svc| {
+            let mut out: Vec<String> = registry
+                .all_endpoints(&svc.hostname)
+                .iter()
+                .filter(|e| !e.service_account.is_empty())
+                .map(|e| metadata::principal(td, &e.namespace, &e.service_account))
+                .collect();
+            if svc.source == ServiceSource::ServiceEntry
+                && let Some(sans) = se_sans.get(&(svc.namespace.as_str(), svc.name.as_str()))
+            {
+                out.extend(sans.iter().cloned());
+            }
+            out.sort();
+            out.dedup();
+            (svc.hostname.clone(), out)
+        })
+        .collect()
+}
+
+/// The service accounts of `svc` (see [`all_service_accounts`]).
+pub fn service_accounts<'v>(view: &'v MeshView, svc: &Service) -> &'v [String] {
+    view.service_accounts
+        .get(&svc.hostname)
+        .map_or(&[], Vec::as_slice)
 }
 
 fn is_original_dst(c: &Cluster) -> bool {
@@ -104,10 +129,10 @@ pub fn apply_upstream_tls(
                 let sans = if t.subject_alt_names.is_empty() {
                     service_accounts(view, u.service)
                 } else {
-                    t.subject_alt_names.clone()
+                    &t.subject_alt_names
                 };
                 let sni = t.sni.clone().unwrap_or(sni);
-                cluster.transport_socket = Some(tls_socket(&istio_mutual(&sni, &sans, u.alpn)));
+                cluster.transport_socket = Some(tls_socket(&istio_mutual(&sni, sans, u.alpn)));
             }
         }
         return;
@@ -119,7 +144,7 @@ pub fn apply_upstream_tls(
     }
     let socket = tls_socket(&istio_mutual(
         &sni,
-        &service_accounts(view, u.service),
+        service_accounts(view, u.service),
         u.alpn,
     ));
     if is_original_dst(cluster) {

@@ -16,10 +16,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use weft_api::store::{StoreOptions, build_snapshot};
+use weft_control::discovery::apply_snapshot;
 use weft_control::translate::{MeshView, ProxyNode, TranslateOptions, TranslationGenerator};
+use weft_control::xds_cache::XdsCache;
 use weft_xds::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use weft_xds::{
-    AdsClient, AdsServer, Any, ClientConfig, DebounceConfig, ProxyKind, ProxyMetadata, PushRequest,
+    AdsClient, AdsServer, Any, ClientConfig, DebounceConfig, ProxyKind, ProxyMetadata, PushScope,
     Pusher, ServerOptions, XdsMetrics,
 };
 
@@ -152,7 +154,31 @@ fn main() {
             }
         }
         Some("run") => run(num(1, 1000), num(2, 1000), num(3, 5)),
-        _ => panic!("usage: control_bench gen N DIR | run N CLIENTS ROUNDS"),
+        Some("weftd") => {
+            let usage = "usage: control_bench weftd N DIR XDS_ADDR WEFTD_PID CLIENTS ROUNDS";
+            let dir = args.get(2).expect(usage).clone();
+            let addr = args.get(3).expect(usage).clone();
+            let pid: u32 = args
+                .get(4)
+                .expect(usage)
+                .parse()
+                .expect("WEFTD_PID is a number");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(against_weftd(
+                num(1, 1000),
+                dir,
+                addr,
+                pid,
+                num(5, 1000),
+                num(6, 3),
+            ));
+        }
+        _ => panic!(
+            "usage: control_bench gen N DIR | run N CLIENTS ROUNDS | weftd N DIR XDS_ADDR WEFTD_PID CLIENTS ROUNDS"
+        ),
     }
 }
 
@@ -244,6 +270,7 @@ fn run(n: usize, clients: usize, rounds: usize) {
         (after - mid) / held as f64
     );
     drop((encoded, decoded));
+    cache_costs(n, &view);
     if clients > 0 {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -251,6 +278,48 @@ fn run(n: usize, clients: usize, rounds: usize) {
             .expect("tokio runtime");
         rt.block_on(ads(n, clients, rounds, files, snap, view));
     }
+}
+
+/// What weftd's encoded cache costs: the first proxies of each scope (a
+/// scope translation each), further proxies of known scopes (own part and a
+/// union only), and the RSS the cache holds per proxy.
+fn cache_costs(n: usize, view: &MeshView) {
+    let types = [LISTENER, ROUTE, CLUSTER, ENDPOINT];
+    let cache = XdsCache::new(view.clone());
+    let proxies = (3 * n).min(200);
+    let node = |k: usize| sidecar(k % n, k / n % 3).to_node();
+    let before = rss_mib();
+    let t = Instant::now();
+    let first = proxies / 2;
+    for k in 0..first {
+        for ty in types {
+            cache.generate(&node(k), ty).expect("valid node");
+        }
+    }
+    let first_time = t.elapsed();
+    let (_, scopes) = cache.stats();
+    let t = Instant::now();
+    for k in first..proxies {
+        for ty in types {
+            cache.generate(&node(k), ty).expect("valid node");
+        }
+    }
+    let more_time = t.elapsed();
+    let after = rss_mib();
+    let (held, scopes_after) = cache.stats();
+    println!("cache_proxies={held} cache_scope_parts={scopes_after}");
+    println!(
+        "cache_first_{first}_proxies_ms={:.1} (scope parts: {scopes})",
+        ms(first_time)
+    );
+    println!(
+        "cache_per_further_proxy_ms={:.2}",
+        ms(more_time) / (proxies - first) as f64
+    );
+    println!(
+        "cache_rss_per_proxy_mib={:.2} (approximate: allocator reuse)",
+        (after - before) / held as f64
+    );
 }
 
 async fn ads(
@@ -337,10 +406,12 @@ async fn ads(
         let t0 = Instant::now();
         files.insert("svc-0.yaml".to_string(), service_file(0, round));
         let next = build_snapshot(&files, vec![], Some(&snap), &StoreOptions::default());
-        generator.update(MeshView::new(&next, TranslateOptions::default()));
+        // weftd's path: endpoints-only when only workloads changed.
+        let request = apply_snapshot(&generator, &snap, &next, &TranslateOptions::default());
+        assert_ne!(request.scope, PushScope::Full, "{}", request.reason);
         snap = next;
         rebuilds.push(t0.elapsed());
-        pusher.trigger(PushRequest::endpoints(format!("round {round}")));
+        pusher.trigger(request);
         let mut done = vec![false; clients];
         let mut got = 0;
         let mut latencies = Vec::with_capacity(clients);
@@ -380,4 +451,217 @@ async fn ads(
     for h in handles {
         h.shutdown().await;
     }
+}
+
+// === against a running weftd ===
+
+/// One lightweight ADS client (state of the world): subscribes to CDS and
+/// LDS, then to the EDS and RDS names they need, ACKs every response and
+/// keeps nothing but names; reports each EDS version it ACKs.
+async fn light_client(
+    addr: String,
+    node: weft_xds::Node,
+    id: usize,
+    report: mpsc::UnboundedSender<(usize, String, Instant)>,
+) -> Result<(), String> {
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use weft_xds::DiscoveryRequest;
+    use weft_xds::names::{eds_names, rds_names};
+    let channel = tonic::transport::Endpoint::from_shared(addr)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(60))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
+    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
+    let request =
+        |type_url: &str, names: Vec<String>, version: String, nonce: String| DiscoveryRequest {
+            node: Some(node.clone()),
+            type_url: type_url.to_string(),
+            resource_names: names,
+            version_info: version,
+            response_nonce: nonce,
+            ..Default::default()
+        };
+    tx.send(request(CLUSTER, vec![], String::new(), String::new()))
+        .await
+        .map_err(|e| e.to_string())?;
+    tx.send(request(LISTENER, vec![], String::new(), String::new()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stream = client
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|e| format!("stream: {e}"))?
+        .into_inner();
+    let mut eds: Vec<String> = Vec::new();
+    let mut rds: Vec<String> = Vec::new();
+    let mut nonces: BTreeMap<String, (String, String)> = BTreeMap::new();
+    while let Some(resp) = stream.message().await.map_err(|e| e.to_string())? {
+        let ty = resp.type_url.clone();
+        let names = match ty.as_str() {
+            CLUSTER => {
+                let next: Vec<String> = eds_names(&resp.resources).into_iter().collect();
+                if next != eds {
+                    eds = next;
+                    let (v, n) = nonces.get(ENDPOINT).cloned().unwrap_or_default();
+                    tx.send(request(ENDPOINT, eds.clone(), v, n))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                vec![]
+            }
+            LISTENER => {
+                let next: Vec<String> = rds_names(&resp.resources).into_iter().collect();
+                if next != rds {
+                    rds = next;
+                    let (v, n) = nonces.get(ROUTE).cloned().unwrap_or_default();
+                    tx.send(request(ROUTE, rds.clone(), v, n))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                vec![]
+            }
+            ENDPOINT => eds.clone(),
+            ROUTE => rds.clone(),
+            _ => vec![],
+        };
+        let version = resp.version_info.clone();
+        drop(resp.resources);
+        nonces.insert(ty.clone(), (version.clone(), resp.nonce.clone()));
+        tx.send(request(&ty, names, version.clone(), resp.nonce))
+            .await
+            .map_err(|e| e.to_string())?;
+        if ty == ENDPOINT {
+            let _ = report.send((id, version, Instant::now()));
+        }
+    }
+    Ok(())
+}
+
+fn proc_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn proc_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// C light clients against the real weftd (pid `pid`) serving DIR (made
+/// by `gen N DIR`); then ROUNDS endpoint changes made by rewriting
+/// `svc-0.yaml` in DIR (weftd's file watch, snapshot, EDS-only push): time
+/// from the write until every client ACKed a new EDS version, weftd's CPU
+/// and RSS (read from /proc of that pid).
+async fn against_weftd(
+    n: usize,
+    dir: String,
+    addr: String,
+    pid: u32,
+    clients: usize,
+    rounds: usize,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, String, Instant)>();
+    let cpu0 = proc_cpu_seconds(pid);
+    let rss0 = proc_rss_mib(pid);
+    let started = Instant::now();
+    // Connect in batches, each synced before the next, so initial pushes
+    // of large configs do not all sit in buffers at once.
+    let default_batch = if n >= 10_000 {
+        25
+    } else if n >= 1000 {
+        100
+    } else {
+        clients
+    };
+    let batch = std::env::var("BENCH_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(default_batch);
+    let mut synced = vec![false; clients];
+    let mut count = 0;
+    let mut c = 0;
+    while c < clients {
+        let end = (c + batch).min(clients);
+        for k in c..end {
+            let md = sidecar(k % n, (k / n) % 3);
+            let mut node = md.to_node();
+            if k >= 3 * n {
+                node.id = format!("{}-{k}", node.id);
+            }
+            let (addr, tx) = (format!("http://{addr}"), tx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = light_client(addr, node, k, tx).await {
+                    eprintln!("client {k}: {e}");
+                }
+            });
+        }
+        while count < end {
+            let (k, _, _) = rx.recv().await.expect("clients report");
+            if !synced[k] {
+                synced[k] = true;
+                count += 1;
+            }
+        }
+        c = end;
+    }
+    let initial = started.elapsed();
+    let initial_cpu = proc_cpu_seconds(pid) - cpu0;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while rx.try_recv().is_ok() {}
+    println!(
+        "services={n} clients={clients} (real weftd pid {pid}, light clients in another process)"
+    );
+    println!("weftd_rss_before_clients_mib={rss0:.1}");
+    println!("initial_sync_s={:.2}", initial.as_secs_f64());
+    println!("weftd_initial_sync_cpu_s={initial_cpu:.2}");
+    println!("weftd_rss_with_clients_mib={:.1}", proc_rss_mib(pid));
+    let mut all = Vec::new();
+    let mut totals = Vec::new();
+    let cpu_before = proc_cpu_seconds(pid);
+    for round in 1..=rounds {
+        let path = format!("{dir}/svc-0.yaml");
+        let t0 = Instant::now();
+        std::fs::write(&path, service_file(0, round)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let mut done = vec![false; clients];
+        let mut got = 0;
+        let mut latencies = Vec::with_capacity(clients);
+        while got < clients {
+            let (k, _, at) = rx.recv().await.expect("clients report");
+            if at > t0 && !done[k] {
+                done[k] = true;
+                got += 1;
+                latencies.push(at - t0);
+            }
+        }
+        latencies.sort();
+        totals.push(*latencies.last().expect("clients"));
+        all.extend(latencies);
+        // Let late ACK traffic settle before the next round.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let cpu = proc_cpu_seconds(pid) - cpu_before;
+    all.sort();
+    totals.sort();
+    println!("rounds={rounds}");
+    println!("ack_p50_ms={:.1}", ms(percentile(&all, 0.5)));
+    println!("ack_p99_ms={:.1}", ms(percentile(&all, 0.99)));
+    println!("all_acked_median_ms={:.1}", ms(totals[totals.len() / 2]));
+    println!(
+        "all_acked_max_ms={:.1}",
+        ms(*totals.last().expect("rounds"))
+    );
+    println!("weftd_cpu_s_per_push={:.2}", cpu / rounds as f64);
+    println!("weftd_rss_after_pushes_mib={:.1}", proc_rss_mib(pid));
 }

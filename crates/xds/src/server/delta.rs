@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
 use tokio::time::Instant;
 use tonic::{Status, Streaming};
@@ -33,7 +33,7 @@ struct Closed;
 pub(super) async fn run(
     shared: Arc<Shared>,
     mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: ResponseTx<DeltaDiscoveryResponse>,
+    tx: ResponseTx,
 ) {
     let mut closed = shared.closed.subscribe();
     let Some(first) = first_request(&mut requests, &mut closed).await else {
@@ -136,7 +136,7 @@ enum Mode {
 
 struct DeltaStream {
     ctx: StreamCtx,
-    tx: ResponseTx<DeltaDiscoveryResponse>,
+    tx: ResponseTx,
     watches: BTreeMap<String, DeltaWatch>,
     seen: u64,
 }
@@ -370,17 +370,8 @@ impl DeltaStream {
         }
         let version = desired.version();
         let nonce = self.ctx.next_nonce();
-        let response = DeltaDiscoveryResponse {
+        let head = DeltaDiscoveryResponse {
             system_version_info: version.clone(),
-            resources: updated
-                .iter()
-                .map(|r| DeltaResource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(r.any.clone()),
-                    ..Default::default()
-                })
-                .collect(),
             type_url: type_url.to_string(),
             removed_resources: removed.clone(),
             nonce: nonce.clone(),
@@ -389,6 +380,12 @@ impl DeltaStream {
             }),
             ..Default::default()
         };
+        let entries: Vec<(&str, &str, &envoy_types::pb::google::protobuf::Any)> = updated
+            .iter()
+            .map(|r| (r.name.as_str(), r.version.as_str(), &r.any))
+            .collect();
+        let frame = super::grpc::delta_frame(&head, &entries);
+        drop(entries);
         let sent_resources = updated;
         let updated: Vec<(String, String)> = sent_resources
             .iter()
@@ -426,7 +423,7 @@ impl DeltaStream {
             resources = count,
             "delta xDS push"
         );
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
+        self.tx.send(Ok(frame)).await.map_err(|_| Closed)?;
         Ok(sent_resources)
     }
 }

@@ -8,24 +8,20 @@
 //! compute resources.
 
 mod delta;
+mod grpc;
 mod sotw;
+
+pub use grpc::AdsService;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::{Request, Response, Status, Streaming};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Status, Streaming};
 
 use crate::error::XdsError;
 use crate::metrics::XdsMetrics;
@@ -110,12 +106,11 @@ impl AdsServer {
         }
     }
 
-    /// The tonic service, to add to a `tonic::transport::Server` next to
-    /// other services.
-    pub fn service(&self) -> AggregatedDiscoveryServiceServer<AdsServer> {
-        AggregatedDiscoveryServiceServer::new(self.clone())
-            .max_decoding_message_size(self.shared.options.max_request_bytes)
-            .max_encoding_message_size(usize::MAX)
+    /// The gRPC service, to add to a `tonic::transport::Server` next to
+    /// other services. Responses are encoded per message ([`AdsService`]),
+    /// not into a buffer kept per stream.
+    pub fn service(&self) -> AdsService {
+        AdsService::new(self.clone())
     }
 
     /// Binds `addr` (e.g. `0.0.0.0:15010`) and serves until `shutdown`
@@ -191,7 +186,8 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, XdsError> {
 
 // === stream plumbing shared by both variants ===
 
-type ResponseTx<T> = mpsc::Sender<Result<T, Status>>;
+/// Encoded gRPC frames of a stream's responses ([`grpc`]).
+type ResponseTx = mpsc::Sender<Result<bytes::Bytes, Status>>;
 
 /// What every stream holds: identity, status entry, nonce counter.
 pub(crate) struct StreamCtx {
@@ -299,38 +295,6 @@ async fn first_request<T: prost::Message + Default>(
             }
         },
         _ = closed.wait_for(|c| *c) => None,
-    }
-}
-
-type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        if *self.shared.closed.borrow() {
-            return Err(Status::unavailable("xDS server is shutting down"));
-        }
-        let (tx, rx) = mpsc::channel(self.shared.options.response_buffer);
-        tokio::spawn(sotw::run(self.shared.clone(), request.into_inner(), tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        if *self.shared.closed.borrow() {
-            return Err(Status::unavailable("xDS server is shutting down"));
-        }
-        let (tx, rx) = mpsc::channel(self.shared.options.response_buffer);
-        tokio::spawn(delta::run(self.shared.clone(), request.into_inner(), tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 

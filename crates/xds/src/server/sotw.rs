@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::Any;
 use tokio::time::Instant;
 use tonic::{Status, Streaming};
 
@@ -34,7 +35,7 @@ struct Closed;
 pub(super) async fn run(
     shared: Arc<Shared>,
     mut requests: Streaming<DiscoveryRequest>,
-    tx: ResponseTx<DiscoveryResponse>,
+    tx: ResponseTx,
 ) {
     let mut closed = shared.closed.subscribe();
     let Some(first) = first_request(&mut requests, &mut closed).await else {
@@ -116,7 +117,7 @@ enum Mode {
 
 struct SotwStream {
     ctx: StreamCtx,
-    tx: ResponseTx<DiscoveryResponse>,
+    tx: ResponseTx,
     watches: BTreeMap<String, Watch>,
     seen: u64,
 }
@@ -353,9 +354,8 @@ impl SotwStream {
             picked
         };
         let nonce = self.ctx.next_nonce();
-        let response = DiscoveryResponse {
+        let head = DiscoveryResponse {
             version_info: version.clone(),
-            resources: resources.iter().map(|r| r.any.clone()).collect(),
             type_url: type_url.to_string(),
             nonce: nonce.clone(),
             control_plane: Some(ControlPlane {
@@ -363,7 +363,10 @@ impl SotwStream {
             }),
             ..Default::default()
         };
-        let count = response.resources.len();
+        let count = resources.len();
+        let anys: Vec<&Any> = resources.iter().map(|r| &r.any).collect();
+        let frame = super::grpc::sotw_frame(&head, &anys);
+        drop(anys);
         let watch = self.watches.get_mut(type_url).expect("watch checked above");
         // Everything that differed was sent: the proxy now holds `desired`
         // (plus, for named types, resources SotW cannot remove; irrelevant).
@@ -386,7 +389,7 @@ impl SotwStream {
             resources = count,
             "xDS push"
         );
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
+        self.tx.send(Ok(frame)).await.map_err(|_| Closed)?;
         Ok(updated)
     }
 }

@@ -467,6 +467,13 @@ fn apps_resolve_mesh_names_through_weft_proxy_dns_with_capture() {
         },
     );
     assert_eq!(bare.as_deref(), Some(scenario::VIP), "reviews");
+    // weftd shows the NameTable sent and ACKed on /debug/syncz.
+    wait_for("NDS ACKed on syncz", &mut [&mut weftd, &mut proxy], || {
+        syncz_row(&mesh).is_some_and(|row| {
+            let nds = &row["weft_versions"]["nds"];
+            nds["acked"].as_str().is_some_and(|v| !v.is_empty()) && nds["acked"] == nds["sent"]
+        })
+    });
     for name in ["reviews.default", "reviews.default.svc.cluster.local"] {
         assert_eq!(
             getent(&mesh, &resolv, name).as_deref(),

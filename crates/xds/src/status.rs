@@ -155,6 +155,19 @@ impl ProxySyncStatus {
                 );
             }
         }
+        // Istio's NDS (sidecars with DNS capture): weft's fields only.
+        if let Some(s) = self.types.get(crate::nds::NAME_TABLE) {
+            versions.insert(
+                "nds".into(),
+                serde_json::json!({"sent": s.sent_version, "acked": s.acked_version}),
+            );
+            if let Some(n) = &s.last_nack {
+                nacks.insert(
+                    "nds".into(),
+                    serde_json::json!({"version": n.version, "nonce": n.nonce, "message": n.message}),
+                );
+            }
+        }
         out.insert("weft_versions".into(), versions.into());
         if !nacks.is_empty() {
             out.insert("weft_last_nack".into(), nacks.into());

@@ -14,6 +14,8 @@
 //! - `tls`: downstream TLS termination and upstream TLS (rustls), secrets,
 //!   SAN checks, the peer identity of a connection; `identity`: the
 //!   sidecar's workload certificate from weftd's CA (`default`, `ROOTCA`).
+//! - `rbac`: Envoy's HTTP and network RBAC filters (AuthorizationPolicy);
+//!   `istio_metrics`: Istio's standard metrics with Istio's labels.
 //! - `admin`, `stats`, `accesslog`, `agent`, `logging`, `sniff`: the control
 //!   thread's ports, metrics, Envoy-format access logs, pilot-agent commands,
 //!   log levels, and the protocol sniffer.

@@ -28,7 +28,7 @@ use crate::accesslog::Flags;
 use crate::model::cluster::{Cluster, Host};
 use crate::server::conn::ConnMeta;
 use arc_swap::ArcSwap;
-use envoy_types::pb::envoy::config::core::v3::Node as PbNode;
+use envoy_types::pb::envoy::config::core::v3::{Metadata, Node as PbNode};
 use http::{HeaderMap, HeaderValue};
 use peer::{Node, Workload};
 use std::collections::{HashMap, HashSet};
@@ -63,6 +63,7 @@ const SHARDS: usize = 16;
 pub struct IstioMetrics {
     node: ArcSwap<Node>,
     shards: Arc<[Mutex<Shard>]>,
+    scopes: Mutex<Vec<Arc<Scope>>>,
 }
 
 impl Default for IstioMetrics {
@@ -70,6 +71,7 @@ impl Default for IstioMetrics {
         IstioMetrics {
             node: ArcSwap::from_pointee(default_node().unwrap_or_default()),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            scopes: Mutex::new(Vec::new()),
         }
     }
 }
@@ -95,17 +97,33 @@ impl IstioMetrics {
             Some((n, md)) if !md.fields.is_empty() => Node::from_metadata(&n.id, md),
             _ => default_node().unwrap_or_default(),
         };
-        self.node.store(Arc::new(fresh));
+        // Unchanged node: keep the Arc, so scopes (and series) are reused.
+        if *self.node.load_full() != fresh {
+            self.node.store(Arc::new(fresh));
+        }
     }
 
-    /// The scope of a listener's filters.
+    /// The scope of a listener's filters (one per reporter and exchange
+    /// setting for a given node, reused across config versions so series
+    /// do not multiply with xDS pushes).
     pub fn scope(&self, reporter: Reporter, exchange: bool) -> Arc<Scope> {
-        Arc::new(Scope {
+        let node = self.node.load_full();
+        let mut scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
+        scopes.retain(|s| Arc::ptr_eq(&s.node, &node));
+        if let Some(s) = scopes
+            .iter()
+            .find(|s| s.reporter == reporter && s.exchange == exchange)
+        {
+            return s.clone();
+        }
+        let s = Arc::new(Scope {
             reporter,
             exchange,
-            node: self.node.load_full(),
+            node,
             shards: self.shards.clone(),
-        })
+        });
+        scopes.push(s.clone());
+        s
     }
 
     /// Appends the Prometheus text of every istio_* family.
@@ -246,6 +264,9 @@ struct TcpCell {
     received: u64,
 }
 
+/// A cluster's resolved service and the metadata object it came from.
+type ServiceEntry = (Option<Arc<Metadata>>, Option<Arc<Service>>);
+
 /// One thread's series and lookup caches.
 #[derive(Debug, Default)]
 struct Shard {
@@ -256,7 +277,7 @@ struct Shard {
     /// Peers by endpoint address, with the `istio.workload` they came from.
     endpoints: HashMap<SocketAddr, (String, Arc<Workload>)>,
     /// Services by cluster name, with the metadata they came from.
-    services: HashMap<Arc<str>, (usize, Option<Arc<Service>>)>,
+    services: HashMap<Arc<str>, ServiceEntry>,
     principals: HashSet<Arc<str>>,
 }
 
@@ -303,28 +324,28 @@ impl Shard {
     }
 
     fn service(&mut self, cluster: &Cluster) -> Option<Arc<Service>> {
-        let md_ptr = cluster
-            .metadata
-            .as_ref()
-            .map(|m| Arc::as_ptr(m) as usize)
-            .unwrap_or(0);
-        if let Some((p, s)) = self.services.get(&cluster.name)
-            && *p == md_ptr
-        {
-            return s.clone();
-        }
-        let s = cluster
-            .metadata
-            .as_deref()
-            .and_then(peer::service)
-            .map(Arc::new);
+        let same_md = |held: &Option<Arc<Metadata>>| match (held, &cluster.metadata) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let previous = match self.services.get(&cluster.name) {
+            Some((md, s)) if same_md(md) => return s.clone(),
+            Some((_, s)) => s.clone(),
+            None => None,
+        };
+        let fresh = cluster.metadata.as_deref().and_then(peer::service);
+        // A new config version with the same service keeps its Arc, so the
+        // series (keyed by address) stay the same across xDS pushes.
+        let s = match (previous, fresh) {
+            (Some(p), Some(f)) if *p == f => Some(p),
+            (_, f) => f.map(Arc::new),
+        };
         if self.services.len() >= CACHE_LIMIT {
             self.services.clear();
         }
-        // Keeping the metadata pointer only as a tag: the cluster name
-        // keys the entry, and a new metadata object recomputes it.
         self.services
-            .insert(cluster.name.clone(), (md_ptr, s.clone()));
+            .insert(cluster.name.clone(), (cluster.metadata.clone(), s.clone()));
         s
     }
 

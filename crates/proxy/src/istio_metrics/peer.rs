@@ -41,6 +41,14 @@ pub struct Node {
     pub exchange: Option<HeaderValue>,
 }
 
+/// Same workload and node id (the exchange value's bytes are not compared:
+/// a protobuf map encodes in no fixed order).
+impl PartialEq for Node {
+    fn eq(&self, o: &Self) -> bool {
+        self.me == o.me && self.exchange_id == o.exchange_id
+    }
+}
+
 impl Default for Node {
     fn default() -> Self {
         Node::from_metadata("", &Struct::default())

@@ -152,3 +152,27 @@ fn exchange_headers_are_added_outbound_and_taken_inbound() {
     HttpObs::start(Some(&quiet), &mut h2);
     assert!(h2.is_empty());
 }
+
+#[test]
+fn scopes_are_reused_across_config_versions_of_the_same_node() {
+    let m = IstioMetrics::default();
+    let mut pb = envoy_types::pb::envoy::config::core::v3::Node {
+        id: "sidecar~10.0.0.1~a.ns~ns.svc.cluster.local".into(),
+        metadata: Some(node_md()),
+        ..Default::default()
+    };
+    m.set_node(Some(&pb));
+    let a = m.scope(Reporter::Source, true);
+    m.set_node(Some(&pb.clone()));
+    assert!(Arc::ptr_eq(&a, &m.scope(Reporter::Source, true)));
+    assert!(!Arc::ptr_eq(&a, &m.scope(Reporter::Destination, true)));
+    pb.metadata
+        .as_mut()
+        .unwrap()
+        .fields
+        .insert("NAMESPACE".into(), s("other"));
+    m.set_node(Some(&pb));
+    let b = m.scope(Reporter::Source, true);
+    assert!(!Arc::ptr_eq(&a, &b), "a new node gives new scopes");
+    assert_eq!(b.node.me.namespace, "other");
+}

@@ -13,7 +13,10 @@
 //! thread that entered the namespace. Capture is one iptables rule:
 //! connections to the service address on 9080 go to 15006.
 //!
-//! `envoy_enforces_strict_mtls_and_authorization_from_weftd` checks:
+//! `envoy_enforces_strict_mtls_and_authorization_from_weftd` checks (and
+//! `envoy_accepts_both_in_permissive_mode_and_authorizes_by_identity` the
+//! same under PERMISSIVE, where plaintext is answered but, without a peer
+//! identity, denied by the ALLOW policy):
 //! Envoy accepts every update (zero `update_rejected`), a
 //! plaintext client is refused (STRICT), an mTLS client with the allowed
 //! identity is served and the application sees its SPIFFE id in
@@ -63,6 +66,17 @@ const OTHER_ID: &str = "spiffe://cluster.local/ns/default/sa/intruder";
 
 #[test]
 fn envoy_enforces_strict_mtls_and_authorization_from_weftd() {
+    server_sidecar("STRICT");
+}
+
+#[test]
+fn envoy_accepts_both_in_permissive_mode_and_authorizes_by_identity() {
+    server_sidecar("PERMISSIVE");
+}
+
+/// The server-sidecar scenario under a mesh-wide PeerAuthentication `mode`
+/// (STRICT or PERMISSIVE).
+fn server_sidecar(mode: &str) {
     weft_testbed::require_root();
     let version = std::process::Command::new("envoy")
         .arg("--version")
@@ -100,7 +114,7 @@ fn envoy_enforces_strict_mtls_and_authorization_from_weftd() {
     let work = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(work.path().join("config")).expect("config dir");
     let reviews = Workload::reviews(APP_IP);
-    config(&work.path().join("config"), &[&reviews]);
+    config(&work.path().join("config"), &[&reviews], mode);
     // Per-pod bootstrap tokens, as the runtime writes them before weftd
     // serves CSRs.
     let store = TokenStore::new();
@@ -196,7 +210,15 @@ fn envoy_enforces_strict_mtls_and_authorization_from_weftd() {
                 Ok(s) => get(s, "/reviews/1").await,
                 Err(e) => Err(e),
             };
-            assert!(plain.is_err(), "plaintext request was answered: {plain:?}");
+            if mode == "STRICT" {
+                assert!(plain.is_err(), "plaintext request was answered: {plain:?}");
+            } else {
+                // PERMISSIVE: the plaintext chain serves it, but without a
+                // peer identity the ALLOW policy does not match.
+                let (status, body) = plain.expect("plaintext answered in PERMISSIVE mode");
+                assert_eq!(status, 403, "{body}");
+                assert!(body.contains("RBAC: access denied"), "{body}");
+            }
 
             let s = stats_over(tokio::net::TcpStream::connect(("127.0.0.1", ADMIN)).await).await;
             assert!(
@@ -218,7 +240,7 @@ fn envoy_enforces_strict_mtls_and_authorization_from_weftd() {
                 .map(|(_, v)| *v)
                 .sum();
             assert!(
-                denied >= 2,
+                denied >= if mode == "STRICT" { 2 } else { 3 },
                 "RBAC denials counted: {:?}",
                 s.iter()
                     .filter(|(k, _)| k.contains("rbac"))
@@ -301,7 +323,11 @@ fn two_envoy_sidecars_use_auto_mtls_from_weftd() {
 
     let work = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(work.path().join("config")).expect("config dir");
-    config(&work.path().join("config"), &[&reviews, &productpage]);
+    config(
+        &work.path().join("config"),
+        &[&reviews, &productpage],
+        "STRICT",
+    );
     let store = TokenStore::new();
     let token = |sa: &str| {
         store

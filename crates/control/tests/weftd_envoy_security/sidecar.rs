@@ -86,16 +86,15 @@ status: {{phase: Running, podIP: {ip}}}
     }
 }
 
-/// The mesh (`workloads`), STRICT mTLS everywhere, and reviews'
-/// policies: DENY `/admin/*`, ALLOW only productpage's identity.
-pub fn config(dir: &Path, workloads: &[&Workload]) {
+/// The mesh (`workloads`), a mesh-wide PeerAuthentication `mtls_mode`,
+/// and reviews' policies: DENY `/admin/*`, ALLOW only productpage's
+/// identity.
+pub fn config(dir: &Path, workloads: &[&Workload], mtls_mode: &str) {
     let mesh: String = workloads.iter().map(|w| w.yaml()).collect();
-    let security = r#"apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: istio-system}
-spec:
-  mtls: {mode: STRICT}
----
+    let peer = format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: istio-system}}\nspec:\n  mtls: {{mode: {mtls_mode}}}\n"
+    );
+    let security = r#"
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: no-admin, namespace: default}
@@ -120,6 +119,7 @@ spec:
 "#;
     std::fs::write(dir.join("mesh.yaml"), mesh).expect("write mesh.yaml");
     std::fs::write(dir.join("security.yaml"), security).expect("write security.yaml");
+    std::fs::write(dir.join("peer.yaml"), peer).expect("write peer.yaml");
 }
 
 pub fn start_weftd(pod: &Pod, work: &Path, xds: &str) -> Killed {

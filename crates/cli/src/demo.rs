@@ -63,6 +63,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         anyhow::bail!("--requests {}: must be between 1 and 5000", args.requests);
     }
     let dir = demo_dir(args)?;
+    local::build_siblings()?;
     let stop = local::stop_signal()?;
     let up = local::UpArgs {
         dir: dir.clone(),

@@ -92,6 +92,53 @@ pub fn stop_signal() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
+/// When launched by `cargo run` (cargo sets `$CARGO`), builds weftd and
+/// weft-proxy next to this `weft` with the same profile, so
+/// `cargo run --release --bin weft -- demo` works from a fresh clone and
+/// never runs stale siblings. Otherwise the runtime reports missing
+/// binaries itself, with the command that builds them.
+pub fn build_siblings() -> anyhow::Result<()> {
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        return Ok(());
+    };
+    let exe = std::env::current_exe()?;
+    let Some(dir) = exe.parent() else {
+        return Ok(());
+    };
+    let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if !matches!(profile, "debug" | "release") {
+        return Ok(());
+    }
+    println!(
+        "building weftd and weft-proxy ({profile}) next to {}",
+        exe.display()
+    );
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args([
+        "build",
+        "-q",
+        "-p",
+        "weft-control",
+        "--bin",
+        "weftd",
+        "-p",
+        "weft-proxy",
+        "--bin",
+        "weft-proxy",
+    ]);
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    if let Some(target) = dir.parent() {
+        cmd.env("CARGO_TARGET_DIR", target);
+    }
+    let status = cmd.status()?;
+    if !status.success() {
+        anyhow::bail!("cargo build of weftd and weft-proxy failed ({status})");
+    }
+    Ok(())
+}
+
 /// Starts the mesh and waits until it is ready, printing what runs.
 pub fn start(opts: UpOptions, stop: &AtomicBool, ready_timeout: u64) -> anyhow::Result<Mesh> {
     let report = reporter();
@@ -165,6 +212,7 @@ pub fn print_summary(mesh: &Mesh, name: &str) {
 pub fn up(args: &UpArgs) -> anyhow::Result<()> {
     let opts = args.options()?;
     weft_local::require_root("weft up")?;
+    build_siblings()?;
     let stop = stop_signal()?;
     let mut mesh = start(opts, &stop, args.ready_timeout)?;
     if stop.load(Ordering::SeqCst) {

@@ -77,9 +77,10 @@ pub enum Error {
     },
     /// A binary the mesh needs was not found.
     #[error(
-        "cannot find the `{binary}` binary (looked in {looked}); build it with \
-         `cargo build --release --bin weftd --bin weft-proxy --bin weft` \
-         or point WEFT_BIN_DIR at the directory holding it"
+        "cannot find the `{binary}` binary (looked in {looked}); from the repository root, \
+         build all three with `cargo build --release --bin weftd --bin weft-proxy --bin weft` \
+         (or use `cargo run --release --bin weft -- ...`, which builds them), \
+         or point WEFT_BIN_DIR at the directory holding them"
     )]
     MissingBinary {
         /// The binary's name.
@@ -127,6 +128,9 @@ pub enum Error {
     /// No running mesh, pod or container matches.
     #[error("{0}")]
     NotFound(String),
+    /// A mesh of that name is already running.
+    #[error("{0}")]
+    AlreadyRunning(String),
     /// The bootstrap token store failed.
     #[error(transparent)]
     Token(#[from] weft_identity::auth::TokenStoreError),

@@ -5,6 +5,7 @@
 //! One mesh is shared by a sequence of checks (the demo plus a sidecar-less
 //! namespace) to keep the suite short; request counts are bounded.
 
+mod policies;
 mod support;
 
 use std::net::SocketAddr;

@@ -111,6 +111,15 @@ impl Mesh {
         let proxy = bins::find("weft-proxy")?;
         let weft = bins::find("weft")?;
         let prefix = state::prefix(&opts.name);
+        if let Ok(running) = MeshState::load(&opts.name)
+            && running.pid != std::process::id()
+            && Path::new(&format!("/proc/{}", running.pid)).exists()
+        {
+            return Err(Error::AlreadyRunning(format!(
+                "mesh {:?} is already running (weft up pid {}); give another --name, or stop it with `weft down --name {}`",
+                opts.name, running.pid, opts.name
+            )));
+        }
         // A crashed run of the same name leaves namespaces behind: clear them.
         let leftovers = weft_testbed::cleanup_prefix(&prefix)?;
         if !leftovers.is_empty() {

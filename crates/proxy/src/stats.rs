@@ -300,9 +300,10 @@ impl Stats {
         // Counters are shared by name, as Envoy's are: the enforced pair by
         // the rules prefix, the shadow pair by the shadow prefix.
         let mut pair = |shadow_pair: bool, prefix: &str| {
-            if let Some(p) = all.iter().find(|p| {
-                p.scope == scope && p.shadow == shadow_pair && p.prefix == prefix
-            }) {
+            if let Some(p) = all
+                .iter()
+                .find(|p| p.scope == scope && p.shadow == shadow_pair && p.prefix == prefix)
+            {
                 return p.clone();
             }
             let p = Arc::new(RbacPair {

@@ -214,7 +214,11 @@ async fn run_with(
         lines
     };
     drop(running);
-    Ok(Run { obs: out, logs, stats })
+    Ok(Run {
+        obs: out,
+        logs,
+        stats,
+    })
 }
 
 /// What one proxy run of a scenario observed.

@@ -29,6 +29,7 @@ pub struct ConnMeta {
 impl ConnMeta {
     /// The downstream peer's identity for policy and telemetry: the URI
     /// SAN of its client certificate (`spiffe://td/ns/NS/sa/SA`), as
+    /// Envoy's RBAC `principal_name`/`authenticated` and Istio's
     /// `source_principal` use it. `None` for plaintext or server-only TLS.
     pub fn peer_principal(&self) -> Option<&str> {
         self.tls.as_deref().and_then(TlsInfo::peer_principal)

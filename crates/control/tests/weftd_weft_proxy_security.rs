@@ -29,7 +29,6 @@ use weft_identity::{CaClient, MeshTrust, SpiffeId, TokenStore};
 use weft_testbed::{Node, Pod};
 
 #[path = "support/scenario.rs"]
-#[allow(dead_code)]
 mod scenario;
 #[path = "weftd_envoy_security/sidecar.rs"]
 #[allow(dead_code)]

@@ -24,7 +24,6 @@ pub use secrets::Secrets;
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -199,6 +198,3 @@ impl AsyncWrite for Stream {
         }
     }
 }
-
-/// A shared TLS context a cluster or endpoint uses.
-pub type SharedClientTls = Arc<ClientTls>;

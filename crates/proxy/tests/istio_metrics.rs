@@ -40,6 +40,7 @@ fn sidecar(
     stat: &str,
     http_target: (&str, u16, &str),
     tcp_target: (&str, u16),
+    external: u16,
 ) -> String {
     let (hname, hport, endpoint_md) = http_target;
     let (tname, tport) = tcp_target;
@@ -62,6 +63,8 @@ fn sidecar(
               routes:
               - match: {{ prefix: "/direct" }}
                 direct_response: {{ status: 418 }}
+              - match: {{ prefix: "/external" }}
+                route: {{ cluster: external }}
               - match: {{ prefix: "/" }}
                 route: {{ cluster: "{hname}" }}
           http_filters:
@@ -87,7 +90,15 @@ fn sidecar(
       endpoints:
       - lb_endpoints:
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {hport} }} }} }}
-{endpoint_md}  - name: "{tname}"
+{endpoint_md}  - name: external
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: external
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {external} }} }} }}
+  - name: "{tname}"
     type: STATIC
     connect_timeout: 1s
 {SERVICES}    load_assignment:
@@ -167,6 +178,7 @@ async fn sidecars_report_istio_standard_metrics() {
         "inbound_0.0.0.0_9080",
         ("inbound|9080||", app.addr.port(), ""),
         ("inbound|9000||", echo),
+        app.addr.port(),
     ));
     let server_http = server.listener_address("http").expect("bound");
     let server_tcp = server.listener_address("tcp").expect("bound");
@@ -189,6 +201,7 @@ async fn sidecars_report_istio_standard_metrics() {
             "outbound|9000||reviews.default.svc.cluster.local",
             server_tcp.port(),
         ),
+        app.addr.port(),
     ));
     let client_http = client.listener_address("http").expect("bound");
 
@@ -217,6 +230,12 @@ async fn sidecars_report_istio_standard_metrics() {
     assert_eq!(
         get(client_http, "reviews:9080", "/direct").await.status,
         418
+    );
+    // Outside the mesh (a cluster without Istio metadata): no exchange headers.
+    let external = get(client_http, "example.org", "/external").await.echo();
+    assert!(
+        external["headers"].get("x-envoy-peer-metadata").is_none(),
+        "{external}"
     );
     // One TCP connection through both sidecars.
     let client_tcp = client.listener_address("tcp").expect("bound");
@@ -269,14 +288,38 @@ async fn sidecars_report_istio_standard_metrics() {
     assert_eq!(direct[0].0["destination_workload"], "unknown");
     assert_eq!(direct[0].0["destination_service"], "unknown");
     let count = series(&c, "istio_request_duration_milliseconds_count");
-    let hist = find(&count, &[("response_code", "200")]);
+    let hist = find(
+        &count,
+        &[
+            ("response_code", "200"),
+            ("destination_service_name", "reviews"),
+        ],
+    );
     assert_eq!(hist.len(), 1);
     assert_eq!(hist[0].1, 3.0);
     let req_bytes = series(&c, "istio_request_bytes_sum");
-    assert_eq!(find(&req_bytes, &[("response_code", "200")])[0].1, 15.0);
+    assert_eq!(
+        find(
+            &req_bytes,
+            &[
+                ("response_code", "200"),
+                ("destination_service_name", "reviews")
+            ]
+        )[0]
+        .1,
+        15.0
+    );
     let resp_bytes = series(&c, "istio_response_bytes_bucket");
     assert!(
-        find(&resp_bytes, &[("response_code", "200"), ("le", "+Inf")])[0].1 == 3.0,
+        find(
+            &resp_bytes,
+            &[
+                ("response_code", "200"),
+                ("le", "+Inf"),
+                ("destination_service_name", "reviews")
+            ]
+        )[0]
+        .1 == 3.0,
         "{c}"
     );
 
@@ -431,7 +474,9 @@ async fn mutual_tls_principals_and_security_policy() {
                 &[(in_addr, None)],
                 json!({"transport_socket": ts(tls_common::upstream(
                     common("client-cert", "mesh-root", false, Some(json!({"exact": SERVER_ID})), &["istio", "http/1.1"]),
-                    "outbound_.9080_._.reviews.default.svc.cluster.local"))}),
+                    "outbound_.9080_._.reviews.default.svc.cluster.local")),
+                    "metadata": {"filter_metadata": {"istio": {"services": [
+                        {"host": "reviews.default.svc.cluster.local", "name": "reviews", "namespace": "default"}]}}}}),
             )],
             vec![
                 cert_secret("client-cert", &client_cert),

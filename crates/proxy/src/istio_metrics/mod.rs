@@ -392,7 +392,8 @@ impl HttpObs {
                     headers.remove(PEER_ID);
                     peer_header = headers.remove(PEER_METADATA);
                 }
-                Reporter::Source => add_exchange(&scope.node, headers),
+                // Added once the upstream cluster is known (`upstream`).
+                Reporter::Source => {}
             }
         }
         HttpObs {
@@ -401,6 +402,24 @@ impl HttpObs {
             cluster: None,
             host: None,
             grpc,
+        }
+    }
+
+    /// Once the route chose `cluster`: records it, and on the outbound side
+    /// adds this proxy's exchange headers for mesh services only (clusters
+    /// with Istio's `istio` metadata), never for PassthroughCluster or other
+    /// destinations outside the mesh.
+    pub fn upstream(&mut self, cluster: &Arc<Cluster>, headers: &mut HeaderMap) {
+        self.cluster = Some(cluster.clone());
+        let Some(scope) = self.scope.as_ref() else {
+            return;
+        };
+        let in_mesh = cluster
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.filter_metadata.contains_key("istio"));
+        if scope.exchange && scope.reporter == Reporter::Source && in_mesh {
+            add_exchange(&scope.node, headers);
         }
     }
 

@@ -141,6 +141,11 @@ fn exchange_headers_are_added_outbound_and_taken_inbound() {
     let out = m.scope(Reporter::Source, true);
     let mut h = HeaderMap::new();
     let _obs = HttpObs::start(Some(&out), &mut h);
+    assert!(
+        h.is_empty(),
+        "outbound adds its headers once the cluster is known"
+    );
+    add_exchange(&out.node, &mut h);
     assert!(h.contains_key(PEER_METADATA) && h.contains_key(PEER_ID));
     let inb = m.scope(Reporter::Destination, true);
     let obs = HttpObs::start(Some(&inb), &mut h);

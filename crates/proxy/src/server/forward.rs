@@ -207,7 +207,7 @@ pub async fn forward(
         e.upstream_cluster = Some(cluster.name.clone());
     }
     if x.istio.active() {
-        x.istio.cluster = Some(cluster.clone());
+        x.istio.upstream(&cluster, &mut parts.headers);
     }
     let original_pq = parts
         .uri

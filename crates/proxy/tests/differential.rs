@@ -462,6 +462,7 @@ scenarios!(
     tls_inspector_transport,
     tls_mtls_xfcc,
     tls_auto_mtls,
+    tls_permissive,
     unknown_cluster,
     unreachable_upstream,
     vhost_domains,

@@ -40,6 +40,7 @@ use weft_api::{Object, Resource};
 use super::node::ProxyNode;
 use super::pb;
 use super::rbac::{self, Strictness};
+use super::trustdomain;
 
 /// HTTP filter name of RBAC.
 pub const HTTP_RBAC: &str = "envoy.filters.http.rbac";
@@ -188,7 +189,7 @@ fn build_rules(
             target.insert(name(0), rbac::match_never());
         }
         for (i, rule) in rules.iter().enumerate() {
-            let rule = rbac::migrate_trust_domain(rule, trust_domains);
+            let rule = trustdomain::migrate_trust_domain(rule, trust_domains);
             match rbac::policy(&rule, tcp, strict, o.namespace()) {
                 Ok(p) => {
                     target.insert(name(i), p);

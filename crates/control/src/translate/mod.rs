@@ -16,7 +16,7 @@
 //!   HTTP connection managers, TCP proxies and access logs; [`inbound`]:
 //!   `virtualInbound` (15006) with per-port chains by PeerAuthentication
 //!   mode ([`authn`]) and AuthorizationPolicy RBAC filters ([`authz`],
-//!   [`rbac`]);
+//!   [`rbac`], [`trustdomain`]);
 //! - [`tls`] and [`upstream`]: mesh TLS contexts (SDS `default`/`ROOTCA`
 //!   via `sds-grpc`), DestinationRule `tls` modes and auto mTLS;
 //! - [`metadata`]: the `filter_metadata` keys weft-proxy reads for Istio's
@@ -57,6 +57,7 @@ pub mod rbac;
 pub mod route;
 pub mod scope;
 pub mod tls;
+pub mod trustdomain;
 pub mod upstream;
 
 use std::sync::Arc;

@@ -633,7 +633,15 @@ async fn against_weftd(
     for round in 1..=rounds {
         let path = format!("{dir}/svc-0.yaml");
         let t0 = Instant::now();
-        std::fs::write(&path, service_file(0, round)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // A generation whose file differs from the current one (DIR may
+        // come from an earlier run).
+        let current = std::fs::read_to_string(&path).unwrap_or_default();
+        let text = (round..)
+            .step_by(rounds.max(1))
+            .map(|g| service_file(0, g))
+            .find(|t| *t != current)
+            .expect("some generation differs");
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{path}: {e}"));
         let mut done = vec![false; clients];
         let mut got = 0;
         let mut latencies = Vec::with_capacity(clients);

@@ -161,6 +161,29 @@ pub fn apply_snapshot(
     }
 }
 
+/// Keeps allocations of 256 KiB and more (encoded xDS responses of a few
+/// MB each, one per proxy and push) in their own mappings that go back to
+/// the OS when freed. glibc otherwise raises that threshold to the size of
+/// the largest freed block, after which those responses come from the heap
+/// and a push to a thousand proxies leaves hundreds of MB of freed but
+/// unreturned heap behind (measured: weftd RSS with 100 proxies at 1,000
+/// services 404 MiB with the default, 209 MiB with a fixed threshold).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn bound_large_allocations() {
+    // SAFETY: mallopt only changes allocator tunables; glibc serialises it
+    // with allocation internally and it has no memory-safety preconditions.
+    let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024) };
+    if ok != 1 {
+        tracing::debug!(
+            "mallopt(M_MMAP_THRESHOLD) was refused; large responses may stay in the heap"
+        );
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn bound_large_allocations() {}
+
 /// The running discovery service. Keep it alive for as long as weftd runs:
 /// dropping it stops the config watch.
 pub struct Discovery {
@@ -187,6 +210,7 @@ impl Discovery {
         dir: &std::path::Path,
         options: DiscoveryOptions,
     ) -> Result<Discovery, DiscoveryError> {
+        bound_large_allocations();
         let shown = dir.display().to_string();
         let store = Arc::new(
             Store::load(

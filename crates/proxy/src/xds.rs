@@ -32,7 +32,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use prost::Message;
 use prost_reflect::DynamicMessage;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -204,6 +204,14 @@ impl XdsApplier {
         }
     }
 
+    /// Route names the listeners fetch over RDS.
+    fn rds_names(&self) -> BTreeSet<String> {
+        self.listeners
+            .values()
+            .flat_map(|l| rds_names(&l.msg))
+            .collect()
+    }
+
     /// `message` about the assembled bootstrap (`xds:
     /// static_resources.listeners[I]...`) rewritten to name the xDS resource
     /// and the field path inside it: `RouteConfiguration NAME: virtual_hosts...`
@@ -240,12 +248,16 @@ impl XdsApplier {
         message.to_owned()
     }
 
-    /// Attaches each HTTP connection manager of `snap` to the route slot of
-    /// its route table's name (creating slots for new names, dropping
-    /// slots no longer named).
-    fn link_routes(&mut self, snap: &Snapshot) {
+    /// Attaches each HTTP connection manager of `snap` whose routes came
+    /// over RDS (`rds` names) to the route slot of that name (creating
+    /// slots for new names, dropping slots no longer named). Inline routes
+    /// stay with their listener, as in Envoy.
+    fn link_routes(&mut self, snap: &Snapshot, rds: &BTreeSet<String>) {
         let mut slots = HashMap::new();
         for hcm in http_managers(snap) {
+            if !rds.contains(&*hcm.routes.name) {
+                continue;
+            }
             let name = hcm.routes.name.clone();
             let slot = slots
                 .entry(name.clone())
@@ -403,7 +415,7 @@ impl XdsApplier {
             Some(shared) => {
                 let shared = shared.clone();
                 let snap = Snapshot::compile(&loaded, &shared.stats).map_err(err)?;
-                self.link_routes(&snap);
+                self.link_routes(&snap, &next.rds_names());
                 shared.swap_in(snap).map_err(|e| e.to_string())?;
                 Self::publish_routes(&shared.snapshot.load());
             }
@@ -411,7 +423,7 @@ impl XdsApplier {
                 let proxy = Proxy::start(loaded, self.opts.clone())
                     .map_err(|e| next.locate(&e.to_string()))?;
                 let snap = proxy.shared.snapshot.load_full();
-                self.link_routes(&snap);
+                self.link_routes(&snap, &next.rds_names());
                 Self::publish_routes(&snap);
                 self.shared = Some(proxy.shared.clone());
                 if let Some(tx) = self.started.take() {

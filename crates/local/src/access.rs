@@ -22,6 +22,7 @@ pub fn exec(mesh: &str, pod: &str, argv: &[String]) -> Result<ExitStatus> {
         resolv_conf: Some(p.resolv_conf.clone()),
         hosts: Some(p.hosts.clone()),
         run_as: None,
+        hostname: Some(p.name.clone()),
         new_session: false,
     };
     let mut cmd = sandbox.command(program)?;

@@ -21,6 +21,8 @@ pub struct Sandbox {
     pub hosts: Option<PathBuf>,
     /// uid/gid to run as (root when `None`).
     pub run_as: Option<(u32, u32)>,
+    /// The hostname inside (its own UTS namespace), as a pod's is its name.
+    pub hostname: Option<String>,
     /// Start a new session (pods' processes: a Ctrl-C meant for `weft up`
     /// must not reach them); `weft exec` keeps the terminal instead.
     pub new_session: bool,
@@ -41,7 +43,18 @@ impl Sandbox {
         .filter_map(|(src, dst)| Some((cstring(src?)?, dst)))
         .collect();
         let mut cmd = Command::new(program);
-        enter_before_exec(&mut cmd, netns, mounts, self.run_as, self.new_session);
+        let hostname = self
+            .hostname
+            .as_ref()
+            .map(|h| std::ffi::OsString::from(h.chars().take(63).collect::<String>()));
+        enter_before_exec(
+            &mut cmd,
+            netns,
+            mounts,
+            hostname,
+            self.run_as,
+            self.new_session,
+        );
         Ok(cmd)
     }
 }
@@ -56,13 +69,14 @@ fn enter_before_exec(
     cmd: &mut Command,
     netns: File,
     mounts: Vec<(std::ffi::CString, &'static str)>,
+    hostname: Option<std::ffi::OsString>,
     run_as: Option<(u32, u32)>,
     new_session: bool,
 ) {
     use nix::mount::{MsFlags, mount};
     use nix::sched::{CloneFlags, setns, unshare};
     use nix::sys::signal::SigSet;
-    use nix::unistd::{Gid, Uid, setgid, setgroups, setsid, setuid};
+    use nix::unistd::{Gid, Uid, setgid, setgroups, sethostname, setsid, setuid};
     use std::os::unix::process::CommandExt;
 
     let hook = move || -> std::io::Result<()> {
@@ -92,6 +106,10 @@ fn enter_before_exec(
                 )?;
             }
         }
+        if let Some(name) = &hostname {
+            unshare(CloneFlags::CLONE_NEWUTS)?;
+            sethostname(name)?;
+        }
         if let Some((uid, gid)) = run_as {
             setgroups(&[])?;
             setgid(Gid::from_raw(gid))?;
@@ -100,8 +118,8 @@ fn enter_before_exec(
         Ok(())
     };
     // SAFETY: the hook runs in the forked child before exec. It only makes
-    // system calls (pthread_sigmask, setsid, setns, unshare, mount, setgroups, setgid,
-    // setuid) on values moved in before the fork: the mount sources are
+    // system calls (pthread_sigmask, setsid, setns, unshare, mount,
+    // sethostname, setgroups, setgid, setuid) on values moved in before the fork: the mount sources are
     // prepared C strings and the targets short static paths (nix copies
     // those onto the stack, no allocation), and no lock is taken.
     unsafe {

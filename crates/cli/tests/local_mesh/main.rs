@@ -362,6 +362,52 @@ fn bad_input_and_crash_cleanup() {
             .any(|l| l.contains("shop/web-") && l.contains("true")),
         "web must run:\n{seen}"
     );
+    // `weft logs`: the app's output, and the sidecar's with -c proxy.
+    let logs = |extra: &[&str]| {
+        let out = Command::new(WEFT)
+            .env_remove("CARGO")
+            .args(["logs", "--name", &name, "web"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "weft logs {extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let app_log = logs(&[]);
+    assert!(
+        app_log.contains("listening on 0.0.0.0:8080 (http)"),
+        "{app_log}"
+    );
+    let proxy_log = logs(&["-c", "proxy"]);
+    assert!(proxy_log.contains("weft-proxy"), "{proxy_log}");
+    // `weft exec`: a command inside the pod sees the pod's address and name.
+    let out = Command::new(WEFT)
+        .env_remove("CARGO")
+        .args([
+            "exec",
+            "--name",
+            &name,
+            "shop/web",
+            "--",
+            "sh",
+            "-c",
+            "ip -4 -o addr show eth0; hostname",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(" 10.88.0."),
+        "{out:?}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("web-")),
+        "hostname is the pod's name: {text}"
+    );
     // A crash of `weft up` leaves everything behind; `weft down` clears it.
     up.kill();
     let prefix = weft_local::state::prefix(&name);
@@ -374,6 +420,7 @@ fn bad_input_and_crash_cleanup() {
         .collect();
     assert!(!pids.is_empty());
     let out = Command::new(WEFT)
+        .env_remove("CARGO")
         .args(["down", "--name", &name])
         .output()
         .unwrap();
@@ -400,6 +447,7 @@ struct UpProcess {
 impl UpProcess {
     fn start(name: &str, dir: &std::path::Path) -> UpProcess {
         let mut child = Command::new(WEFT)
+            .env_remove("CARGO")
             .args(["up", "--name", name])
             .arg(dir)
             .stdout(Stdio::piped())
@@ -462,6 +510,7 @@ fn commands_refuse_to_run_without_root() {
         vec!["demo", "--name", "nr"],
     ] {
         let out = Command::new(WEFT)
+            .env_remove("CARGO")
             .args(&args)
             .uid(65534)
             .gid(65534)

@@ -162,3 +162,70 @@ fn default_mesh_config() -> String {
         serde_yaml::to_string(&object).unwrap_or_default()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_are_published_with_status_and_withdrawn() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut m = Mirror::new(tmp.path().to_owned()).unwrap();
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "r-0", "namespace": "demo", "labels": {"app": "r"}},
+            "spec": {"containers": [{"name": "r", "ports": [{"name": "http", "containerPort": 9080}]}]}});
+        m.publish_pod(&pod, "10.88.0.5", "10.88.0.1").unwrap();
+        let path = tmp.path().join("pods/demo.r-0.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        // weftd's registry reads it back as a running pod with that IP.
+        let files = BTreeMap::from([("p.yaml".to_owned(), text)]);
+        let report = weft_api::analyze_files(&files);
+        assert!(!report.has_errors(), "{report}");
+        let decoded = weft_api::decode::decode_file("p.yaml", &files["p.yaml"]);
+        let (object, problems) = &decoded.objects[0];
+        assert!(problems.is_empty(), "{problems:?}");
+        let weft_api::Resource::Pod(p) = &object.spec else {
+            panic!("not a Pod: {:?}", object.spec)
+        };
+        assert_eq!(p.ips(), ["10.88.0.5"]);
+        m.withdraw_pod("demo", "r-0");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn config_files_mirror_manifests_and_default_mesh_config() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut m = Mirror::new(tmp.path().to_owned()).unwrap();
+        let doc = |file: &str, v: Value| Document {
+            file: file.into(),
+            index: 1,
+            value: v,
+        };
+        let svc = doc(
+            "a/svc.yaml",
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"clusterIP": "10.96.0.9"}}),
+        );
+        m.set_config(std::slice::from_ref(&svc)).unwrap();
+        let names: Vec<String> = std::fs::read_dir(tmp.path().join("config"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        let mesh = std::fs::read_to_string(tmp.path().join("config/weft-up-mesh.yaml")).unwrap();
+        assert!(mesh.contains("accessLogFile: /dev/stdout"), "{mesh}");
+        // A manifest that brings its own mesh config replaces the default;
+        // a file that went away is removed.
+        let cm = doc(
+            "b/mesh.yaml",
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio", "namespace": "istio-system"}, "data": {"mesh": "{}"}}),
+        );
+        m.set_config(&[cm]).unwrap();
+        let names: Vec<String> = std::fs::read_dir(tmp.path().join("config"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].ends_with("-mesh.yaml") && names[0] != "weft-up-mesh.yaml");
+    }
+}

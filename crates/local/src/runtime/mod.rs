@@ -249,6 +249,7 @@ impl Mesh {
             resolv_conf: Some(r.env.resolv_conf.clone()),
             hosts: Some(r.env.hosts.clone()),
             run_as: None,
+            hostname: Some(r.plan.name.clone()),
             new_session: true,
         };
         let program = self

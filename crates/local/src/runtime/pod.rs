@@ -468,6 +468,7 @@ impl Supervisor {
             resolv_conf: Some(self.env.resolv_conf.clone()),
             hosts: Some(self.env.hosts.clone()),
             run_as: c.run_as,
+            hostname: Some(self.plan.name.clone()),
             new_session: true,
         };
         let mut cmd = sandbox.command(&program)?;
@@ -537,6 +538,7 @@ impl Supervisor {
                     resolv_conf: Some(self.env.resolv_conf.clone()),
                     hosts: Some(self.env.hosts.clone()),
                     run_as: None,
+                    hostname: Some(self.plan.name.clone()),
                     new_session: true,
                 };
                 let mut cmd = sandbox.command(&command[0]).map_err(|e| e.to_string())?;

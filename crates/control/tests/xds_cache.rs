@@ -195,3 +195,33 @@ fn endpoint_change_rebuilds_only_changed_assignments() {
         assert_same(generator.cache(), &view3, node, "after a config change");
     }
 }
+
+#[test]
+fn source_labels_split_scopes_and_routes_still_match() {
+    let base = std::fs::read_to_string(harness::golden_dir().join("_base/bookinfo.yaml")).unwrap();
+    let config = format!(
+        "{base}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  host: reviews\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  http:\n  - match:\n    - sourceLabels: {{app: productpage}}\n    route:\n    - destination: {{host: reviews, subset: v2}}\n  - route:\n    - destination: {{host: reviews, subset: v1}}\n"
+    );
+    let files = BTreeMap::from([("bookinfo.yaml".to_string(), config)]);
+    let snap = build_snapshot(&files, Vec::new(), None, &StoreOptions::default());
+    assert!(!snap.has_errors(), "{:?}", snap.problems.first());
+    let view = MeshView::new(&snap, TranslateOptions::default());
+    let cache = XdsCache::new(view.clone());
+    let nodes = nodes(
+        &view,
+        harness::node_of(&harness::golden_dir().join("_base/proxy.yaml")),
+    );
+    for node in &nodes {
+        assert_same(&cache, &view, node, "sourceLabels");
+    }
+    // productpage's routes differ from reviews' own sidecar's: the key
+    // keeps them apart although both live in `default`.
+    let route_of = |pod: &str| {
+        let node = nodes
+            .iter()
+            .find(|n| n.id.contains(pod))
+            .unwrap_or_else(|| panic!("no node for {pod}"));
+        cache.generate(node, ROUTE).unwrap().version()
+    };
+    assert_ne!(route_of("productpage"), route_of("ratings"));
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use weft_control::ca::{self, CaOptions, ControlPlaneCa};
 use weft_control::debug;
 use weft_control::discovery::{Discovery, DiscoveryOptions};
-use weft_control::namespaces::{NamespaceStore, parse_source};
+use weft_control::namespaces::parse_source;
 use weft_control::webhook::{self, WebhookState, tls};
 use weft_inject::{InjectionConfig, Settings};
 
@@ -144,7 +144,6 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let dir = parse_source(&args.config)?;
-    let namespaces = NamespaceStore::load_dir(&dir)?;
     let settings = settings(&args)?;
     let cert = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => tls::load(c, k)?,
@@ -186,9 +185,11 @@ async fn main() -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(args.ready_addr)
         .await
         .with_context(|| format!("--ready-addr {}", args.ready_addr))?;
+    // Namespace labels are read from the live config snapshot on every
+    // review, so relabelling a namespace applies without a restart.
     let state = Arc::new(WebhookState {
         settings,
-        namespaces,
+        namespaces: discovery.namespaces(),
     });
     tracing::info!(
         xds = %xds.local_addr()?,

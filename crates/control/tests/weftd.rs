@@ -226,3 +226,57 @@ fn bad_flags_fail_with_the_flag_named() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Whether weftd's answer to a review in `namespace` carries a patch.
+async fn injects(client: &mut WebhookClient, namespace: &str) -> bool {
+    let (status, body) = client.review(review(namespace)).await.expect("review");
+    assert_eq!(status, 200);
+    let resp: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(resp["response"]["allowed"], true);
+    resp["response"].get("patch").is_some()
+}
+
+#[test]
+fn namespace_relabelled_in_the_watched_directory_changes_injection_without_restart() {
+    let dir = config_dir();
+    let ca_path = dir.path().join("ca.pem");
+    let weftd = start(
+        dir.path(),
+        &["--ca-bundle-out", ca_path.to_str().expect("path")],
+    );
+    let ca = std::fs::read_to_string(&ca_path).expect("CA bundle written");
+    runtime().block_on(async {
+        let mut client = WebhookClient::connect(weftd.webhook, "localhost", &ca)
+            .await
+            .expect("TLS handshake");
+        assert!(injects(&mut client, "shop").await, "labelled at start");
+        // The label is turned off in the watched file: injection stops.
+        std::fs::write(
+            dir.path().join("namespaces.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    istio-injection: disabled\n",
+        )
+        .expect("rewrite namespaces");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while injects(&mut client, "shop").await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "weftd still injects into namespace shop 20 s after its label was disabled"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // And back on.
+        std::fs::write(
+            dir.path().join("namespaces.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    istio-injection: enabled\n",
+        )
+        .expect("rewrite namespaces");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !injects(&mut client, "shop").await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "weftd does not inject into namespace shop 20 s after it was labelled again"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::dns;
 use crate::error::{Error, Result};
-use crate::runtime::pod::{in_netns, terminate};
+use crate::runtime::process::{in_netns, terminate};
 use crate::sandbox::Sandbox;
 
 /// weftd's ports on the node bridge (Istio's).

@@ -90,6 +90,44 @@ fn demo(mesh: &mut Mesh, args: &Args, stop: &AtomicBool) -> anyhow::Result<()> {
     if !mesh.all_ready() {
         anyhow::bail!("the demo mesh is not ready; see the messages above and `weft logs`");
     }
+    // Endpoints reach the sidecars a moment after the pods are ready: wait
+    // until a plain request and one for `end-user: jason` (reviews v2) both
+    // get through every hop, so the load measures routing, not startup.
+    let start = Instant::now();
+    loop {
+        let plain = load(
+            mesh,
+            stop,
+            &["--url", "http://frontend:8080/", "--requests", "1"],
+        )?;
+        let jason = load(
+            mesh,
+            stop,
+            &[
+                "--url",
+                "http://frontend:8080/",
+                "--requests",
+                "1",
+                "-H",
+                "end-user: jason",
+            ],
+        )?;
+        if num(&plain, "succeeded") == 1 && num(&jason, "succeeded") == 1 {
+            println!(
+                "mesh converged: requests get through every hop ({:.1}s after the pods were ready)",
+                start.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!(
+                "no request got through frontend -> reviews -> ratings within 60s (statuses: {} / {})",
+                plain["statuses"],
+                jason["statuses"]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     println!(
         "\n=== load: {} requests client -> frontend -> reviews -> ratings ===",
         args.requests

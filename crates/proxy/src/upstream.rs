@@ -4,7 +4,8 @@
 //! the first of Istio's `transport_socket_matches` that the endpoint's
 //! `envoy.transport_socket_match` metadata satisfies). A failed TLS
 //! handshake is a connect failure whose text is Envoy's transport failure
-//! reason.
+//! reason. A cluster's `upstream_bind_config` ([`Bind`]) binds every
+//! upstream socket to its source address before connecting.
 
 use crate::Body;
 use crate::model::cluster::HttpSettings;
@@ -38,6 +39,47 @@ pub struct Transports {
     pub default: Transport,
     /// Endpoints whose `transport_socket_matches` entry differs from `default`.
     pub by_endpoint: HashMap<SocketAddr, Transport>,
+    /// The cluster's `upstream_bind_config`: the source of every connection.
+    pub bind: Option<Bind>,
+}
+
+/// A cluster's `upstream_bind_config`: the local address (port 0: any
+/// port) upstream sockets are bound to, and `IP_FREEBIND` when set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    /// The cluster, named in bind errors.
+    pub cluster: Arc<str>,
+    pub source: std::net::IpAddr,
+    /// `freebind`: None leaves the socket option alone.
+    pub freebind: Option<bool>,
+}
+
+impl Bind {
+    /// A socket for `addr`, bound to the source address.
+    fn socket(&self, addr: SocketAddr) -> Result<tokio::net::TcpSocket, UpstreamError> {
+        let fail = |what: &str, e: std::io::Error| {
+            UpstreamError::Connect(format!(
+                "cluster {} upstream_bind_config source {}: {what}: {e}",
+                self.cluster, self.source
+            ))
+        };
+        let domain = socket2::Domain::for_address(addr);
+        let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+            .map_err(|e| fail("socket", e))?;
+        if let Some(on) = self.freebind {
+            let r = if addr.is_ipv4() {
+                s.set_freebind_v4(on)
+            } else {
+                s.set_freebind_v6(on)
+            };
+            r.map_err(|e| fail("IP_FREEBIND", e))?;
+        }
+        s.set_nonblocking(true)
+            .map_err(|e| fail("nonblocking", e))?;
+        s.bind(&SocketAddr::new(self.source, 0).into())
+            .map_err(|e| fail("bind", e))?;
+        Ok(tokio::net::TcpSocket::from_std_stream(s.into()))
+    }
 }
 
 impl Transports {
@@ -57,16 +99,24 @@ impl Transports {
     }
 }
 
-/// Connects to `addr` and runs the endpoint's transport (TLS handshake).
+/// Connects to `addr` (from the cluster's bind address, if any) and runs
+/// the endpoint's transport (TLS handshake).
 pub async fn dial(
     addr: SocketAddr,
     connect_timeout: Duration,
-    transport: &Transport,
+    transports: &Transports,
 ) -> Result<crate::tls::Stream, UpstreamError> {
-    let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+    let transport = transports.for_endpoint(addr);
+    let connect = async {
+        match &transports.bind {
+            Some(b) => b.socket(addr)?.connect(addr).await,
+            None => TcpStream::connect(addr).await,
+        }
+        .map_err(|e| UpstreamError::Connect(format!("{addr}: {e}")))
+    };
+    let tcp = tokio::time::timeout(connect_timeout, connect)
         .await
-        .map_err(|_| UpstreamError::Connect(format!("connect to {addr} timed out")))?
-        .map_err(|e| UpstreamError::Connect(format!("{addr}: {e}")))?;
+        .map_err(|_| UpstreamError::Connect(format!("connect to {addr} timed out")))??;
     let _ = tcp.set_nodelay(true);
     match transport {
         Transport::Plain => Ok(crate::tls::Stream::Plain(tcp)),
@@ -193,12 +243,7 @@ impl H2Pool {
         if let Some(s) = self.pooled(addr) {
             return Ok(s);
         }
-        let tcp = dial(
-            addr,
-            self.connect_timeout,
-            self.transports.for_endpoint(addr),
-        )
-        .await?;
+        let tcp = dial(addr, self.connect_timeout, &self.transports).await?;
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new());
         if let Some(w) = self.settings.initial_stream_window {
@@ -274,10 +319,15 @@ impl UpstreamClient {
                 .collect::<Arc<[H2Pool]>>()
         });
         // TLS endpoints use the per-endpoint pool (unlimited without
-        // max_requests_per_connection): hyper's legacy client knows no TLS.
+        // max_requests_per_connection): hyper's legacy client knows no TLS
+        // (nor IP_FREEBIND).
+        let freebind = transports
+            .bind
+            .as_ref()
+            .is_some_and(|b| b.freebind.is_some());
         let limit = match http.max_requests_per_connection {
             Some(m) => Some(m),
-            None if transports.any_tls() => Some(u32::MAX),
+            None if transports.any_tls() || freebind => Some(u32::MAX),
             None => None,
         };
         let limited = match (http.http2, limit) {
@@ -308,6 +358,9 @@ impl UpstreamClient {
             connector.set_connect_timeout(Some(self.connect_timeout));
             connector.set_nodelay(true);
             connector.enforce_http(true);
+            if let Some(b) = &self.transports.bind {
+                connector.set_local_address(Some(b.source));
+            }
             let mut b = Client::builder(TokioExecutor::new());
             b.pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
@@ -333,7 +386,16 @@ impl UpstreamClient {
                     let i = WORKER.with(|w| w.get()).min(pools.len() - 1);
                     pools[i].send(addr, *max, self.connect_timeout, req).await
                 }
-                None => self.h1_client().request(req).await.map_err(classify),
+                None => self.h1_client().request(req).await.map_err(|e| {
+                    match (classify(e), &self.transports.bind) {
+                        // hyper's connector bound the socket: name the bind.
+                        (UpstreamError::Connect(t), Some(b)) => UpstreamError::Connect(format!(
+                            "cluster {} upstream_bind_config source {}: {t}",
+                            b.cluster, b.source
+                        )),
+                        (e, _) => e,
+                    }
+                }),
             },
         }
     }

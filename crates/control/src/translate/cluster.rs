@@ -125,6 +125,7 @@ pub fn build_clusters(view: &MeshView, scope: &ProxyScope<'_>, node: &ProxyNode)
     out.push(base(view, BLACKHOLE.into(), DiscoveryType::Static));
     let mut inbound_pt = base(view, INBOUND_PASSTHROUGH.into(), DiscoveryType::OriginalDst);
     inbound_pt.lb_policy = LbPolicy::ClusterProvided as i32;
+    inbound_pt.upstream_bind_config = Some(inbound_bind(node));
     out.push(inbound_pt);
     out
 }
@@ -248,6 +249,25 @@ pub fn inbound_ports<'a>(view: &'a MeshView, node: &ProxyNode) -> Vec<InboundPor
     out
 }
 
+/// Istio's `upstream_bind_config` of inbound clusters: connections to the
+/// app come from 127.0.0.6 (`::6` for an IPv6 pod), which the capture
+/// rules let through instead of redirecting them back to the proxy.
+fn inbound_bind(node: &ProxyNode) -> envoy_types::pb::envoy::config::core::v3::BindConfig {
+    use envoy_types::pb::envoy::config::core::v3::{BindConfig, SocketAddress, socket_address};
+    let v6 = node
+        .ip()
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        .is_some_and(|ip| ip.is_ipv6());
+    BindConfig {
+        source_address: Some(SocketAddress {
+            address: if v6 { "::6" } else { "127.0.0.6" }.into(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(0)),
+            ..SocketAddress::default()
+        }),
+        ..BindConfig::default()
+    }
+}
+
 fn inbound_clusters(view: &MeshView, node: &ProxyNode) -> Vec<Cluster> {
     let trust_domain = view.mesh.trust_domain_or_default();
     inbound_ports(view, node)
@@ -266,6 +286,7 @@ fn inbound_clusters(view: &MeshView, node: &ProxyNode) -> Vec<Cluster> {
                 }],
                 ..ClusterLoadAssignment::default()
             });
+            c.upstream_bind_config = Some(inbound_bind(node));
             c.circuit_breakers = Some(
                 envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers {
                     thresholds: vec![policy::default_thresholds()],

@@ -180,12 +180,6 @@ impl Supervisor {
             }
             break;
         }
-        if self.plan.injected
-            && !self.stopping()
-            && let Err(e) = self.inbound_loop_guard()
-        {
-            self.event(format!("inbound loop guard: {e}"));
-        }
         let now = Instant::now();
         let mut states: Vec<ContainerState> = self
             .plan
@@ -346,50 +340,6 @@ impl Supervisor {
             }
         }
         restarts
-    }
-
-    /// Istio's inbound clusters connect to the app from 127.0.0.6 (an
-    /// `upstream_bind_config`), which the capture rules let through
-    /// (`-s 127.0.0.6 -o lo -j RETURN`). Until weftd and weft-proxy do
-    /// that, the sidecar's forward to its own pod IP would be captured again
-    /// and loop; this rule (first in the pod's `nat OUTPUT`) lets the
-    /// proxy's traffic to its own pod IP reach the app. Off with
-    /// `WEFT_NO_INBOUND_GUARD=1`.
-    fn inbound_loop_guard(&self) -> Result<()> {
-        if std::env::var_os("WEFT_NO_INBOUND_GUARD").is_some_and(|v| v == "1") {
-            return Ok(());
-        }
-        let uid = self
-            .plan
-            .containers
-            .iter()
-            .find(|c| c.role == Role::Sidecar)
-            .and_then(|c| c.run_as)
-            .map_or(crate::runtime::PROXY_UID, |(u, _)| u);
-        let sandbox = Sandbox {
-            netns: self.env.netns.clone(),
-            ..Sandbox::default()
-        };
-        let mut cmd = sandbox.command("iptables")?;
-        cmd.args([
-            "-w", "-t", "nat", "-I", "OUTPUT", "1", "-o", "lo", "-p", "tcp", "-d",
-        ])
-        .arg(format!("{}/32", self.env.ip))
-        .args(["-m", "owner", "--uid-owner"])
-        .arg(uid.to_string())
-        .args(["-j", "RETURN"]);
-        let out = cmd.output().map_err(|e| Error::Spawn {
-            what: "iptables in the pod".into(),
-            message: e.to_string(),
-        })?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(Error::Spawn {
-                what: "iptables in the pod".into(),
-                message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            })
-        }
     }
 
     fn sleep(&self, d: Duration) {

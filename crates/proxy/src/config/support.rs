@@ -463,7 +463,12 @@ const PARTIAL: &[(&str, &[&str])] = &[
             "max_requests_per_connection",
             "transport_socket",
             "transport_socket_matches",
+            "upstream_bind_config",
         ],
+    ),
+    (
+        "envoy.config.core.v3.BindConfig",
+        &["source_address", "freebind"],
     ),
     (
         "envoy.config.cluster.v3.Cluster.TransportSocketMatch",

@@ -8,7 +8,7 @@ use super::common::{Ctx, duration, opt_duration};
 use super::lb::{LbPolicy, PriorityHosts};
 use crate::config::ConfigError;
 use crate::stats::ClusterStats;
-use crate::upstream::{Transport, Transports, UpstreamClient};
+use crate::upstream::{Bind, Transport, Transports, UpstreamClient};
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::cluster::v3 as pb;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
@@ -553,7 +553,43 @@ fn transports(
     Ok(Transports {
         default,
         by_endpoint,
+        bind: bind(ctx, c)?,
     })
+}
+
+/// `upstream_bind_config`: an IP literal source address with port 0.
+fn bind(ctx: &Ctx<'_>, c: &pb::Cluster) -> Result<Option<Bind>, ConfigError> {
+    let Some(b) = &c.upstream_bind_config else {
+        return Ok(None);
+    };
+    let bc = ctx.field("upstream_bind_config");
+    let Some(sa) = &b.source_address else {
+        return Err(bc.field("source_address").invalid("is required"));
+    };
+    let sc = bc.field("source_address");
+    if sa.protocol != 0 {
+        return Err(sc.field("protocol").unsupported("UDP"));
+    }
+    let source: std::net::IpAddr = sa.address.parse().map_err(|_| {
+        sc.field("address")
+            .invalid(format!("{:?} is not an IP address", sa.address))
+    })?;
+    match sa.port_specifier {
+        None | Some(socket_address::PortSpecifier::PortValue(0)) => {}
+        Some(socket_address::PortSpecifier::PortValue(p)) => {
+            return Err(sc
+                .field("port_value")
+                .unsupported(format!("{p} (only 0, any port)")));
+        }
+        Some(socket_address::PortSpecifier::NamedPort(_)) => {
+            return Err(sc.field("named_port").unsupported(""));
+        }
+    }
+    Ok(Some(Bind {
+        cluster: c.name.as_str().into(),
+        source,
+        freebind: b.freebind.map(|f| f.value),
+    }))
 }
 
 fn group(hosts: Vec<(Arc<Host>, u32)>, lb: LbPolicy) -> HostSet {

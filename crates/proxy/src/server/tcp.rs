@@ -84,8 +84,8 @@ async fn connect<'c>(
             return None;
         };
         entry.upstream_host = Some(host.address);
-        let transport = cluster.client.transports.for_endpoint(host.address);
-        match crate::upstream::dial(host.address, cluster.connect_timeout, transport).await {
+        let transports = &cluster.client.transports;
+        match crate::upstream::dial(host.address, cluster.connect_timeout, transports).await {
             Ok(s) => {
                 entry.upstream_local = s.tcp().local_addr().ok();
                 cluster.report(&host, Some(200));

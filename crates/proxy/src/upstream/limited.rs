@@ -66,7 +66,7 @@ impl LimitedPool {
         addr: SocketAddr,
         connect_timeout: Duration,
     ) -> Result<http1::SendRequest<Body>, UpstreamError> {
-        let tcp = super::dial(addr, connect_timeout, self.transports.for_endpoint(addr)).await?;
+        let tcp = super::dial(addr, connect_timeout, &self.transports).await?;
         let (sender, conn) = http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| UpstreamError::Connect(format!("{addr}: {}", error_chain(&e))))?;

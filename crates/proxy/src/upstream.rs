@@ -6,23 +6,32 @@
 //! handshake is a connect failure whose text is Envoy's transport failure
 //! reason. A cluster's `upstream_bind_config` ([`Bind`]) binds every
 //! upstream socket to its source address before connecting.
+//!
+//! Pools are per worker thread (`per_thread`): a worker runs one
+//! current-thread runtime, so its connections are only ever driven by it,
+//! and reaching them takes no lock. HTTP/2 pools live in `h2_pool`, the
+//! HTTP/1.1 pools over hyper's connection API (request limits, TLS) in
+//! `limited`; plain HTTP/1.1 uses hyper-util's pooling client, one per
+//! worker.
 
 use crate::Body;
 use crate::model::cluster::HttpSettings;
 use hyper::body::Incoming;
-use hyper::client::conn::http2;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
+mod h2_pool;
 mod limited;
+mod per_thread;
+use h2_pool::H2Pool;
 use limited::LimitedPool;
+use per_thread::PerThread;
 
 /// How bytes reach an upstream endpoint.
 #[derive(Debug, Clone, Default)]
@@ -147,16 +156,15 @@ pub enum UpstreamError {
 
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    /// HTTP/1.1 keep-alive pools, one per worker thread, built on first use:
-    /// a connection is only ever driven by the worker that opened it.
-    h1: Arc<[OnceLock<Box<H1Client>>]>,
+    /// HTTP/1.1 keep-alive pools, one per worker thread, built on first use.
+    h1: Arc<PerThread<H1Client>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    /// HTTP/2 pools, one per worker like `h1` (None: an HTTP/1.1 cluster).
-    h2: Option<Arc<[H2Pool]>>,
-    /// HTTP/1.1 pools per worker when connections serve at most N requests
+    /// HTTP/2 pools (None: an HTTP/1.1 cluster).
+    h2: Option<Arc<H2Pool>>,
+    /// HTTP/1.1 pools when connections serve at most N requests
     /// (max_requests_per_connection); `h1` is unused then.
-    limited: Option<(u32, Arc<[LimitedPool]>)>,
+    limited: Option<(u32, Arc<LimitedPool>)>,
     /// Plaintext or TLS, per endpoint.
     pub transports: Arc<Transports>,
 }
@@ -164,159 +172,15 @@ pub struct UpstreamClient {
 /// An HTTP/1.1 keep-alive client (pool keyed by endpoint).
 type H1Client = Client<HttpConnector, Body>;
 
-/// Workers beyond this share the last pool.
-const MAX_WORKER_POOLS: usize = 64;
-
-/// How many worker pools a cluster compiled from now on gets.
-static POOLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
-
-/// Sets the number of workers (before compiling clusters).
-pub fn set_worker_count(n: usize) {
-    POOLS.store(
-        n.clamp(1, MAX_WORKER_POOLS),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-}
-thread_local! {
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Marks the current thread as worker `i` (its upstream pools are its own).
-pub fn set_worker_id(i: usize) {
-    WORKER.with(|w| w.set(i.min(MAX_WORKER_POOLS - 1)));
-}
-
-/// HTTP/2 upstreams: one multiplexed connection per endpoint, so that
-/// `:authority` can carry the request's Host while the TCP connection goes
-/// to the chosen endpoint.
-#[derive(Debug)]
-struct H2Pool {
-    connect_timeout: Duration,
-    transports: Arc<Transports>,
-    settings: HttpSettings,
-    /// Each endpoint's connection and the streams opened on it.
-    conns: Mutex<HashMap<SocketAddr, (http2::SendRequest<Body>, u32)>>,
-    /// Held while a connection to the endpoint is being opened, so that
-    /// concurrent requests wait for it and share it (as Envoy multiplexes
-    /// them on one connection) instead of each opening their own.
-    connecting: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl H2Pool {
-    /// A pooled connection to `addr` that may take another stream.
-    fn pooled(&self, addr: SocketAddr) -> Option<http2::SendRequest<Body>> {
-        {
-            let mut conns = self.conns.lock().expect("h2 pool");
-            if let Some((s, used)) = conns.get_mut(&addr).filter(|(s, _)| !s.is_closed()) {
-                *used += 1;
-                let s = s.clone();
-                // At max_requests_per_connection streams the connection
-                // leaves the pool; it closes once its streams finish.
-                if self
-                    .settings
-                    .max_requests_per_connection
-                    .is_some_and(|m| *used >= m)
-                {
-                    conns.remove(&addr);
-                }
-                return Some(s);
-            }
-        }
-        None
-    }
-
-    async fn connection(
-        &self,
-        addr: SocketAddr,
-    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
-        if let Some(s) = self.pooled(addr) {
-            return Ok(s);
-        }
-        let gate = self
-            .connecting
-            .lock()
-            .expect("h2 pool")
-            .entry(addr)
-            .or_default()
-            .clone();
-        let _opening = gate.lock().await;
-        if let Some(s) = self.pooled(addr) {
-            return Ok(s);
-        }
-        let tcp = dial(addr, self.connect_timeout, &self.transports).await?;
-        let mut b = http2::Builder::new(TokioExecutor::new());
-        b.timer(TokioTimer::new());
-        if let Some(w) = self.settings.initial_stream_window {
-            b.initial_stream_window_size(w);
-        }
-        if let Some(w) = self.settings.initial_connection_window {
-            b.initial_connection_window_size(w);
-        }
-        let (sender, conn) = b
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| UpstreamError::Connect(format!("{addr}: HTTP/2 handshake: {e}")))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        if self
-            .settings
-            .max_requests_per_connection
-            .is_none_or(|m| m > 1)
-        {
-            self.conns
-                .lock()
-                .expect("h2 pool")
-                .insert(addr, (sender.clone(), 1));
-        }
-        Ok(sender)
-    }
-
-    async fn send(
-        &self,
-        addr: SocketAddr,
-        mut req: http::Request<Body>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
-        // :authority comes from the Host header, as Envoy sends it.
-        if let Some(host) = req.headers_mut().remove(http::header::HOST)
-            && let Some(pq) = req.uri().path_and_query().map(|p| p.as_str().to_owned())
-            && let Ok(uri) = format!("http://{}{pq}", host.to_str().unwrap_or_default()).parse()
-        {
-            *req.uri_mut() = uri;
-        }
-        let mut sender = self.connection(addr).await?;
-        sender
-            .ready()
-            .await
-            .map_err(|e| UpstreamError::Reset(error_chain(&e)))?;
-        sender.send_request(req).await.map_err(|e| {
-            let text = error_chain(&e);
-            let refused = std::error::Error::source(&e)
-                .and_then(|s| s.downcast_ref::<h2::Error>())
-                .is_some_and(|h| h.reason() == Some(h2::Reason::REFUSED_STREAM));
-            if refused {
-                UpstreamError::Refused(text)
-            } else {
-                UpstreamError::Reset(text)
-            }
-        })
-    }
-}
-
 impl UpstreamClient {
     pub fn new(connect_timeout: Duration, http: &HttpSettings, transports: Transports) -> Self {
-        let workers = POOLS.load(std::sync::atomic::Ordering::Relaxed);
         let transports = Arc::new(transports);
         let h2 = http.http2.then(|| {
-            (0..workers)
-                .map(|_| H2Pool {
-                    connect_timeout,
-                    transports: transports.clone(),
-                    settings: http.clone(),
-                    conns: Mutex::new(HashMap::new()),
-                    connecting: Mutex::new(HashMap::new()),
-                })
-                .collect::<Arc<[H2Pool]>>()
+            Arc::new(H2Pool::new(
+                connect_timeout,
+                transports.clone(),
+                http.clone(),
+            ))
         });
         // TLS endpoints use the per-endpoint pool (unlimited without
         // max_requests_per_connection): hyper's legacy client knows no TLS
@@ -331,19 +195,12 @@ impl UpstreamClient {
             None => None,
         };
         let limited = match (http.http2, limit) {
-            (false, Some(m)) => Some((
-                m,
-                (0..workers)
-                    .map(|_| LimitedPool::new(transports.clone()))
-                    .collect::<Arc<[LimitedPool]>>(),
-            )),
+            (false, Some(m)) => Some((m, Arc::new(LimitedPool::new(transports.clone())))),
             _ => None,
         };
         UpstreamClient {
             limited,
-            h1: (0..POOLS.load(std::sync::atomic::Ordering::Relaxed))
-                .map(|_| OnceLock::new())
-                .collect(),
+            h1: Arc::new(PerThread::new()),
             connect_timeout,
             idle_timeout: http.idle_timeout.unwrap_or(Duration::from_secs(3600)),
             h2,
@@ -352,8 +209,7 @@ impl UpstreamClient {
     }
 
     fn h1_client(&self) -> &H1Client {
-        let i = WORKER.with(|w| w.get()).min(self.h1.len() - 1);
-        self.h1[i].get_or_init(|| {
+        self.h1.get_or(|| {
             let mut connector = HttpConnector::new();
             connector.set_connect_timeout(Some(self.connect_timeout));
             connector.set_nodelay(true);
@@ -366,7 +222,7 @@ impl UpstreamClient {
                 .timer(TokioTimer::new())
                 .pool_idle_timeout(self.idle_timeout)
                 .pool_max_idle_per_host(usize::MAX);
-            Box::new(b.build(connector))
+            b.build(connector)
         })
     }
 
@@ -377,15 +233,9 @@ impl UpstreamClient {
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         match &self.h2 {
-            Some(pools) => {
-                let i = WORKER.with(|w| w.get()).min(pools.len() - 1);
-                pools[i].send(addr, req).await
-            }
+            Some(pool) => pool.send(addr, req).await,
             None => match &self.limited {
-                Some((max, pools)) => {
-                    let i = WORKER.with(|w| w.get()).min(pools.len() - 1);
-                    pools[i].send(addr, *max, self.connect_timeout, req).await
-                }
+                Some((max, pool)) => pool.send(addr, *max, self.connect_timeout, req).await,
                 None => self.h1_client().request(req).await.map_err(|e| {
                     match (classify(e), &self.transports.bind) {
                         // hyper's connector bound the socket: name the bind.

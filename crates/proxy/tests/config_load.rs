@@ -108,3 +108,50 @@ fn typed_config_of_an_unimplemented_filter_is_refused() {
     let err = load_str(&yaml, "test.yaml").unwrap_err().to_string();
     assert!(err.contains("http_filters[0].typed_config"), "{err}");
 }
+
+#[test]
+fn local_rate_limit_token_bucket_needs_positive_fill() {
+    let stats = weft_proxy::stats::Stats::new();
+    let with_bucket = |bucket: &str| {
+        HCM.replace("CODEC", "").replace(
+            "          http_filters:\n",
+            &format!(
+                "          http_filters:
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: rl
+              token_bucket: {bucket}
+"
+            ),
+        )
+    };
+    let compile = |yaml: String| {
+        let loaded = load_str(&yaml, "test.yaml").expect("parses");
+        weft_proxy::model::Snapshot::compile(&loaded, &stats).map(|_| ())
+    };
+    compile(with_bucket(
+        "{ max_tokens: 0, tokens_per_fill: 1, fill_interval: 1s }",
+    ))
+    .expect("max_tokens 0 is valid (always rate limited)");
+    let err = compile(with_bucket(
+        "{ max_tokens: 5, tokens_per_fill: 0, fill_interval: 1s }",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.ends_with(
+            "http_filters[0].typed_config.token_bucket.tokens_per_fill: tokens_per_fill must be positive"
+        ),
+        "{err}"
+    );
+    let err = compile(with_bucket("{ max_tokens: 5, fill_interval: 0s }"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.ends_with(
+            "http_filters[0].typed_config.token_bucket.fill_interval: fill_interval must be positive"
+        ),
+        "{err}"
+    );
+}

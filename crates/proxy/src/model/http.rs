@@ -5,6 +5,7 @@
 use super::cluster::Cluster;
 use super::common::{Ctx, Fraction, duration, opt_duration};
 use super::route::RouteTable;
+use super::token_bucket::TokenBucket;
 use crate::accesslog::AccessLog;
 use crate::config::ConfigError;
 use crate::stats::{HttpStats, Stats};
@@ -20,7 +21,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use http::{HeaderValue, StatusCode};
 use prost::Message;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,40 +37,22 @@ pub struct Fault {
     pub abort: Option<(StatusCode, Fraction)>,
 }
 
-/// A token bucket shared by the workers (only consulted when configured).
-/// Without a bucket the filter only defers to route-level configuration.
+/// `envoy.filters.http.local_ratelimit`: a token bucket shared by the
+/// workers (lock-free, see [`TokenBucket`]). Without a bucket the filter
+/// only defers to route-level configuration.
 #[derive(Debug)]
 pub struct LocalRateLimit {
-    pub has_bucket: bool,
+    pub bucket: Option<TokenBucket>,
     pub response_headers: super::common::HeaderOps,
-    pub max_tokens: u64,
-    pub tokens_per_fill: u64,
-    pub fill_interval: Duration,
     pub enabled: Fraction,
     pub enforced: Fraction,
     pub status: StatusCode,
-    state: Mutex<(u64, std::time::Instant)>,
 }
 
 impl LocalRateLimit {
     /// Takes a token; false when the bucket is empty.
     pub fn take(&self) -> bool {
-        if !self.has_bucket {
-            return true;
-        }
-        let mut s = self.state.lock().expect("rate limit bucket");
-        let now = std::time::Instant::now();
-        let elapsed = now.duration_since(s.1);
-        let fills = (elapsed.as_nanos() / self.fill_interval.as_nanos().max(1)) as u64;
-        if fills > 0 {
-            s.0 = (s.0 + fills * self.tokens_per_fill).min(self.max_tokens);
-            s.1 += self.fill_interval * fills as u32;
-        }
-        if s.0 == 0 {
-            return false;
-        }
-        s.0 -= 1;
-        true
+        self.bucket.as_ref().is_none_or(TokenBucket::take)
     }
 }
 
@@ -319,26 +302,34 @@ fn compile_fault(ctx: &Ctx<'_>, f: &HttpFault) -> Result<Fault, ConfigError> {
 }
 
 fn compile_rate_limit(ctx: &Ctx<'_>, l: &PbLocalRateLimit) -> Result<LocalRateLimit, ConfigError> {
-    let default_tb = envoy_types::pb::envoy::r#type::v3::TokenBucket {
-        max_tokens: 1,
-        tokens_per_fill: None,
-        fill_interval: Some(envoy_types::pb::google::protobuf::Duration {
-            seconds: 1,
-            nanos: 0,
-        }),
-    };
-    let tb = l.token_bucket.as_ref().unwrap_or(&default_tb);
-    let fill_interval = tb
-        .fill_interval
+    let bucket = l
+        .token_bucket
         .as_ref()
-        .map(|d| duration(&ctx.field("token_bucket.fill_interval"), d))
-        .transpose()?
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| {
-            ctx.field("token_bucket.fill_interval")
-                .invalid("fill_interval must be positive")
-        })?;
-    let max_tokens = tb.max_tokens as u64;
+        .map(|tb| {
+            let c = ctx.field("token_bucket");
+            let fill_interval = tb
+                .fill_interval
+                .as_ref()
+                .map(|d| duration(&c.field("fill_interval"), d))
+                .transpose()?
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    c.field("fill_interval")
+                        .invalid("fill_interval must be positive")
+                })?;
+            let tokens_per_fill = tb.tokens_per_fill.map(|v| v.value).unwrap_or(1);
+            if tokens_per_fill == 0 {
+                return Err(c
+                    .field("tokens_per_fill")
+                    .invalid("tokens_per_fill must be positive"));
+            }
+            Ok(TokenBucket::new(
+                tb.max_tokens,
+                tokens_per_fill,
+                fill_interval,
+            ))
+        })
+        .transpose()?;
     // Envoy: both fractions default to 0% when unset.
     let frac =
         |f: Option<&envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent>| match f {
@@ -353,7 +344,7 @@ fn compile_rate_limit(ctx: &Ctx<'_>, l: &PbLocalRateLimit) -> Result<LocalRateLi
         _ => StatusCode::TOO_MANY_REQUESTS,
     };
     Ok(LocalRateLimit {
-        has_bucket: l.token_bucket.is_some(),
+        bucket,
         response_headers: super::common::HeaderOps::compile(
             ctx,
             "response_headers_to_add",
@@ -361,16 +352,8 @@ fn compile_rate_limit(ctx: &Ctx<'_>, l: &PbLocalRateLimit) -> Result<LocalRateLi
             "",
             &[],
         )?,
-        max_tokens,
-        tokens_per_fill: tb
-            .tokens_per_fill
-            .as_ref()
-            .map(|v| v.value as u64)
-            .unwrap_or(1),
-        fill_interval,
         enabled: frac(l.filter_enabled.as_ref()),
         enforced: frac(l.filter_enforced.as_ref()),
         status,
-        state: Mutex::new((max_tokens, std::time::Instant::now())),
     })
 }

@@ -10,6 +10,7 @@ pub mod http;
 pub mod lb;
 pub mod listener;
 pub mod route;
+pub mod token_bucket;
 
 use crate::accesslog::{AccessLog, DEFAULT_FORMAT};
 use crate::config::{ConfigError, LoadedBootstrap};

@@ -470,7 +470,7 @@ async fn route_and_run(
                 }
             }
             HttpFilter::LocalRateLimit(rl) => {
-                if rl.has_bucket && rl.enabled.hit() && !rl.take() && rl.enforced.hit() {
+                if rl.bucket.is_some() && rl.enabled.hit() && !rl.take() && rl.enforced.hit() {
                     hcm.stats.rate_limited.inc();
                     x.flags.set(Flags::RL);
                     x.details = "local_rate_limited";

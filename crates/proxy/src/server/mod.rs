@@ -206,7 +206,6 @@ impl Proxy {
     /// Compiles the bootstrap, binds listeners and starts the workers.
     pub fn start(loaded: LoadedBootstrap, opts: Options) -> Result<Proxy, StartError> {
         let workers = opts.concurrency.max(1);
-        crate::upstream::set_worker_count(workers);
         let stats = Arc::new(Stats::new());
         let snapshot = Snapshot::compile(&loaded, &stats)?;
         // Bind every listener once per worker; port 0 is resolved by the first bind.
@@ -270,7 +269,7 @@ impl Proxy {
             let drain_timeout = opts.drain_timeout;
             let t = std::thread::Builder::new()
                 .name(format!("wrk:worker_{i}"))
-                .spawn(move || worker(i, shared, socks, added, drain_timeout))
+                .spawn(move || worker(shared, socks, added, drain_timeout))
                 .map_err(|source| StartError::Io {
                     what: "spawning a worker".into(),
                     source,
@@ -345,13 +344,11 @@ fn release_startup_memory() {
 }
 
 fn worker(
-    index: usize,
     shared: Arc<Shared>,
     socks: Vec<NewListener>,
     mut added: tokio::sync::mpsc::UnboundedReceiver<NewListener>,
     drain_timeout: Duration,
 ) {
-    crate::upstream::set_worker_id(index);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

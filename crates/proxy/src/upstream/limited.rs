@@ -4,15 +4,19 @@
 //! and the connection leaves the pool once that request is sent, so the
 //! next request opens a new one. Clusters with TLS endpoints use it too
 //! (without a limit): keep-alive pooling per endpoint over plaintext or TLS.
+//! Each worker's idle connections are its own (`PerThread`): no lock is
+//! taken on the request path.
 
+use super::per_thread::PerThread;
 use super::{Transports, UpstreamError, classify_hyper, error_chain};
 use crate::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Idle connections kept per endpoint at most (others close when done).
@@ -24,9 +28,9 @@ struct Conn {
     used: u32,
 }
 
-/// The pool of one worker.
+/// A cluster's pool: each worker's idle connections by endpoint.
 pub(super) struct LimitedPool {
-    conns: Mutex<HashMap<SocketAddr, Vec<Conn>>>,
+    conns: PerThread<RefCell<HashMap<SocketAddr, Vec<Conn>>>>,
     transports: Arc<Transports>,
 }
 
@@ -39,14 +43,14 @@ impl std::fmt::Debug for LimitedPool {
 impl LimitedPool {
     pub(super) fn new(transports: Arc<Transports>) -> Self {
         LimitedPool {
-            conns: Mutex::default(),
+            conns: PerThread::new(),
             transports,
         }
     }
 
     /// An idle connection to `addr` that may take another request.
     fn take_idle(&self, addr: SocketAddr) -> Option<Conn> {
-        let mut map = self.conns.lock().expect("h1 limited pool");
+        let mut map = self.conns.get().borrow_mut();
         let list = map.get_mut(&addr)?;
         list.retain(|c| !c.sender.is_closed());
         let i = list.iter().position(|c| c.sender.is_ready())?;
@@ -54,7 +58,7 @@ impl LimitedPool {
     }
 
     fn put_back(&self, addr: SocketAddr, conn: Conn) {
-        let mut map = self.conns.lock().expect("h1 limited pool");
+        let mut map = self.conns.get().borrow_mut();
         let list = map.entry(addr).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push(conn);

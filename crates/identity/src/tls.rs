@@ -1,11 +1,14 @@
 //! rustls configurations for mesh mTLS (ring provider only) and the
 //! SPIFFE-aware certificate verifiers behind them.
 //!
-//! Owns: chain verification to the mesh root, the peer SPIFFE ID checks
-//! (trust domain; the expected set of server identities, as Istio checks SAN
-//! URIs and never host names), Istio's ALPN values, and turning handshake
-//! failures into `UPSTREAM_TRANSPORT_FAILURE_REASON` strings. Sockets and
-//! listeners belong to the proxy.
+//! Owns: the certificate verifiers of the workspace ([`ClientVerifier`],
+//! [`ServerVerifier`]: WebPKI chain validation plus a pluggable
+//! [`EndEntityCheck`] of the peer's certificate; weft-proxy plugs in
+//! Envoy's SAN matchers), the mesh's check of peer SPIFFE IDs
+//! ([`SpiffeCheck`]: trust domain; the expected set of server identities,
+//! as Istio checks SAN URIs and never host names), Istio's ALPN values, and
+//! turning handshake failures into `UPSTREAM_TRANSPORT_FAILURE_REASON`
+//! strings. Sockets and listeners belong to the proxy.
 
 use std::fmt;
 use std::sync::Arc;
@@ -75,17 +78,6 @@ impl MeshTrust {
             trust_domains: trust_domains.into(),
         })
     }
-
-    fn check_trust_domain(&self, id: &SpiffeId) -> Result<(), PeerIdentityError> {
-        if self.trust_domains.iter().any(|td| td == id.trust_domain()) {
-            Ok(())
-        } else {
-            Err(PeerIdentityError::WrongTrustDomain {
-                id: id.to_string(),
-                expected: self.trust_domains.to_vec(),
-            })
-        }
-    }
 }
 
 /// A peer certificate that chains correctly but names the wrong identity.
@@ -113,49 +105,53 @@ pub fn peer_spiffe_id(
     spiffe_id_from_cert_der(leaf)
 }
 
-// === server side: verify the client ===
+// === verifiers: WebPKI plus a check of the end-entity certificate ===
 
-/// Requires a client certificate chained to the mesh root, with a SPIFFE ID
-/// in the mesh's trust domains.
-pub struct SpiffeClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    trust: MeshTrust,
+/// What a peer's end-entity certificate must satisfy once its chain has
+/// verified: SPIFFE IDs here ([`SpiffeCheck`]), Envoy's SAN matchers in
+/// weft-proxy. An error should be `Error::InvalidCertificate` (with
+/// `CertificateError::Other` for a rejection of the peer's names), so
+/// [`failure_reason`] can tell what went wrong.
+pub trait EndEntityCheck: fmt::Debug + Send + Sync {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), Error>;
 }
 
-impl fmt::Debug for SpiffeClientVerifier {
+/// Verifies client certificates (the server side of mTLS): rustls' WebPKI
+/// client verifier against `roots`, then the check `C`.
+pub struct ClientVerifier<C> {
+    inner: Arc<dyn ClientCertVerifier>,
+    check: C,
+}
+
+impl<C: fmt::Debug> fmt::Debug for ClientVerifier<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SpiffeClientVerifier")
-            .field("trust_domains", &self.trust.trust_domains)
+        f.debug_struct("ClientVerifier")
+            .field("mandatory", &self.inner.client_auth_mandatory())
+            .field("check", &self.check)
             .finish()
     }
 }
 
-impl SpiffeClientVerifier {
-    /// A client certificate is required.
-    pub fn new(trust: MeshTrust) -> Result<Self, TlsConfigError> {
-        Self::build(trust, false)
-    }
-
-    /// A client certificate is verified when presented but not required
-    /// (the CA port: bootstrapping proxies have only a token).
-    pub fn optional(trust: MeshTrust) -> Result<Self, TlsConfigError> {
-        Self::build(trust, true)
-    }
-
-    fn build(trust: MeshTrust, optional: bool) -> Result<Self, TlsConfigError> {
-        let mut builder =
-            WebPkiClientVerifier::builder_with_provider(Arc::clone(&trust.roots), provider());
-        if optional {
+impl<C: EndEntityCheck> ClientVerifier<C> {
+    /// `required`: false accepts clients without a certificate (a
+    /// presented one is still verified).
+    pub fn with_roots(
+        roots: Arc<RootCertStore>,
+        check: C,
+        required: bool,
+    ) -> Result<Self, TlsConfigError> {
+        let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider());
+        if !required {
             builder = builder.allow_unauthenticated();
         }
         let inner = builder
             .build()
             .map_err(|e| TlsConfigError::Rustls(e.to_string()))?;
-        Ok(Self { inner, trust })
+        Ok(Self { inner, check })
     }
 }
 
-impl ClientCertVerifier for SpiffeClientVerifier {
+impl<C: EndEntityCheck> ClientCertVerifier for ClientVerifier<C> {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
     }
@@ -172,8 +168,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     ) -> Result<ClientCertVerified, Error> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let id = spiffe_id_from_cert_der(end_entity).map_err(|e| identity_error(e.into()))?;
-        self.trust.check_trust_domain(&id).map_err(identity_error)?;
+        self.check.check(end_entity)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -199,6 +194,159 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         self.inner.supported_verify_schemes()
     }
 }
+
+/// Verifies server certificates (the client side): the chain to `roots`
+/// by WebPKI, then the check `C`. The server name (SNI) is never checked
+/// against the certificate: peers are verified by identity, as Istio and
+/// Envoy's SAN matchers do.
+pub struct ServerVerifier<C> {
+    /// None: the chain is not verified (see [`ServerVerifier::without_roots`]).
+    roots: Option<Arc<RootCertStore>>,
+    check: C,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl<C: fmt::Debug> fmt::Debug for ServerVerifier<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerVerifier")
+            .field("verifies_chain", &self.roots.is_some())
+            .field("check", &self.check)
+            .finish()
+    }
+}
+
+impl<C: EndEntityCheck> ServerVerifier<C> {
+    pub fn with_roots(roots: Arc<RootCertStore>, check: C) -> Self {
+        Self {
+            roots: Some(roots),
+            check,
+            algorithms: provider().signature_verification_algorithms,
+        }
+    }
+
+    /// Accepts any chain and runs only the check (and the handshake
+    /// signature checks): Envoy's upstream TLS without a validation
+    /// context. Never for mesh traffic.
+    pub fn without_roots(check: C) -> Self {
+        Self {
+            roots: None,
+            check,
+            algorithms: provider().signature_verification_algorithms,
+        }
+    }
+
+    /// Whether the chain is verified.
+    pub fn verifies_chain(&self) -> bool {
+        self.roots.is_some()
+    }
+}
+
+impl<C: EndEntityCheck> ServerCertVerifier for ServerVerifier<C> {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        if let Some(roots) = &self.roots {
+            let parsed = ParsedCertificate::try_from(end_entity)?;
+            verify_server_cert_signed_by_trust_anchor(
+                &parsed,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
+        self.check.check(end_entity)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+// === the mesh's check: SPIFFE IDs ===
+
+/// The peer's SPIFFE ID must be in the mesh's trust domains and, when
+/// `expected` is not empty, one of `expected` (Istio's `subjectAltNames`
+/// of ISTIO_MUTUAL).
+#[derive(Debug, Clone)]
+pub struct SpiffeCheck {
+    trust_domains: Arc<[String]>,
+    /// Empty = any ID in the trust domains.
+    expected: Vec<SpiffeId>,
+}
+
+impl SpiffeCheck {
+    pub fn new(trust: &MeshTrust, expected: Vec<SpiffeId>) -> Self {
+        Self {
+            trust_domains: Arc::clone(&trust.trust_domains),
+            expected,
+        }
+    }
+}
+
+impl EndEntityCheck for SpiffeCheck {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), Error> {
+        let id = spiffe_id_from_cert_der(end_entity).map_err(|e| identity_error(e.into()))?;
+        if !self.trust_domains.iter().any(|td| td == id.trust_domain()) {
+            return Err(identity_error(PeerIdentityError::WrongTrustDomain {
+                id: id.to_string(),
+                expected: self.trust_domains.to_vec(),
+            }));
+        }
+        if !self.expected.is_empty() && !self.expected.contains(&id) {
+            return Err(identity_error(PeerIdentityError::UnexpectedIdentity {
+                id: id.to_string(),
+                expected: self.expected.iter().map(ToString::to_string).collect(),
+            }));
+        }
+        Ok(())
+    }
+}
+
+/// Requires a client certificate chained to the mesh root, with a SPIFFE ID
+/// in the mesh's trust domains.
+pub type SpiffeClientVerifier = ClientVerifier<SpiffeCheck>;
+
+impl ClientVerifier<SpiffeCheck> {
+    /// A client certificate is required.
+    pub fn new(trust: MeshTrust) -> Result<Self, TlsConfigError> {
+        let check = SpiffeCheck::new(&trust, Vec::new());
+        Self::with_roots(trust.roots, check, true)
+    }
+
+    /// A client certificate is verified when presented but not required
+    /// (the CA port: bootstrapping proxies have only a token).
+    pub fn optional(trust: MeshTrust) -> Result<Self, TlsConfigError> {
+        let check = SpiffeCheck::new(&trust, Vec::new());
+        Self::with_roots(trust.roots, check, false)
+    }
+}
+
+// === server side: verify the client ===
 
 /// Server config for an inbound mTLS listener: presents the workload
 /// certificate from `resolver` (the [`crate::CertificateManager`]), requires a
@@ -243,79 +391,13 @@ pub fn control_plane_server_config(
 /// in the expected set (Istio's `subjectAltNames` of ISTIO_MUTUAL). The SNI
 /// (`outbound_.80_.v1_.reviews.default.svc.cluster.local`) is not checked
 /// against the certificate.
-pub struct SpiffeServerVerifier {
-    trust: MeshTrust,
-    /// Empty = any ID in the trust domains.
-    expected: Vec<SpiffeId>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
+pub type SpiffeServerVerifier = ServerVerifier<SpiffeCheck>;
 
-impl fmt::Debug for SpiffeServerVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SpiffeServerVerifier")
-            .field("expected", &self.expected)
-            .finish()
-    }
-}
-
-impl SpiffeServerVerifier {
+impl ServerVerifier<SpiffeCheck> {
+    /// `expected` empty: any ID in the trust domains.
     pub fn new(trust: MeshTrust, expected: Vec<SpiffeId>) -> Self {
-        Self {
-            trust,
-            expected,
-            algorithms: provider().signature_verification_algorithms,
-        }
-    }
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.trust.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        let id = spiffe_id_from_cert_der(end_entity).map_err(|e| identity_error(e.into()))?;
-        self.trust.check_trust_domain(&id).map_err(identity_error)?;
-        if !self.expected.is_empty() && !self.expected.contains(&id) {
-            return Err(identity_error(PeerIdentityError::UnexpectedIdentity {
-                id: id.to_string(),
-                expected: self.expected.iter().map(ToString::to_string).collect(),
-            }));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        let check = SpiffeCheck::new(&trust, expected);
+        Self::with_roots(trust.roots, check)
     }
 }
 

@@ -13,7 +13,7 @@ use super::secrets::{
     CertSource, DEFAULT_SECRET, ROOT_CA_SECRET, Roots, Secrets, Validation, tls_certificate,
     validation_context,
 };
-use super::verify::{DownstreamVerifier, UpstreamVerifier};
+use super::verify::{DownstreamVerifier, SanCheck, UpstreamVerifier};
 use crate::config::ConfigError;
 use crate::model::common::Ctx;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as pb;
@@ -302,11 +302,14 @@ impl ServerTls {
             let base = match &c.validation {
                 Some(v) => match roots_store(v)? {
                     Some(roots) => builder
-                        .with_client_cert_verifier(Arc::new(DownstreamVerifier::new(
-                            roots,
-                            v.sans.clone(),
-                            required,
-                        )?))
+                        .with_client_cert_verifier(Arc::new(
+                            DownstreamVerifier::with_roots(
+                                roots,
+                                SanCheck(v.sans.clone()),
+                                required,
+                            )
+                            .map_err(|e| e.to_string())?,
+                        ))
                         .with_cert_resolver(resolver),
                     None if required => {
                         return Err("require_client_certificate without trusted_ca".into());
@@ -390,14 +393,18 @@ impl ClientTls {
         let max_session_keys = u.max_session_keys.map(|v| v.value);
         let build = || -> Result<Arc<ClientConfig>, String> {
             let (roots, sans) = match &c.validation {
-                Some(v) => (roots_store(v)?, v.sans.clone()),
-                None => (None, Vec::new()),
+                Some(v) => (roots_store(v)?, SanCheck(v.sans.clone())),
+                None => (None, SanCheck(Vec::new())),
+            };
+            let verifier = match roots {
+                Some(roots) => UpstreamVerifier::with_roots(roots, sans),
+                None => UpstreamVerifier::without_roots(sans),
             };
             let mut cfg = ClientConfig::builder_with_provider(c.provider.clone())
                 .with_protocol_versions(&c.versions)
                 .map_err(|e| e.to_string())?
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(UpstreamVerifier::new(roots, sans)))
+                .with_custom_certificate_verifier(Arc::new(verifier))
                 .with_client_cert_resolver(Arc::new(Resolver(c.cert.clone())));
             cfg.alpn_protocols = alpn;
             cfg.enable_sni = sni.is_some();

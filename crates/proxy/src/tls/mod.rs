@@ -20,7 +20,7 @@ pub mod verify;
 pub mod xfcc;
 
 pub use context::{ClientTls, ServerTls};
-pub use secrets::Secrets;
+pub use secrets::{DEFAULT_SECRET, ROOT_CA_SECRET, Secrets};
 
 use std::io;
 use std::pin::Pin;

@@ -3,8 +3,9 @@
 //! (any SAN of the matcher's type satisfying any matcher). Host names are
 //! never checked against SNI (Istio verifies identities, not names).
 //!
-//! Owns the rustls verifiers of the data plane and reading SANs and the
-//! subject from certificates. Failure texts end up in
+//! Owns the data plane's check of peer certificates ([`SanCheck`], plugged
+//! into weft-identity's WebPKI verifiers) and reading SANs and the subject
+//! from certificates. Failure texts end up in
 //! `%UPSTREAM_TRANSPORT_FAILURE_REASON%` via
 //! `weft_identity::tls::failure_reason`.
 
@@ -13,18 +14,10 @@ use crate::model::common::{Ctx, StringMatch};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     SubjectAltNameMatcher, subject_alt_name_matcher::SanType,
 };
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::verify_server_cert_signed_by_trust_anchor;
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::server::ParsedCertificate;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, Error, OtherError, RootCertStore,
-    SignatureScheme,
-};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use std::fmt;
+use rustls::{CertificateError, Error, OtherError};
+use rustls_pki_types::CertificateDer;
 use std::sync::Arc;
+use weft_identity::tls::{ClientVerifier, EndEntityCheck, ServerVerifier};
 
 /// Which SAN a matcher looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,157 +172,22 @@ pub fn check_sans(matchers: &[SanMatcher], leaf: &[u8]) -> Result<(), Error> {
     )))
 }
 
-fn algorithms() -> WebPkiSupportedAlgorithms {
-    weft_identity::tls::provider().signature_verification_algorithms
-}
+/// Envoy's `match_typed_subject_alt_names` as the check of weft-identity's
+/// verifiers (no matchers: any certificate).
+#[derive(Debug, Clone)]
+pub struct SanCheck(pub Vec<SanMatcher>);
 
-// === client side: verify the server ===
-
-/// Verifies an upstream's certificate: the chain to `roots` when a
-/// validation context is configured (without one, Envoy accepts any
-/// certificate), then the SAN matchers.
-pub struct UpstreamVerifier {
-    roots: Option<Arc<RootCertStore>>,
-    sans: Vec<SanMatcher>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl fmt::Debug for UpstreamVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpstreamVerifier")
-            .field("verifies_chain", &self.roots.is_some())
-            .field("sans", &self.sans)
-            .finish()
+impl EndEntityCheck for SanCheck {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), Error> {
+        check_sans(&self.0, end_entity)
     }
 }
 
-impl UpstreamVerifier {
-    pub fn new(roots: Option<Arc<RootCertStore>>, sans: Vec<SanMatcher>) -> Self {
-        UpstreamVerifier {
-            roots,
-            sans,
-            algorithms: algorithms(),
-        }
-    }
-}
+/// Verifies an upstream's certificate: the chain to the validation
+/// context's roots when one is configured (without one, Envoy accepts any
+/// certificate: [`ServerVerifier::without_roots`]), then the SAN matchers.
+pub type UpstreamVerifier = ServerVerifier<SanCheck>;
 
-impl ServerCertVerifier for UpstreamVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        if let Some(roots) = &self.roots {
-            let parsed = ParsedCertificate::try_from(end_entity)?;
-            verify_server_cert_signed_by_trust_anchor(
-                &parsed,
-                roots,
-                intermediates,
-                now,
-                self.algorithms.all,
-            )?;
-        }
-        check_sans(&self.sans, end_entity)?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-// === server side: verify the client ===
-
-/// Verifies a downstream client certificate: webpki chain checks to the
+/// Verifies a downstream client certificate: WebPKI chain checks to the
 /// validation context's roots, then the SAN matchers.
-pub struct DownstreamVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    sans: Vec<SanMatcher>,
-}
-
-impl fmt::Debug for DownstreamVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DownstreamVerifier")
-            .field("sans", &self.sans)
-            .finish()
-    }
-}
-
-impl DownstreamVerifier {
-    /// `required`: Envoy's `require_client_certificate`.
-    pub fn new(
-        roots: Arc<RootCertStore>,
-        sans: Vec<SanMatcher>,
-        required: bool,
-    ) -> Result<Self, String> {
-        let mut b = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            roots,
-            weft_identity::tls::provider(),
-        );
-        if !required {
-            b = b.allow_unauthenticated();
-        }
-        let inner = b.build().map_err(|e| e.to_string())?;
-        Ok(DownstreamVerifier { inner, sans })
-    }
-}
-
-impl ClientCertVerifier for DownstreamVerifier {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-    fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
-    }
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        check_sans(&self.sans, end_entity)?;
-        Ok(ClientCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
+pub type DownstreamVerifier = ClientVerifier<SanCheck>;

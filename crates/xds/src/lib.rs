@@ -93,5 +93,5 @@ pub use proxy_node::{ProxyKind, ProxyMetadata};
 pub use push::{DebounceConfig, PushRequest, PushScope, PushState, Pusher};
 pub use resources::{Generator, NodeInfo, Resource, ResourceSet, string_struct};
 pub use server::{AdsServer, ServerOptions};
-pub use status::{Nack, ProxySyncStatus, StreamKind, SyncStatus, TypeSyncStatus};
+pub use status::{Nack, Names, ProxySyncStatus, StreamKind, SyncStatus, TypeSyncStatus};
 pub use types::XdsType;

@@ -6,7 +6,9 @@
 //! a `watch` channel that every ADS connection follows. The state is
 //! cumulative (for each type, the push version that last changed it), so a
 //! connection that skipped intermediate versions still learns every type it
-//! must recompute.
+//! must recompute. Types outside [`XdsType`] (Istio's NDS) are recomputed
+//! by every full push and by typed pushes that name their URL
+//! ([`PushRequest::with_type_url`]).
 //!
 //! Owns timing only; it does not know which proxies exist.
 
@@ -43,6 +45,10 @@ impl PushScope {
 pub struct PushRequest {
     /// What to recompute.
     pub scope: PushScope,
+    /// Type URLs outside [`XdsType`] to recompute too (e.g. Istio's NDS
+    /// when an endpoint change altered name tables); a full push
+    /// recomputes them all anyway.
+    pub type_urls: BTreeSet<String>,
     /// Why (for logs), e.g. `config file reviews.yaml changed`.
     pub reason: String,
 }
@@ -52,6 +58,7 @@ impl PushRequest {
     pub fn full(reason: impl Into<String>) -> Self {
         PushRequest {
             scope: PushScope::Full,
+            type_urls: BTreeSet::new(),
             reason: reason.into(),
         }
     }
@@ -65,8 +72,16 @@ impl PushRequest {
     pub fn types(types: impl IntoIterator<Item = XdsType>, reason: impl Into<String>) -> Self {
         PushRequest {
             scope: PushScope::Types(types.into_iter().collect()),
+            type_urls: BTreeSet::new(),
             reason: reason.into(),
         }
+    }
+
+    /// Also recompute `type_url`, a type outside [`XdsType`] (for those
+    /// inside, name them in [`Self::types`]).
+    pub fn with_type_url(mut self, type_url: impl Into<String>) -> Self {
+        self.type_urls.insert(type_url.into());
+        self
     }
 }
 
@@ -99,6 +114,9 @@ pub struct PushState {
     pub type_versions: BTreeMap<XdsType, u64>,
     /// The version of the last full push (also recomputes unknown types).
     pub full_version: u64,
+    /// For type URLs outside [`XdsType`] that a typed push named, the
+    /// version of the push that last did ([`Self::url_version`]).
+    pub url_versions: BTreeMap<String, u64>,
     /// When the first request of the latest push's burst arrived; the
     /// convergence histogram measures from here to the proxy's ACK.
     pub triggered_at: Instant,
@@ -114,6 +132,7 @@ impl PushState {
             version: 0,
             type_versions: BTreeMap::new(),
             full_version: 0,
+            url_versions: BTreeMap::new(),
             triggered_at: Instant::now(),
             coalesced: 0,
             reasons: Vec::new(),
@@ -131,6 +150,19 @@ impl PushState {
     /// Whether a full push happened after version `seen`.
     pub fn full_since(&self, seen: u64) -> bool {
         self.full_version > seen
+    }
+
+    /// The version of the push that last recomputed `type_url`, a type
+    /// outside [`XdsType`]: the last full push or a typed push naming it.
+    pub fn url_version(&self, type_url: &str) -> u64 {
+        let named = self.url_versions.get(type_url).copied().unwrap_or(0);
+        named.max(self.full_version)
+    }
+
+    /// Whether some push after version `seen` recomputed `type_url` (a
+    /// type outside [`XdsType`]).
+    pub fn url_changed_since(&self, type_url: &str, seen: u64) -> bool {
+        self.url_version(type_url) > seen
     }
 }
 
@@ -178,6 +210,7 @@ async fn debounce_loop(
         let started = Instant::now();
         let mut last = started;
         let mut scope = first.scope;
+        let mut type_urls = first.type_urls;
         let mut reasons = vec![first.reason];
         let mut coalesced = 1;
         let mut open = true;
@@ -188,6 +221,7 @@ async fn debounce_loop(
                 next = rx.recv() => match next {
                     Some(req) => {
                         scope.merge(req.scope);
+                        type_urls.extend(req.type_urls);
                         if !reasons.contains(&req.reason) {
                             reasons.push(req.reason);
                         }
@@ -213,6 +247,9 @@ async fn debounce_loop(
                 for t in types {
                     next.type_versions.insert(*t, next.version);
                 }
+                for url in &type_urls {
+                    next.url_versions.insert(url.clone(), next.version);
+                }
             }
         }
         next.triggered_at = started;
@@ -222,6 +259,7 @@ async fn debounce_loop(
             version = next.version,
             coalesced,
             scope = ?scope,
+            ?type_urls,
             reasons = ?next.reasons,
             "xDS push"
         );
@@ -293,6 +331,31 @@ mod tests {
         // or two more queued before it observes its expired deadline.
         assert!((16..=20).contains(&state.coalesced), "{}", state.coalesced);
         assert!(sent <= 20, "published only after {sent} requests");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn named_type_urls_follow_typed_and_full_pushes() {
+        const NDS: &str = crate::nds::NAME_TABLE;
+        let pusher = Pusher::spawn(DebounceConfig::default());
+        let mut rx = pusher.subscribe();
+        pusher.trigger(PushRequest::endpoints("eds only"));
+        rx.changed().await.unwrap();
+        let state = rx.borrow_and_update().clone();
+        assert!(!state.url_changed_since(NDS, 0));
+        pusher.trigger(PushRequest::endpoints("eds and names").with_type_url(NDS));
+        pusher.trigger(PushRequest::types([XdsType::Route], "coalesced"));
+        rx.changed().await.unwrap();
+        let state = rx.borrow_and_update().clone();
+        assert_eq!(state.version, 2);
+        assert!(state.url_changed_since(NDS, 1));
+        assert!(!state.url_changed_since("type.googleapis.com/other.T", 1));
+        assert_eq!(state.url_version(NDS), 2);
+        pusher.trigger(PushRequest::full("config"));
+        rx.changed().await.unwrap();
+        let state = rx.borrow_and_update().clone();
+        // A full push recomputes every type URL, named or not.
+        assert!(state.url_changed_since("type.googleapis.com/other.T", 2));
+        assert_eq!(state.url_version(NDS), 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,7 +6,7 @@
 //! Owns version hashing. Must not know how resources are translated from
 //! mesh configuration: that is the generator's job.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 
@@ -136,6 +136,12 @@ impl ResourceSet {
         self.resources.get(name)
     }
 
+    /// The shared allocation of the name `name`, if the set holds it (so a
+    /// subscription naming it can share it instead of keeping a copy).
+    pub fn shared_name(&self, name: &str) -> Option<&Arc<str>> {
+        self.resources.get_key_value(name).map(|(k, _)| k)
+    }
+
     /// Resources in name order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Resource>> {
         self.resources.values()
@@ -156,20 +162,22 @@ impl ResourceSet {
         self.resources.is_empty()
     }
 
-    /// The subset whose names are in `names` (a cheap clone when every
-    /// resource is named).
-    pub fn filtered(&self, names: &BTreeSet<String>) -> ResourceSet {
-        if is_subset(
-            self.resources.keys().map(|k| &**k),
-            names.iter().map(String::as_str),
-        ) {
+    /// The subset whose names are in `names`, which must be sorted and
+    /// without duplicates (a `BTreeSet`'s or a [`crate::status::Names`]'
+    /// order). A cheap clone when every resource is named.
+    pub fn filtered<'a, I>(&self, names: I) -> ResourceSet
+    where
+        I: IntoIterator<Item = &'a str>,
+        I::IntoIter: Clone,
+    {
+        let names = names.into_iter();
+        if is_subset(self.resources.keys().map(|k| &**k), names.clone()) {
             return self.clone();
         }
         let resources = names
-            .iter()
             .filter_map(|n| {
                 self.resources
-                    .get_key_value(n.as_str())
+                    .get_key_value(n)
                     .map(|(k, r)| (k.clone(), r.clone()))
             })
             .collect();
@@ -331,6 +339,13 @@ pub trait Generator: Send + Sync + 'static {
         let _ = (node, type_url);
         None
     }
+
+    /// The last open stream of `node` (by `node.id`) closed: drop whatever
+    /// was kept for this proxy alone. A proxy that connects again is
+    /// computed afresh. The default keeps nothing, so does nothing.
+    fn forget(&self, node: &NodeInfo) {
+        let _ = node;
+    }
 }
 
 impl<F> Generator for F
@@ -343,7 +358,10 @@ where
 }
 
 /// Whether every item of sorted `a` is in sorted `b`: one pass over both.
-fn is_subset<'a>(a: impl Iterator<Item = &'a str>, mut b: impl Iterator<Item = &'a str>) -> bool {
+fn is_subset<'a, 'b>(
+    a: impl Iterator<Item = &'a str>,
+    mut b: impl Iterator<Item = &'b str>,
+) -> bool {
     'outer: for x in a {
         for y in b.by_ref() {
             match y.cmp(x) {
@@ -419,17 +437,17 @@ mod tests {
         assert_ne!(a.version(), c.version());
         assert_ne!(a.get("x").unwrap().version, c.get("x").unwrap().version);
         assert_eq!(a.get("y").unwrap().version, c.get("y").unwrap().version);
-        let only_y = a.filtered(&BTreeSet::from(["y".to_string(), "z".to_string()]));
+        let only_y = a.filtered(["y", "z"]);
         assert_eq!(only_y.names().collect::<Vec<_>>(), vec!["y"]);
-        let all = a.filtered(&BTreeSet::from(["w", "x", "y", "z"].map(String::from)));
+        let all = a.filtered(["w", "x", "y", "z"]);
         assert_eq!(all, a);
         assert!(
             Arc::ptr_eq(&all.resources, &a.resources),
             "superset filter copies"
         );
-        let none = a.filtered(&BTreeSet::new());
+        let none = a.filtered([]);
         assert!(none.is_empty());
-        let x_only = a.filtered(&BTreeSet::from(["x".to_string()]));
+        let x_only = a.filtered(["x"]);
         assert_eq!(x_only.names().collect::<Vec<_>>(), vec!["x"]);
         // Clones share the computed version until modified.
         let v = a.version();

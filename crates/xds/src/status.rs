@@ -30,6 +30,21 @@ impl StreamKind {
     }
 }
 
+/// Resource names, sorted and without duplicates, shared rather than
+/// copied: a stream's subscription and its status entry hold the same
+/// allocation, and each name shares its allocation with the generated
+/// resource of that name where there is one. Compare with
+/// `names.iter().map(|n| &**n)`.
+pub type Names = Arc<[Arc<str>]>;
+
+/// The [`Names`] of `names` (any order, duplicates dropped).
+pub fn names<'a>(names: impl IntoIterator<Item = &'a str>) -> Names {
+    let mut v: Vec<&str> = names.into_iter().collect();
+    v.sort_unstable();
+    v.dedup();
+    v.into_iter().map(Arc::from).collect()
+}
+
 /// A rejected response.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Nack {
@@ -59,8 +74,9 @@ pub struct TypeSyncStatus {
     pub acked_version: String,
     /// Nonce of the last ACKed response (Istio's syncz compares nonces).
     pub acked_nonce: String,
-    /// Names the proxy subscribed to; `["*"]` for a wildcard subscription.
-    pub subscribed: Vec<String>,
+    /// Names the proxy subscribed to, sorted; `["*"]` for a wildcard
+    /// subscription. Shared with the stream's own bookkeeping.
+    pub subscribed: Names,
     /// Responses sent.
     pub responses: u64,
     /// NACKs received.

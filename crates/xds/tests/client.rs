@@ -75,7 +75,8 @@ fn synced_with(state: &ClientState, srv: &TestServer, id: &str) -> bool {
             ROUTE => vec!["80".into()],
             _ => want.names().map(str::to_string).collect(),
         };
-        want = want.filtered(&names.into_iter().collect());
+        let names: std::collections::BTreeSet<String> = names.into_iter().collect();
+        want = want.filtered(names.iter().map(String::as_str));
         state.version(t) == want.version()
     })
 }
@@ -119,12 +120,15 @@ async fn client_follows_cds_lds_then_eds_rds_and_acks() {
             s.types.len() == 4 && s.types.values().all(|t| t.synced())
         })
         .await;
-    assert_eq!(st.types[ENDPOINT].subscribed, ["a"]);
+    assert_eq!(
+        st.types[ENDPOINT].subscribed,
+        weft_xds::status::names(["a"])
+    );
     // weftd reads back what the proxy said about itself.
     let node = srv.server.node(id).expect("connected node");
     assert_eq!(node.cluster, "a.default");
     assert_eq!(ProxyMetadata::from_node(&node.node).unwrap(), me);
-    assert_eq!(st.types[ROUTE].subscribed, ["80"]);
+    assert_eq!(st.types[ROUTE].subscribed, weft_xds::status::names(["80"]));
 
     // An endpoint change reaches the handler as the full EDS set.
     srv.generator

@@ -106,3 +106,72 @@ async fn the_client_subscribes_to_nds_only_with_dns_capture() {
         .await;
     client.shutdown().await;
 }
+
+/// Pushes that name NDS beside EDS (an endpoint change that altered name
+/// tables) resend the table when it changed, and only then; EDS-only
+/// pushes leave it alone. The next EDS response is the sentinel: a table
+/// sent by a push comes before the EDS response of any later push.
+#[tokio::test]
+async fn typed_pushes_naming_nds_resend_only_changed_tables() {
+    use weft_xds::types::ENDPOINT;
+    let srv = TestServer::start(debounce_ms(0)).await;
+    srv.generator.set_all(NAME_TABLE, set([table("10.1.0.20")]));
+    srv.generator.set_all(ENDPOINT, set([cla("a", "1")]));
+    let id = "sidecar~10.0.0.1~a-1.default~default.svc.cluster.local";
+    let mut raw = RawSotw::connect(&srv.url()).await;
+    raw.subscribe(id, NAME_TABLE, &[]);
+    let nds = raw.recv().await;
+    raw.ack(&nds, &[]);
+    raw.subscribe(id, ENDPOINT, &["a"]);
+    let eds = raw.recv().await;
+    assert_eq!(eds.type_url, ENDPOINT);
+    raw.ack(&eds, &["a"]);
+    let mut marker = 1;
+    let mut eds_push = |srv: &TestServer, req: PushRequest| {
+        marker += 1;
+        srv.generator
+            .set_all(ENDPOINT, set([cla("a", &marker.to_string())]));
+        srv.pusher.trigger(req);
+    };
+
+    // EDS only: the (changed) table is not recomputed.
+    srv.generator.set_all(NAME_TABLE, set([table("10.1.0.21")]));
+    eds_push(&srv, PushRequest::endpoints("eds only"));
+    let r = raw.recv().await;
+    assert_eq!(r.type_url, ENDPOINT, "an EDS-only push sent {}", r.type_url);
+    raw.ack(&r, &["a"]);
+
+    // EDS and NDS: the changed table follows the EDS response.
+    eds_push(
+        &srv,
+        PushRequest::endpoints("headless pod moved").with_type_url(NAME_TABLE),
+    );
+    let r = raw.recv().await;
+    assert_eq!(r.type_url, ENDPOINT);
+    raw.ack(&r, &["a"]);
+    let r = raw.recv().await;
+    assert_eq!(r.type_url, NAME_TABLE);
+    let got = NameTable::from_any(&r.resources[0]).unwrap();
+    assert_eq!(
+        got.table["reviews.default.svc.cluster.local"].ips,
+        ["10.1.0.21"]
+    );
+    raw.ack(&r, &[]);
+
+    // Naming NDS again with the same table: nothing is sent for it.
+    eds_push(
+        &srv,
+        PushRequest::endpoints("other pod moved").with_type_url(NAME_TABLE),
+    );
+    let r = raw.recv().await;
+    assert_eq!(r.type_url, ENDPOINT);
+    raw.ack(&r, &["a"]);
+    eds_push(&srv, PushRequest::endpoints("sentinel"));
+    let r = raw.recv().await;
+    assert_eq!(
+        r.type_url, ENDPOINT,
+        "an unchanged table was sent again before the sentinel"
+    );
+    let status = srv.wait_status(id, |s| s.types[NAME_TABLE].synced()).await;
+    assert_eq!(status.types[NAME_TABLE].responses, 2);
+}

@@ -38,7 +38,10 @@ async fn initial_fetch_ack_then_push_on_change() {
         })
         .await;
     assert_eq!(status.types[CLUSTER].acked_version, cds.version_info);
-    assert_eq!(status.types[CLUSTER].subscribed, ["*"]);
+    assert_eq!(
+        status.types[CLUSTER].subscribed,
+        weft_xds::status::names(["*"])
+    );
     assert_eq!(status.types[CLUSTER].initial_version, "");
     assert_eq!(srv.server.metrics().connected_proxies(), 1);
 

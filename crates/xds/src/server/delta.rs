@@ -22,7 +22,7 @@ use super::{ResponseTx, Shared, StreamCtx, first_request, nack_message};
 use crate::names::eds_names;
 use crate::push::PushState;
 use crate::resources::{NodeInfo, Resource};
-use crate::status::{Nack, StreamKind};
+use crate::status::{Nack, Names, StreamKind};
 use crate::types::{XdsType, short_name};
 
 /// Responses kept per type awaiting ACK; older ones are forgotten.
@@ -108,10 +108,12 @@ struct DeltaWatch {
 }
 
 impl DeltaWatch {
-    fn subscribed_list(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.wildcard.then(|| "*".to_string()).into_iter().collect();
-        out.extend(self.names.iter().cloned());
-        out
+    fn subscribed_list(&self) -> Names {
+        let star = self.wildcard.then_some("*");
+        crate::status::names(
+            star.into_iter()
+                .chain(self.names.iter().map(String::as_str)),
+        )
     }
 
     fn restore(&mut self, name: &str) {
@@ -282,8 +284,8 @@ impl DeltaStream {
     }
 
     async fn on_push(&mut self, state: &PushState) -> Result<(), Closed> {
-        let changed = state.changed_since(self.seen);
-        let full = state.full_since(self.seen);
+        let seen = self.seen;
+        let changed = state.changed_since(seen);
         self.seen = state.version;
         // Clusters whose definition changed re-warm in Envoy and wait for
         // their load assignment again, even when it did not change.
@@ -306,17 +308,17 @@ impl DeltaStream {
                 rewarm = eds_names(updated.iter().map(|r| &r.any));
             }
         }
-        if full {
-            let unknown: Vec<String> = self
-                .watches
-                .keys()
-                .filter(|u| XdsType::from_type_url(u).is_none())
-                .cloned()
-                .collect();
-            for url in unknown {
-                self.respond(&url, Mode::Changed, Some(state.triggered_at), &[], &[])
-                    .await?;
-            }
+        // Types outside XdsType (Istio's NDS): on full pushes and pushes
+        // naming them; sent only if something changed for the proxy.
+        let others: Vec<String> = self
+            .watches
+            .keys()
+            .filter(|u| XdsType::from_type_url(u).is_none() && state.url_changed_since(u, seen))
+            .cloned()
+            .collect();
+        for url in others {
+            self.respond(&url, Mode::Changed, Some(state.triggered_at), &[], &[])
+                .await?;
         }
         Ok(())
     }
@@ -340,7 +342,7 @@ impl DeltaStream {
         let desired = if watch.wildcard {
             all
         } else {
-            all.filtered(&watch.names)
+            all.filtered(watch.names.iter().map(String::as_str))
         };
         // A rejection stands only while the rejected version is current.
         watch

@@ -8,7 +8,9 @@
 //! encode each response once, straight from the shared resources (no copy
 //! of each `Any` into a response message first), into its own exact-size
 //! gRPC frame ([`sotw_frame`], [`delta_frame`]) that HTTP/2 frees once
-//! written. Requests are decoded with tonic's `Streaming` as before.
+//! written. Requests are decoded with tonic's `Streaming`; state-of-the-world
+//! ones into [`SotwRequest`] (resource names in one buffer, not one
+//! `String` each).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -16,7 +18,7 @@ use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes};
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::Any;
 use http_body::Frame;
@@ -26,6 +28,7 @@ use tonic::codegen::{BoxFuture, http};
 use tonic::server::NamedService;
 use tonic::{Status, body::Body};
 
+use super::request::SotwRequest;
 use super::{AdsServer, delta, sotw};
 
 const SOTW: &str =
@@ -203,8 +206,9 @@ impl tonic::codegen::Service<http::Request<Body>> for AdsService {
             let buffer = shared.options.response_buffer;
             Ok(match path.as_str() {
                 SOTW => {
+                    // Requests keep their resource names in one buffer.
                     let mut codec =
-                        tonic_prost::ProstCodec::<DiscoveryResponse, DiscoveryRequest>::default();
+                        tonic_prost::ProstCodec::<DiscoveryResponse, SotwRequest>::default();
                     let requests =
                         Streaming::new_request(codec.decoder(), req.into_body(), None, max);
                     let (tx, rx) = mpsc::channel(buffer);

@@ -5,15 +5,20 @@
 //! proxy's resources.
 //!
 //! Owns stream lifecycle, nonces and the per-stream bookkeeping; must not
-//! compute resources.
+//! compute resources. Nothing outlives the proxies it was kept for: a
+//! stream's status row, its share of the sets cached per
+//! [`Generator::cache_key`] and (through [`Generator::forget`], when a
+//! proxy's last stream closes) the generator's per-proxy state go with
+//! the stream.
 
 mod delta;
 mod grpc;
+mod request;
 mod sotw;
 
 pub use grpc::AdsService;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -78,8 +83,24 @@ pub(crate) struct Shared {
     options: ServerOptions,
     next_conn: AtomicU64,
     closed: watch::Sender<bool>,
-    /// (cache key, type URL) → (push version, resources).
-    cache: Mutex<HashMap<(String, String), (u64, ResourceSet)>>,
+    /// (cache key, type URL) → the set generated for the streams using
+    /// that key; dropped with its last user.
+    cache: Mutex<HashMap<CacheKey, CachedSet>>,
+    /// Open streams per node id: when a proxy's last one closes, the
+    /// generator forgets it.
+    streams: Mutex<HashMap<String, usize>>,
+}
+
+/// (cache key, type URL).
+type CacheKey = (String, String);
+
+/// A set shared by the streams whose generator cache key is the same.
+#[derive(Default)]
+struct CachedSet {
+    /// Streams that asked for it (each counted once).
+    users: usize,
+    /// (push version, resources), once generated.
+    set: Option<(u64, ResourceSet)>,
 }
 
 impl AdsServer {
@@ -102,6 +123,7 @@ impl AdsServer {
                 next_conn: AtomicU64::new(1),
                 closed,
                 cache: Mutex::new(HashMap::new()),
+                streams: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -167,6 +189,16 @@ impl AdsServer {
     pub fn metrics(&self) -> &Arc<XdsMetrics> {
         &self.shared.metrics
     }
+
+    /// Distinct proxies (node ids) with an open stream.
+    pub fn connected_proxies(&self) -> usize {
+        lock(&self.shared.streams).len()
+    }
+
+    /// Sets kept per [`Generator::cache_key`] for the open streams.
+    pub fn cached_sets(&self) -> usize {
+        lock(&self.shared.cache).len()
+    }
 }
 
 /// Binds a TCP listener with `SO_REUSEADDR`, so a restarted weftd gets its
@@ -196,6 +228,8 @@ pub(crate) struct StreamCtx {
     pub(crate) status: StatusEntry,
     pub(crate) conn_id: String,
     nonces: u64,
+    /// Entries of the shared cache this stream counts as a user of.
+    cache_keys: HashSet<CacheKey>,
 }
 
 impl StreamCtx {
@@ -220,6 +254,7 @@ impl StreamCtx {
             },
         );
         shared.metrics.connected();
+        *lock(&shared.streams).entry(node.id.clone()).or_default() += 1;
         tracing::info!(proxy = %node.id, conn = %conn_id, kind = kind.as_str(), "xDS stream opened");
         StreamCtx {
             shared,
@@ -227,6 +262,7 @@ impl StreamCtx {
             status,
             conn_id,
             nonces: 0,
+            cache_keys: HashSet::new(),
         }
     }
 
@@ -237,7 +273,7 @@ impl StreamCtx {
 
     /// The proxy's desired set of `type_url`, shared between proxies with
     /// the same [`Generator::cache_key`] within one push version.
-    pub(crate) fn generate(&self, type_url: &str) -> ResourceSet {
+    pub(crate) fn generate(&mut self, type_url: &str) -> ResourceSet {
         let generator = self.shared.generator.as_ref();
         let Some(key) = generator.cache_key(&self.node, type_url) else {
             return generator.generate(&self.node, type_url);
@@ -248,22 +284,33 @@ impl StreamCtx {
             let state = self.shared.pushes.borrow();
             match XdsType::from_type_url(type_url) {
                 Some(t) => state.type_versions.get(&t).copied().unwrap_or(0),
-                None => state.full_version,
+                None => state.url_version(type_url),
             }
         };
         let cache_key = (key, type_url.to_string());
-        if let Some((v, set)) = lock(&self.shared.cache).get(&cache_key)
-            && *v == version
         {
-            return set.clone();
+            let mut cache = lock(&self.shared.cache);
+            if !self.cache_keys.contains(&cache_key) {
+                cache.entry(cache_key.clone()).or_default().users += 1;
+                self.cache_keys.insert(cache_key.clone());
+            }
+            if let Some(CachedSet {
+                set: Some((v, set)),
+                ..
+            }) = cache.get(&cache_key)
+                && *v == version
+            {
+                return set.clone();
+            }
         }
         let set = generator.generate(&self.node, type_url);
         // Computed once here, shared by every proxy that gets this set.
         set.version();
         let mut cache = lock(&self.shared.cache);
-        let newer = cache.get(&cache_key).is_some_and(|(v, _)| *v > version);
-        if !newer {
-            cache.insert(cache_key, (version, set.clone()));
+        if let Some(entry) = cache.get_mut(&cache_key)
+            && entry.set.as_ref().is_none_or(|(v, _)| *v <= version)
+        {
+            entry.set = Some((version, set.clone()));
         }
         set
     }
@@ -275,6 +322,36 @@ impl StreamCtx {
 
 impl Drop for StreamCtx {
     fn drop(&mut self) {
+        if !self.cache_keys.is_empty() {
+            let mut cache = lock(&self.shared.cache);
+            for key in self.cache_keys.drain() {
+                if let Some(entry) = cache.get_mut(&key) {
+                    entry.users = entry.users.saturating_sub(1);
+                    if entry.users == 0 {
+                        cache.remove(&key);
+                    }
+                }
+            }
+        }
+        {
+            // Under the lock, so a stream of the same proxy opening now
+            // counts either before (nothing forgotten) or after.
+            let mut streams = lock(&self.shared.streams);
+            let last = match streams.get_mut(&self.node.id) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    streams.remove(&self.node.id);
+                    true
+                }
+                None => false,
+            };
+            if last {
+                self.shared.generator.forget(&self.node);
+            }
+        }
         self.shared.metrics.disconnected();
         tracing::info!(proxy = %self.node.id, conn = %self.conn_id, "xDS stream closed");
     }

@@ -12,6 +12,9 @@
 //!   istiod's same endpoint answers and `weft proxy-config` reads;
 //! - `/debug/configz` and `/debug/config_errors`: the config source's state
 //!   (version, problems, objects served from their last good version);
+//! - `/debug/cachez`: what weftd keeps per proxy and per Sidecar scope
+//!   (connected proxies, per-proxy entries, scope parts, name tables, sets
+//!   shared per cache key); every figure falls back as proxies leave;
 //! - `/ready`.
 
 use std::convert::Infallible;
@@ -137,6 +140,20 @@ fn config_dump(d: &Discovery, wanted: &str) -> Response<Full<Bytes>> {
     }
 }
 
+fn cachez(d: &Discovery) -> Value {
+    let c = d.generator().cache().detail();
+    json!({
+        "connectedProxies": d.server().connected_proxies(),
+        "streams": d.server().sync_status().len(),
+        "proxies": c.scope_keys,
+        "proxyParts": c.proxies,
+        "scopes": c.scopes,
+        "computedScopes": c.computed_scopes,
+        "nameTables": c.name_tables,
+        "sharedSets": d.server().cached_sets(),
+    })
+}
+
 fn metrics(d: &Discovery) -> Response<Full<Bytes>> {
     let mut out = String::new();
     match prometheus_client::encoding::text::encode(&mut out, d.metrics()) {
@@ -160,6 +177,7 @@ pub fn handle(d: &Discovery, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics" | "/stats/prometheus" => metrics(d),
         "/ready" => respond(StatusCode::OK, "text/plain", "ready\n"),
         "/debug/syncz" => json_response(StatusCode::OK, &syncz(d)),
+        "/debug/cachez" => json_response(StatusCode::OK, &cachez(d)),
         "/debug/config_dump" => match query_param(q, "proxyID") {
             Some(id) if !id.is_empty() => config_dump(d, &id),
             _ => json_response(
@@ -173,7 +191,7 @@ pub fn handle(d: &Discovery, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/debug" | "/debug/" => respond(
             StatusCode::OK,
             "text/plain",
-            "/metrics\n/debug/syncz\n/debug/config_dump?proxyID=\n/debug/configz\n/debug/config_errors\n",
+            "/metrics\n/debug/syncz\n/debug/cachez\n/debug/config_dump?proxyID=\n/debug/configz\n/debug/config_errors\n",
         ),
         other => respond(
             StatusCode::NOT_FOUND,

@@ -10,11 +10,16 @@
 //! kept its ports and VIPs, full otherwise. The generator serves encoded
 //! resources from [`crate::xds_cache`]: scope parts shared between
 //! proxies, and on endpoint changes only the changed services'
-//! assignments rebuilt.
+//! assignments rebuilt; when a headless service's endpoints changed, the
+//! push names Istio's NDS too, so proxies with DNS capture whose
+//! NameTable changed get it (and only they). The cache's sizes are
+//! exported as `weft_xds_cache_*` gauges; they fall back as proxies
+//! disconnect ([`weft_xds::Generator::forget`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as PromRegistry;
@@ -24,7 +29,7 @@ use weft_xds::{AdsServer, DebounceConfig, PushRequest, Pusher, ServerOptions, Xd
 
 use crate::sds::SecretGenerator;
 use crate::translate::{MeshView, TranslateOptions, TranslationGenerator};
-use crate::xds_cache::ViewChange;
+use crate::xds_cache::{CacheStats, ViewChange};
 
 /// Errors starting discovery.
 #[derive(Debug, thiserror::Error)]
@@ -126,9 +131,11 @@ impl ConfigMetrics {
 
 /// Applies a new snapshot to `generator` and says what to push: EDS only
 /// when only workload objects changed, every service kept its ports and
-/// VIPs and every changed service is EDS-resolved (then only the changed
-/// services' assignments are rebuilt, once per scope); everything
-/// otherwise. weftd's config watch and the control benchmark both use it.
+/// VIPs and every changed service is EDS-resolved or passthrough (then
+/// only the changed services' assignments are rebuilt, once per scope),
+/// with NDS as well when a passthrough service's endpoints (which name
+/// tables list) changed; everything otherwise. weftd's config watch and
+/// the control benchmark both use it.
 pub fn apply_snapshot(
     generator: &TranslationGenerator,
     prev_snap: &Snapshot,
@@ -148,8 +155,16 @@ pub fn apply_snapshot(
         prev.registry.services().eq(next.registry.services()) && prev.mesh == next.mesh;
     if !changes.is_empty() && changes.only_workloads() && same_services {
         match generator.update_endpoints(next) {
-            ViewChange::Endpoints(hosts) => {
-                PushRequest::endpoints(format!("{reason}; endpoints of {} service(s)", hosts.len()))
+            ViewChange::Endpoints { hosts, name_tables } => {
+                let request = PushRequest::endpoints(format!(
+                    "{reason}; endpoints of {} service(s)",
+                    hosts.len()
+                ));
+                if name_tables {
+                    request.with_type_url(weft_xds::nds::NAME_TABLE)
+                } else {
+                    request
+                }
             }
             ViewChange::Full => {
                 PushRequest::full(format!("{reason}; a DNS-resolved service changed"))
@@ -159,6 +174,41 @@ pub fn apply_snapshot(
         generator.update(next);
         PushRequest::full(reason)
     }
+}
+
+/// A gauge read from the xDS cache at scrape time.
+#[derive(Debug)]
+struct CacheGauge {
+    generator: Arc<TranslationGenerator>,
+    pick: fn(&CacheStats) -> usize,
+}
+
+impl EncodeMetric for CacheGauge {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let v = (self.pick)(&self.generator.cache().detail());
+        encoder.encode_gauge(&i64::try_from(v).unwrap_or(i64::MAX))
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Gauge
+    }
+}
+
+fn register_cache_gauges(r: &mut PromRegistry, generator: &Arc<TranslationGenerator>) {
+    let gauge = |pick| CacheGauge {
+        generator: Arc::clone(generator),
+        pick,
+    };
+    r.register(
+        "weft_xds_cache_proxies",
+        "Proxies weftd keeps translated xDS state for (dropped when their last stream closes).",
+        gauge(|s| s.scope_keys),
+    );
+    r.register(
+        "weft_xds_cache_scopes",
+        "Sidecar scopes weftd keeps shared xDS parts for (dropped with their last proxy).",
+        gauge(|s| s.scopes),
+    );
 }
 
 /// Keeps allocations of 256 KiB and more (encoded xDS responses of a few
@@ -233,6 +283,7 @@ impl Discovery {
         config_metrics.observe(&first);
         let view = MeshView::new(&first, options.translate.clone());
         let generator = Arc::new(TranslationGenerator::new(view));
+        register_cache_gauges(&mut prom, &generator);
         let pusher = Pusher::spawn(options.push_debounce);
         let served: Arc<dyn weft_xds::Generator> = match &options.root_ca_pem {
             Some(root) => Arc::new(SecretGenerator::new(generator.clone(), root)),

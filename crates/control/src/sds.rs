@@ -85,4 +85,8 @@ impl Generator for SecretGenerator {
             self.inner.cache_key(node, type_url)
         }
     }
+
+    fn forget(&self, node: &NodeInfo) {
+        self.inner.forget(node);
+    }
 }

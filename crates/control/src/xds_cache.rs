@@ -24,6 +24,19 @@
 //! EDS push costs a map lookup per proxy and the diff against what the
 //! proxy holds is by pointer for unchanged assignments.
 //!
+//! Headless services and ServiceEntries with `resolution: NONE` have no
+//! assignments, but their endpoint IPs are in Istio's NameTable: when
+//! their endpoints change (and nothing clusters depend on, their service
+//! accounts or whether every instance runs a sidecar, changed), the
+//! update stays endpoints-only and says so
+//! ([`ViewChange::Endpoints::name_tables`]); name tables are cached per
+//! scope key too ([`XdsCache::name_table`]) and rebuilt once per scope.
+//!
+//! Per-proxy entries go when the proxy's last stream closes
+//! ([`XdsCache::forget`]); scope entries go with the last proxy of their
+//! key, so the cache's size follows the connected proxies
+//! ([`XdsCache::stats`], `/debug/cachez`).
+//!
 //! `tests/xds_cache.rs` checks that own part ∪ scope part equals a full
 //! [`MeshView::translate`] for every golden scenario and several proxies;
 //! a translation change that makes the scope part depend on something the
@@ -42,6 +55,7 @@ use crate::translate::cluster::{build_clusters, parse_outbound};
 use crate::translate::endpoint::build_endpoints;
 use crate::translate::listener::build_listeners;
 use crate::translate::scope::ProxyScope;
+use crate::translate::tls::{TLS_MODE_ISTIO, TLS_MODE_LABEL};
 use crate::translate::{MeshView, NodeError, ProxyNode, ProxyResources};
 
 /// What makes two proxies' scope parts equal.
@@ -164,7 +178,12 @@ struct State {
     keys: Mutex<HashMap<String, (Node, Arc<ScopeKey>)>>,
     scopes: Mutex<HashMap<Arc<ScopeKey>, Arc<Slot>>>,
     proxies: Mutex<HashMap<String, Arc<ProxyEntry>>>,
+    /// NDS per scope key (for proxies with DNS capture).
+    names: Mutex<HashMap<Arc<ScopeKey>, NameSlot>>,
 }
+
+/// A scope's name table, computed on first use.
+type NameSlot = Arc<OnceLock<ResourceSet>>;
 
 impl State {
     fn new(view: Arc<MeshView>) -> State {
@@ -174,8 +193,33 @@ impl State {
             keys: Mutex::default(),
             scopes: Mutex::default(),
             proxies: Mutex::default(),
+            names: Mutex::default(),
         }
     }
+
+    /// Drops the entries of `key` if no proxy has it any more.
+    fn release(&self, key: &ScopeKey) {
+        if lock(&self.keys).values().any(|(_, k)| **k == *key) {
+            return;
+        }
+        lock(&self.scopes).remove(key);
+        lock(&self.names).remove(key);
+    }
+}
+
+/// Sizes of the cache ([`XdsCache::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Proxies whose own part (listeners, clusters) is kept.
+    pub proxies: usize,
+    /// Proxies whose scope key is known.
+    pub scope_keys: usize,
+    /// Scope entries (distinct keys of those proxies).
+    pub scopes: usize,
+    /// Scope parts computed under the current view.
+    pub computed_scopes: usize,
+    /// Name tables computed under the current view.
+    pub name_tables: usize,
 }
 
 /// How a new view was applied.
@@ -183,8 +227,64 @@ impl State {
 pub enum ViewChange {
     /// Everything is recomputed on demand.
     Full,
-    /// Only the assignments of these service hostnames changed.
-    Endpoints(BTreeSet<String>),
+    /// Only endpoints of these service hostnames changed: their
+    /// assignments, and when `name_tables` the NameTables of proxies that
+    /// see them (a headless or `resolution: NONE` service among them).
+    Endpoints {
+        hosts: BTreeSet<String>,
+        name_tables: bool,
+    },
+}
+
+/// Whether some DestinationRule load-balances with `PASSTHROUGH` (its
+/// clusters' auto mTLS then depends on endpoints, as headless ones do).
+fn passthrough_lb(view: &MeshView) -> bool {
+    use weft_api::networking::{SimpleLb, TrafficPolicy};
+    let in_policy = |p: &TrafficPolicy| {
+        let lbs = p.load_balancer.iter();
+        lbs.chain(p.port_level_settings.iter().flat_map(|s| &s.load_balancer))
+            .any(|lb| lb.simple == Some(SimpleLb::Passthrough))
+    };
+    view.destination_rules
+        .iter()
+        .filter_map(|o| o.as_destination_rule())
+        .any(|dr| {
+            let subsets = dr.subsets.iter().filter_map(|s| s.traffic_policy.as_ref());
+            dr.traffic_policy.iter().chain(subsets).any(in_policy)
+        })
+}
+
+/// What clusters read from a service's endpoints: its service accounts
+/// (SANs) and, per port, whether every endpoint runs a sidecar (auto mTLS
+/// of original-destination clusters: passthrough services, or any service
+/// when `lb_passthrough` says a DestinationRule may make it one).
+fn cluster_inputs<'v>(
+    view: &'v MeshView,
+    host: &str,
+    lb_passthrough: bool,
+) -> (&'v [String], Vec<bool>) {
+    let accounts = view
+        .service_accounts
+        .get(host)
+        .map_or(&[][..], Vec::as_slice);
+    let sidecars = view
+        .registry
+        .service(host)
+        .filter(|svc| lb_passthrough || svc.resolution == Resolution::Passthrough)
+        .map(|svc| {
+            svc.ports
+                .iter()
+                .map(|p| {
+                    let eps = view.registry.endpoints(host, p.port);
+                    !eps.is_empty()
+                        && eps.iter().all(|e| {
+                            e.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO)
+                        })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (accounts, sidecars)
 }
 
 /// The cache; see the module docs.
@@ -223,9 +323,12 @@ impl XdsCache {
     /// Replaces the view after a change of workload objects only (the
     /// caller checked that services, ports, VIPs and every config object
     /// are unchanged). Scope parts carry over with the assignments of
-    /// changed services rebuilt on demand; when a changed service is not
-    /// EDS-resolved (its endpoints live in the cluster) everything is
-    /// recomputed instead. Returns what was applied.
+    /// changed services rebuilt on demand, and name tables are rebuilt
+    /// when a changed service is passthrough (headless, `resolution:
+    /// NONE`). Everything is recomputed instead when a changed service is
+    /// DNS-resolved (its endpoints live in the cluster) or changed what
+    /// clusters read from endpoints (service accounts, sidecar on every
+    /// instance), as Istio pushes in full then. Returns what was applied.
     pub fn update_endpoints(&self, view: MeshView) -> ViewChange {
         let mut guard = self.state.write().unwrap_or_else(|e| e.into_inner());
         let prev = Arc::clone(&guard);
@@ -239,17 +342,26 @@ impl XdsCache {
             })
             .map(|s| s.hostname.clone())
             .collect();
-        let eds_only = changed.iter().all(|h| {
-            view.registry
-                .service(h)
-                .is_some_and(|s| s.resolution == Resolution::ClientSideLb)
+        let mut name_tables = false;
+        let lb_passthrough = passthrough_lb(&view);
+        let endpoints_only = changed.iter().all(|h| {
+            let resolution = view.registry.service(h).map(|s| s.resolution);
+            name_tables |= resolution == Some(Resolution::Passthrough);
+            matches!(
+                resolution,
+                Some(Resolution::ClientSideLb | Resolution::Passthrough)
+            ) && cluster_inputs(&prev.view, h, lb_passthrough)
+                == cluster_inputs(&view, h, lb_passthrough)
         });
-        if !eds_only {
+        if !endpoints_only {
             *guard = Arc::new(State::new(view));
             return ViewChange::Full;
         }
         let next = State::new(view);
         *lock(&next.keys) = lock(&prev.keys).clone();
+        if !name_tables {
+            *lock(&next.names) = lock(&prev.names).clone();
+        }
         let changed = Arc::new(changed);
         let mut scopes = HashMap::new();
         for (key, slot) in lock(&prev.scopes).iter() {
@@ -270,7 +382,10 @@ impl XdsCache {
         }
         *lock(&next.scopes) = scopes;
         *guard = Arc::new(next);
-        ViewChange::Endpoints(Arc::unwrap_or_clone(changed))
+        ViewChange::Endpoints {
+            hosts: Arc::unwrap_or_clone(changed),
+            name_tables,
+        }
     }
 
     /// The resources of `type_url` for `node` (empty for types translation
@@ -286,16 +401,62 @@ impl XdsCache {
         })
     }
 
+    /// The NDS set of `node`: its NameTable when it asked for DNS
+    /// capture, computed once per scope key (empty otherwise).
+    pub fn name_table(&self, node: &Node) -> Result<ResourceSet, NodeError> {
+        if !ProxyNode::from_node(node)?.dns_capture {
+            return Ok(ResourceSet::new());
+        }
+        let state = self.state();
+        let (proxy, key) = scope_key(&state, node)?;
+        let slot = Arc::clone(lock(&state.names).entry(key).or_default());
+        Ok(slot
+            .get_or_init(|| crate::translate::nds::name_table_set(&state.view, &proxy))
+            .clone())
+    }
+
+    /// Drops what is kept for the proxy `node_id` alone, and the scope
+    /// entries no other proxy shares; call it when the proxy's last
+    /// stream closed. A proxy asking again is computed afresh.
+    pub fn forget(&self, node_id: &str) {
+        // Held throughout, so an endpoints-only update (which copies the
+        // keys) sees the proxy either fully there or fully gone.
+        let guard = self.state.read().unwrap_or_else(|e| e.into_inner());
+        lock(&guard.proxies).remove(node_id);
+        let removed = lock(&guard.keys).remove(node_id);
+        if let Some((_, key)) = removed {
+            guard.release(&key);
+        }
+    }
+
     /// Proxies served from the current view, and distinct scope parts
     /// computed for them.
     pub fn stats(&self) -> (usize, usize) {
+        let s = self.detail();
+        (s.proxies, s.computed_scopes)
+    }
+
+    /// Every size the cache keeps, for `/debug/cachez` and metrics.
+    pub fn detail(&self) -> CacheStats {
         let state = self.state();
+        let scope_keys = lock(&state.keys).len();
         let proxies = lock(&state.proxies).len();
-        let scopes = lock(&state.scopes)
+        let (scopes, computed_scopes) = {
+            let scopes = lock(&state.scopes);
+            let computed = scopes.values().filter(|s| s.cell.get().is_some()).count();
+            (scopes.len(), computed)
+        };
+        let name_tables = lock(&state.names)
             .values()
-            .filter(|s| s.cell.get().is_some())
+            .filter(|n| n.get().is_some())
             .count();
-        (proxies, scopes)
+        CacheStats {
+            proxies,
+            scope_keys,
+            scopes,
+            computed_scopes,
+            name_tables,
+        }
     }
 }
 
@@ -309,7 +470,14 @@ fn scope_key(state: &State, node: &Node) -> Result<(ProxyNode, Arc<ScopeKey>), N
         return Ok((proxy, Arc::clone(key)));
     }
     let key = Arc::new(ScopeKey::of(&state.view, &proxy, &state.source_keys));
-    lock(&state.keys).insert(node.id.clone(), (node.clone(), Arc::clone(&key)));
+    let old = lock(&state.keys).insert(node.id.clone(), (node.clone(), Arc::clone(&key)));
+    // The same proxy id with another node (new labels): its old scope may
+    // have no proxy left.
+    if let Some((_, old)) = old
+        && *old != *key
+    {
+        state.release(&old);
+    }
     Ok((proxy, key))
 }
 

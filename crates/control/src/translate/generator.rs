@@ -77,15 +77,25 @@ impl TranslationGenerator {
 
 impl Generator for TranslationGenerator {
     fn generate(&self, node: &NodeInfo, type_url: &str) -> ResourceSet {
-        if type_url == weft_xds::nds::NAME_TABLE {
-            return super::nds::generate(&self.view(), node);
-        }
-        match self.cache.generate(&node.node, type_url) {
+        let set = if type_url == weft_xds::nds::NAME_TABLE {
+            self.cache.name_table(&node.node)
+        } else {
+            self.cache.generate(&node.node, type_url)
+        };
+        match set {
             Ok(set) => set,
             Err(e) => {
                 tracing::warn!(node = %node.id, error = %e, "cannot translate for this proxy");
                 ResourceSet::new()
             }
+        }
+    }
+
+    fn forget(&self, node: &NodeInfo) {
+        self.cache.forget(&node.id);
+        let mut memo = self.decoded.lock().unwrap_or_else(PoisonError::into_inner);
+        if memo.as_ref().is_some_and(|(id, _, _)| *id == node.id) {
+            *memo = None;
         }
     }
 }

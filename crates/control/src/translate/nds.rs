@@ -18,7 +18,9 @@
 //! A ServiceEntry host that decorates a Kubernetes service yields to it;
 //! ServiceEntries sharing a host merge their IPs. Entries without a usable
 //! IP (CIDR addresses, no endpoints) are left out. Proxies without
-//! `DNS_CAPTURE` get no table. Pure: no I/O.
+//! `DNS_CAPTURE` get no table. Pure: no I/O. weftd serves tables from
+//! [`crate::xds_cache::XdsCache::name_table`] (one per Sidecar scope),
+//! rebuilt and pushed when a passthrough service's endpoints change.
 
 use std::net::IpAddr;
 
@@ -120,7 +122,13 @@ pub fn generate(view: &MeshView, node: &NodeInfo) -> ResourceSet {
             return ResourceSet::new();
         }
     };
-    build_name_table(view, &proxy)
+    name_table_set(view, &proxy)
+}
+
+/// The NDS resource set of `node`: its [`NameTable`] as the one resource
+/// [`NAME_TABLE_RESOURCE`], or nothing without `DNS_CAPTURE`.
+pub fn name_table_set(view: &MeshView, node: &ProxyNode) -> ResourceSet {
+    build_name_table(view, node)
         .map(|t| std::iter::once((NAME_TABLE_RESOURCE.to_string(), t.to_any())).collect())
         .unwrap_or_default()
 }

@@ -396,6 +396,7 @@ impl Stats {
         let tail = out.split_off(eof);
         self.prometheus_rbac(&mut out);
         self.istio.render(&mut out);
+        crate::dns::metrics::render_process(&mut out);
         out.push_str(&tail);
         out
     }

@@ -5,7 +5,9 @@
 //! - [`table`]: the pure name expansion and lookup (FQDN, `name.namespace`,
 //!   bare `name` in the proxy's namespace, search-suffixed forms, wildcards);
 //! - [`answer`]: the pure per-query decision and DNS wire encoding;
-//! - `server`: UDP and TCP sockets and upstream forwarding.
+//! - `server`: UDP and TCP sockets and upstream forwarding;
+//! - [`metrics`]: Istio's `istio_agent_dns_*` metrics, on weft-proxy's
+//!   Prometheus output once the DNS proxy runs.
 //!
 //! Enabled in sidecar mode when `ISTIO_META_DNS_CAPTURE=true` (the same
 //! variable that makes weftd send the table). Environment, as the agent's:
@@ -22,6 +24,7 @@
 //! proxy keeps answering from its last table while weftd is away.
 
 pub mod answer;
+pub mod metrics;
 mod server;
 pub mod table;
 
@@ -33,6 +36,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use weft_xds::nds::NameTable;
 
+pub use self::metrics::DnsMetrics;
 use self::server::State;
 pub use self::table::{LookupTable, TableContext};
 
@@ -233,7 +237,17 @@ impl DnsProxy {
     /// Binds every listen address (UDP and TCP; an address with port 0
     /// gets the same port for both) and serves on a thread of its own.
     /// Queries fail with SERVFAIL until the first [`DnsProxy::update`].
+    /// Counts into the process's [`DnsMetrics`] (weft-proxy's Prometheus
+    /// output).
     pub fn start(config: DnsConfig) -> Result<DnsProxy, DnsError> {
+        Self::start_with_metrics(config, DnsMetrics::process())
+    }
+
+    /// [`DnsProxy::start`] counting into `metrics` instead.
+    pub fn start_with_metrics(
+        config: DnsConfig,
+        metrics: Arc<DnsMetrics>,
+    ) -> Result<DnsProxy, DnsError> {
         let mut sockets = Vec::new();
         let mut addrs = Vec::new();
         for addr in &config.listen {
@@ -263,6 +277,7 @@ impl DnsProxy {
         let state = Arc::new(State {
             table: ArcSwapOption::empty(),
             upstreams: config.upstreams.clone(),
+            metrics,
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = Arc::clone(&state);
@@ -326,6 +341,11 @@ impl DnsProxy {
     /// Whether a name table arrived.
     pub fn has_table(&self) -> bool {
         self.state.table.load().is_some()
+    }
+
+    /// The metrics this proxy counts into.
+    pub fn metrics(&self) -> &Arc<DnsMetrics> {
+        &self.state.metrics
     }
 }
 

@@ -1,7 +1,8 @@
 //! The DNS proxy's sockets: UDP and TCP listeners on each address, one
 //! task per query, and forwarding of non-mesh queries to the upstream
 //! resolvers (UDP queries over UDP, TCP ones over TCP; upstreams tried in
-//! order, each with a timeout; SERVFAIL when none answers).
+//! order, each with a timeout; SERVFAIL when none answers), counted in
+//! [`DnsMetrics`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::answer::{Decision, Transport, answer, servfail};
+use super::metrics::DnsMetrics;
 use super::table::LookupTable;
 
 /// How long one upstream gets to answer.
@@ -25,18 +27,28 @@ const MAX_UDP: usize = 4096;
 pub(super) struct State {
     pub(super) table: ArcSwapOption<LookupTable>,
     pub(super) upstreams: Vec<SocketAddr>,
+    pub(super) metrics: Arc<DnsMetrics>,
 }
 
 impl State {
     async fn handle(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
         let table = self.table.load();
         match answer(query, table.as_deref(), transport) {
-            Decision::Reply(b) => Some(b),
+            Decision::Reply(b) => {
+                self.metrics.request();
+                Some(b)
+            }
             Decision::Drop => None,
-            Decision::Forward => Some(match self.forward(query, transport).await {
-                Some(b) => b,
-                None => servfail(query)?,
-            }),
+            Decision::Forward => {
+                self.metrics.request();
+                let start = tokio::time::Instant::now();
+                let reply = self.forward(query, transport).await;
+                self.metrics.upstream(start.elapsed(), reply.is_some());
+                Some(match reply {
+                    Some(b) => b,
+                    None => servfail(query)?,
+                })
+            }
         }
     }
 

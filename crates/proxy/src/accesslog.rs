@@ -2,88 +2,27 @@
 //! into literal and operator segments; a finished request or connection
 //! fills an `Entry` (only the headers the format names are captured) and the
 //! line is formatted on the worker and written by a background thread per
-//! file. JSON formats (`json_format`) live in [`json`].
+//! file. JSON formats (`json_format`) live in `json`, response flags in
+//! `flags`, and the loggers with their writer threads in `sink`; this file
+//! owns formats and entries.
 
 use crate::config::ConfigError;
 use crate::model::common::Ctx;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::mpsc::{Sender, channel};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
+mod flags;
 mod json;
+mod sink;
+pub use flags::{Flag, Flags};
 pub use json::JsonTemplate;
+pub use sink::AccessLog;
 
 /// Envoy's default access log format.
 pub const DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
-
-// === response flags ===
-
-/// Envoy's response flags, kept in the order they were set (Envoy prints
-/// them that way, e.g. `URX,UF`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct Flags {
-    order: [u8; 6],
-    n: u8,
-}
-
-/// One response flag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Flag(u8);
-
-impl Flags {
-    pub const UH: Flag = Flag(0);
-    pub const UF: Flag = Flag(1);
-    pub const UO: Flag = Flag(2);
-    pub const NR: Flag = Flag(3);
-    pub const URX: Flag = Flag(4);
-    pub const DC: Flag = Flag(5);
-    pub const UC: Flag = Flag(6);
-    pub const UT: Flag = Flag(7);
-    pub const FI: Flag = Flag(8);
-    pub const DI: Flag = Flag(9);
-    pub const RL: Flag = Flag(10);
-    pub const UR: Flag = Flag(11);
-    pub const SI: Flag = Flag(12);
-    pub const DPE: Flag = Flag(13);
-    pub const UMSDR: Flag = Flag(14);
-    pub const NC: Flag = Flag(15);
-
-    const NAMES: [&'static str; 16] = [
-        "UH", "UF", "UO", "NR", "URX", "DC", "UC", "UT", "FI", "DI", "RL", "UR", "SI", "DPE",
-        "UMSDR", "NC",
-    ];
-
-    pub fn set(&mut self, f: Flag) {
-        if !self.has(f) && (self.n as usize) < self.order.len() {
-            self.order[self.n as usize] = f.0;
-            self.n += 1;
-        }
-    }
-    pub fn has(&self, f: Flag) -> bool {
-        self.order[..self.n as usize].contains(&f.0)
-    }
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
-    }
-    /// `-` when empty, else the letters joined by `,` (Envoy's form).
-    pub fn write(&self, out: &mut String) {
-        if self.n == 0 {
-            out.push('-');
-            return;
-        }
-        for (i, f) in self.order[..self.n as usize].iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(Self::NAMES[*f as usize]);
-        }
-    }
-}
 
 // === format ===
 
@@ -527,102 +466,4 @@ impl Entry {
     pub fn capture_response(&mut self, names: &[HeaderName], headers: &HeaderMap) {
         self.resp_headers = names.iter().map(|n| headers.get(n).cloned()).collect();
     }
-}
-
-// === sinks ===
-
-/// A compiled access logger: a format and where its lines go.
-#[derive(Debug, Clone)]
-pub struct AccessLog {
-    pub format: Format,
-    sink: Sender<String>,
-}
-
-impl AccessLog {
-    /// A logger whose format shares header slots with `prev` (the previous
-    /// logger of the same connection manager), if any.
-    pub fn new_after(
-        prev: Option<&AccessLog>,
-        ctx: &Ctx<'_>,
-        path: &str,
-        format: &str,
-    ) -> Result<AccessLog, ConfigError> {
-        let (req, resp) = prev
-            .map(|p| (p.format.req_headers.clone(), p.format.resp_headers.clone()))
-            .unwrap_or_default();
-        Ok(AccessLog {
-            format: Format::compile_with(&ctx.field("log_format"), format, req, resp)?,
-            sink: sink(ctx, path)?,
-        })
-    }
-
-    /// A `json_format` logger, sharing header slots with `prev` as
-    /// [`AccessLog::new_after`] does.
-    pub fn new_json_after(
-        prev: Option<&AccessLog>,
-        ctx: &Ctx<'_>,
-        path: &str,
-        object: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<AccessLog, ConfigError> {
-        let (req, resp) = prev
-            .map(|p| (p.format.req_headers.clone(), p.format.resp_headers.clone()))
-            .unwrap_or_default();
-        Ok(AccessLog {
-            format: Format::compile_json(&ctx.field("log_format.json_format"), object, req, resp)?,
-            sink: sink(ctx, path)?,
-        })
-    }
-
-    pub fn new(ctx: &Ctx<'_>, path: &str, format: &str) -> Result<AccessLog, ConfigError> {
-        Ok(AccessLog {
-            format: Format::compile(&ctx.field("log_format"), format)?,
-            sink: sink(ctx, path)?,
-        })
-    }
-    pub fn log(&self, e: &Entry) {
-        let mut line = String::with_capacity(256);
-        self.format.write(e, &mut line);
-        if !line.ends_with('\n') {
-            line.push('\n');
-        }
-        let _ = self.sink.send(line);
-    }
-}
-
-/// One writer thread per path, shared by every logger that names it.
-fn sink(ctx: &Ctx<'_>, path: &str) -> Result<Sender<String>, ConfigError> {
-    static SINKS: OnceLock<Mutex<HashMap<String, Sender<String>>>> = OnceLock::new();
-    let mut sinks = SINKS
-        .get_or_init(Default::default)
-        .lock()
-        .expect("access log sinks");
-    if let Some(s) = sinks.get(path) {
-        return Ok(s.clone());
-    }
-    let mut file: Box<dyn std::io::Write + Send> = match path {
-        "/dev/stdout" => Box::new(std::io::stdout()),
-        "/dev/stderr" => Box::new(std::io::stderr()),
-        p => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| ctx.field("path").invalid(format!("cannot open {p}: {e}")))?,
-        ),
-    };
-    let (tx, rx) = channel::<String>();
-    std::thread::Builder::new()
-        .name("access-log".into())
-        .spawn(move || {
-            while let Ok(line) = rx.recv() {
-                let _ = file.write_all(line.as_bytes());
-                while let Ok(more) = rx.try_recv() {
-                    let _ = file.write_all(more.as_bytes());
-                }
-                let _ = file.flush();
-            }
-        })
-        .map_err(|e| ctx.invalid(format!("cannot start the access log writer: {e}")))?;
-    sinks.insert(path.to_owned(), tx.clone());
-    Ok(tx)
 }

@@ -3,28 +3,35 @@
 //! selection, the HTTP filters (fault, local rate limit) and the route's
 //! action (forward, redirect, direct response). Local replies carry Envoy's
 //! status codes and response flags.
+//!
+//! This file owns serving and the request's way through the filters and
+//! routes; request and response headers are in `headers`, and what happens
+//! when a response ends (stats, access logs, Istio metrics) in `finish`.
+
+mod finish;
+mod headers;
+
+pub use headers::{response_headers, uuid4};
 
 use super::Shared;
 use super::conn::ConnMeta;
 use super::forward;
 use crate::accesslog::{Entry, Flags};
 use crate::model::http::{HttpFilter, HttpManager};
-use crate::model::route::{
-    Redirect, RequestView, Route, RouteActionKind, RouteTable, Target, VirtualHost,
-};
+use crate::model::route::{Redirect, RequestView, Route, RouteActionKind, RouteTable, Target};
 use crate::{Body, BoxError};
 use bytes::Bytes;
+use finish::finish;
+use headers::prepare_headers;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 pub async fn serve(
@@ -186,31 +193,6 @@ fn protocol(v: Version) -> &'static str {
     }
 }
 
-/// A random UUID v4, as Envoy generates for `x-request-id`.
-pub fn uuid4() -> HeaderValue {
-    let r = fastrand::u128(..);
-    let b = r.to_be_bytes();
-    let mut s = [0u8; 36];
-    let hex = b"0123456789abcdef";
-    let mut j = 0;
-    for (i, mut byte) in b.into_iter().enumerate() {
-        if i == 6 {
-            byte = (byte & 0x0f) | 0x40;
-        }
-        if i == 8 {
-            byte = (byte & 0x3f) | 0x80;
-        }
-        if matches!(i, 4 | 6 | 8 | 10) {
-            s[j] = b'-';
-            j += 1;
-        }
-        s[j] = hex[(byte >> 4) as usize];
-        s[j + 1] = hex[(byte & 15) as usize];
-        j += 2;
-    }
-    HeaderValue::from_bytes(&s).expect("uuid is a valid header value")
-}
-
 async fn handle(
     req: Request<Incoming>,
     hcm: Arc<HttpManager>,
@@ -281,94 +263,6 @@ async fn handle(
 
     let resp = route_and_run(&mut x, parts, body).await;
     finish(x, resp)
-}
-
-/// Envoy's sidecar treatment of forwarding headers and the request id.
-fn prepare_headers(hcm: &HttpManager, meta: &ConnMeta, h: &mut http::HeaderMap) {
-    // A loopback peer is reported by the host's first non-loopback address, as Envoy does.
-    let remote = meta.remote.ip();
-    let client = if remote.is_loopback() {
-        host_address(remote.is_ipv4()).unwrap_or(remote)
-    } else {
-        remote
-    };
-    let external = hcm.use_remote_address && !is_internal(client);
-    if hcm.use_remote_address && !hcm.skip_xff_append {
-        let ip = client.to_string();
-        let v = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(old) if !old.is_empty() => format!("{old},{ip}"),
-            _ => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            h.insert("x-forwarded-for", v);
-        }
-    }
-    if hcm.use_remote_address || !h.contains_key("x-forwarded-proto") {
-        // The downstream connection's scheme, as Envoy sets it.
-        let scheme = if meta.tls.is_some() { "https" } else { "http" };
-        h.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
-    }
-    if hcm.generate_request_id {
-        let keep =
-            h.contains_key("x-request-id") && (!external || hcm.preserve_external_request_id);
-        if !keep {
-            h.insert("x-request-id", uuid4());
-        }
-    }
-    if external {
-        // Envoy drops x-envoy-* control headers from untrusted clients.
-        let drop: Vec<_> = h
-            .keys()
-            .filter(|k| k.as_str().starts_with("x-envoy-"))
-            .cloned()
-            .collect();
-        for k in drop {
-            h.remove(k);
-        }
-        if let Ok(v) = HeaderValue::from_str(&remote.to_string()) {
-            h.insert("x-envoy-external-address", v);
-        }
-    } else if hcm.use_remote_address {
-        h.insert("x-envoy-internal", HeaderValue::from_static("true"));
-    }
-}
-
-/// The first non-loopback address of this host (cached).
-fn host_address(v4: bool) -> Option<std::net::IpAddr> {
-    static ADDRS: std::sync::OnceLock<(Option<std::net::IpAddr>, Option<std::net::IpAddr>)> =
-        std::sync::OnceLock::new();
-    let (a4, a6) = ADDRS.get_or_init(|| {
-        let mut a4 = None;
-        let mut a6 = None;
-        if let Ok(ifs) = nix::ifaddrs::getifaddrs() {
-            for i in ifs {
-                let Some(addr) = i.address else { continue };
-                if let Some(v) = addr.as_sockaddr_in() {
-                    let ip = std::net::IpAddr::V4(v.ip());
-                    if !ip.is_loopback() && a4.is_none() {
-                        a4 = Some(ip);
-                    }
-                } else if let Some(v) = addr.as_sockaddr_in6() {
-                    let ip = std::net::IpAddr::V6(v.ip());
-                    if !ip.is_loopback()
-                        && a6.is_none()
-                        && (v.ip().segments()[0] & 0xffc0) != 0xfe80
-                    {
-                        a6 = Some(ip);
-                    }
-                }
-            }
-        }
-        (a4, a6)
-    });
-    if v4 { *a4 } else { *a6 }
-}
-
-fn is_internal(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
-        std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
-    }
 }
 
 /// HTTP/1 requests whose body we answer without reading get `connection: close`.
@@ -511,22 +405,6 @@ fn no_route(x: &mut Exchange) -> Response<Body> {
     local_reply(StatusCode::NOT_FOUND, "")
 }
 
-/// Response header mutations from the most specific level to the least.
-pub fn response_headers(
-    r: &mut Response<Body>,
-    route: &Route,
-    vh: &VirtualHost,
-    table: &RouteTable,
-    weighted: Option<&crate::model::common::HeaderOps>,
-) {
-    if let Some(w) = weighted {
-        w.apply(r.headers_mut());
-    }
-    route.response_headers.apply(r.headers_mut());
-    vh.response_headers.apply(r.headers_mut());
-    table.response_headers.apply(r.headers_mut());
-}
-
 fn redirect(rd: &Redirect, route: &Route, host: &str, pq: &str) -> Response<Body> {
     let (path, query) = match pq.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -577,165 +455,4 @@ fn redirect(rd: &Redirect, route: &Route, host: &str, pq: &str) -> Response<Body
         r.headers_mut().insert(header::LOCATION, v);
     }
     r
-}
-
-fn finish(mut x: Exchange, mut resp: Response<Body>) -> Response<Body> {
-    let hcm = x.hcm.clone();
-    let status = resp.status().as_u16();
-    x.istio.response(resp.headers_mut());
-    resp.headers_mut()
-        .insert(header::SERVER, hcm.server_name.clone());
-    if let Some((origin, p)) = x.cors.take() {
-        super::cors::mark_response(resp.headers_mut(), origin, &p);
-    }
-    if hcm.always_set_request_id_in_response
-        && let Some(id) = &x.request_id
-    {
-        resp.headers_mut().insert("x-request-id", id.clone());
-    }
-    let ms = x.start.elapsed().as_secs_f64() * 1000.0;
-    hcm.stats.response(status, ms);
-    let istio = std::mem::take(&mut x.istio);
-    if x.entry.is_none() && !istio.active() {
-        return resp;
-    }
-    let mut entry = x.entry.take();
-    if let Some(e) = entry.as_mut() {
-        e.status = status;
-        e.flags = x.flags;
-        e.details = x.details;
-        if let Some(log) = hcm.access_logs.first() {
-            e.capture_response(&log.format.resp_headers, resp.headers());
-        }
-    }
-    let mut fin = Box::new(Finish {
-        entry,
-        istio,
-        meta: x.meta.clone(),
-        status,
-        flags: x.flags,
-        grpc_status: crate::istio_metrics::grpc_status(resp.headers()),
-        hcm,
-        start: x.start,
-        rx: x.rx.take(),
-    });
-    if let Some(tunnel) = x.tunnel.take() {
-        // Envoy logs an upgraded stream when the tunnel ends (the client
-        // closing it is a downstream termination: DC).
-        tokio::spawn(async move {
-            let (rx, tx) = tunnel.await.unwrap_or_default();
-            fin.rx = Some(Arc::new(AtomicU64::new(rx)));
-            fin.done(tx, true);
-        });
-        return resp;
-    }
-    let (parts, body) = resp.into_parts();
-    let tracked = Tracked {
-        inner: body,
-        sent: 0,
-        fin: Some(fin),
-    };
-    Response::from_parts(parts, tracked.boxed_unsync())
-}
-
-/// What is recorded when a response ends: the access log entry and the
-/// Istio metrics.
-struct Finish {
-    entry: Option<Entry>,
-    istio: crate::istio_metrics::HttpObs,
-    meta: Arc<ConnMeta>,
-    status: u16,
-    flags: Flags,
-    grpc_status: Option<u16>,
-    hcm: Arc<HttpManager>,
-    start: Instant,
-    rx: Option<Arc<AtomicU64>>,
-}
-
-impl Finish {
-    fn done(self: Box<Self>, sent: u64, reset: bool) {
-        let f = *self;
-        let received = f.rx.map(|r| r.load(Ordering::Relaxed)).unwrap_or(0);
-        let mut flags = f.flags;
-        if reset {
-            flags.set(Flags::DC);
-        }
-        if let Some(mut e) = f.entry {
-            e.bytes_sent = sent;
-            e.bytes_received = received;
-            e.duration_ms = f.start.elapsed().as_millis() as u64;
-            e.flags = flags;
-            for log in &f.hcm.access_logs {
-                log.log(&e);
-            }
-        }
-        f.istio.finish(crate::istio_metrics::HttpDone {
-            meta: &f.meta,
-            status: f.status,
-            grpc_status: f.grpc_status,
-            flags,
-            request_bytes: received,
-            response_bytes: sent,
-            duration_ms: f.start.elapsed().as_secs_f64() * 1000.0,
-        });
-    }
-}
-
-/// Counts response bytes and records the request when the body ends or is dropped.
-struct Tracked {
-    inner: Body,
-    sent: u64,
-    fin: Option<Box<Finish>>,
-}
-
-impl Tracked {
-    fn done(&mut self, reset: bool) {
-        if let Some(f) = self.fin.take() {
-            f.done(self.sent, reset);
-        }
-    }
-}
-
-impl http_body::Body for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(Some(Ok(f))) => {
-                if let Some(d) = f.data_ref() {
-                    this.sent += d.len() as u64;
-                }
-                if let (Some(t), Some(fin)) = (f.trailers_ref(), this.fin.as_mut())
-                    && let Some(g) = crate::istio_metrics::grpc_status(t)
-                {
-                    fin.grpc_status = Some(g);
-                }
-                if this.inner.is_end_stream() {
-                    this.done(false);
-                }
-            }
-            Poll::Ready(None) => this.done(false),
-            Poll::Ready(Some(Err(_))) => this.done(true),
-            Poll::Pending => {}
-        }
-        r
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        let unfinished = !http_body::Body::is_end_stream(&self.inner);
-        self.done(unfinished);
-    }
 }

@@ -5,7 +5,9 @@
 //! a restart keeps identities valid) or a plugged-in `cacerts` directory,
 //! the authenticators of `CreateCertificate` (local bootstrap tokens from
 //! the runtime's token file, and the client certificate on the TLS port),
-//! weftd's own rotating serving certificate, and the two gRPC servers that
+//! weftd's own rotating serving certificate (istiod's SPIFFE ID plus the DNS
+//! and IP names clients dial, [`default_serving_names`] and `--tls-san`,
+//! kept on every rotation), and the two gRPC servers that
 //! carry ADS and `istio.v1.auth.IstioCertificateService` together:
 //! plaintext (15010) and TLS with optional client certificates (15012).
 //!
@@ -28,7 +30,7 @@ use weft_identity::workload::RotationPolicy;
 use weft_identity::{
     BootstrapTokenAuthenticator, CertificateAuthority, CertificateManager, CertificateService,
     IstioCertificateServer, LocalCertificateProvider, MeshTrust, PeerCertificateAuthenticator,
-    SigningPolicy, SpiffeId, TokenStore,
+    ServerSan, SigningPolicy, SpiffeId, TokenStore,
 };
 use weft_xds::{AdsServer, ServerOptions};
 
@@ -36,6 +38,18 @@ use weft_xds::{AdsServer, ServerOptions};
 pub const CONTROL_PLANE_NAMESPACE: &str = "istio-system";
 /// Service account of weftd's serving certificate on the TLS port.
 pub const CONTROL_PLANE_SERVICE_ACCOUNT: &str = "istiod";
+
+/// The DNS names weftd's 15012 certificate always carries: weftd's own
+/// Service and istiod's, short (`.svc`, what Istio's agent verifies for
+/// `istiod.istio-system.svc:15012`) and fully qualified.
+pub fn default_serving_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for host in ["weftd.weft-system", "istiod.istio-system"] {
+        names.push(format!("{host}.svc"));
+        names.push(format!("{host}.svc.cluster.local"));
+    }
+    names
+}
 
 /// Errors setting up the CA.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +75,14 @@ pub enum CaSetupError {
     /// `--trust-domain` does not make a valid SPIFFE ID.
     #[error("--trust-domain {value:?}: {reason}")]
     TrustDomain {
+        /// The value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// A `--tls-san` value is neither a DNS name nor an IP address.
+    #[error("--tls-san {value:?}: {reason}")]
+    ServingName {
         /// The value.
         value: String,
         /// Why.
@@ -92,6 +114,9 @@ pub struct CaOptions {
     pub bootstrap_tokens: Option<PathBuf>,
     /// TTL and maximum TTL of workload certificates.
     pub signing: SigningPolicy,
+    /// DNS names and IP addresses of weftd's serving certificate besides
+    /// its SPIFFE ID ([`default_serving_names`] plus `--tls-san`).
+    pub serving_names: Vec<String>,
 }
 
 impl CaOptions {
@@ -107,6 +132,7 @@ impl CaOptions {
             },
             trust_domain,
             bootstrap_tokens: None,
+            serving_names: default_serving_names(),
         }
     }
 }
@@ -196,7 +222,20 @@ impl ControlPlaneCa {
             vec![options.trust_domain.clone()],
         )
         .map_err(|e| serving_err(e.to_string()))?;
-        let provider = Arc::new(LocalCertificateProvider::new(ca.clone(), default_ttl));
+        let mut names = Vec::new();
+        for value in &options.serving_names {
+            let name = ServerSan::parse(value).map_err(|reason| CaSetupError::ServingName {
+                value: value.clone(),
+                reason,
+            })?;
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        let shown: Vec<String> = names.iter().map(ToString::to_string).collect();
+        let provider = Arc::new(
+            LocalCertificateProvider::new(ca.clone(), default_ttl).with_server_names(names),
+        );
         let identity = CertificateManager::new(id.clone(), provider, RotationPolicy::default())
             .await
             .map_err(|e| serving_err(e.to_string()))?;
@@ -205,6 +244,7 @@ impl ControlPlaneCa {
             id = %id,
             plugged_in = options.cacerts.is_some(),
             tokens = ?options.bootstrap_tokens,
+            serving_names = ?shown,
             "CA ready"
         );
         Ok(ControlPlaneCa {
@@ -224,6 +264,11 @@ impl ControlPlaneCa {
     /// weftd's SPIFFE ID, presented on the TLS port.
     pub fn identity(&self) -> &SpiffeId {
         self.identity.id()
+    }
+
+    /// weftd's own certificate manager (the 15012 serving certificate).
+    pub fn serving_certificate(&self) -> &Arc<CertificateManager> {
+        &self.identity
     }
 
     /// The signing service behind `CreateCertificate`.
@@ -358,5 +403,65 @@ mod tests {
         drop(first);
         let second = ControlPlaneCa::start(options).await.expect("restart");
         assert_eq!(second.root_cert_pem(), root);
+    }
+
+    /// The SANs of the leaf weftd presents now.
+    fn serving_sans(ca: &ControlPlaneCa) -> Vec<String> {
+        let cert = ca.serving_certificate().current();
+        let leaf = &cert.certified_key.cert[0];
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf).expect("leaf");
+        parsed
+            .subject_alternative_name()
+            .expect("SAN extension")
+            .expect("has SANs")
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                x509_parser::extensions::GeneralName::IPAddress(b) if b.len() == 4 => {
+                    std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()
+                }
+                other => other.to_string(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_serving_certificate_carries_the_dns_and_ip_names_across_rotations() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut options = CaOptions::new(tmp.path().join("ca"), "cluster.local");
+        options.serving_names.push("10.88.0.1".into());
+        options.serving_names.push("weftd.example".into());
+        let ca = ControlPlaneCa::start(options).await.expect("start");
+        for round in 0..2 {
+            let sans = serving_sans(&ca);
+            for want in [
+                "spiffe://cluster.local/ns/istio-system/sa/istiod",
+                "istiod.istio-system.svc",
+                "istiod.istio-system.svc.cluster.local",
+                "weftd.weft-system.svc",
+                "weftd.weft-system.svc.cluster.local",
+                "10.88.0.1",
+                "weftd.example",
+            ] {
+                assert!(
+                    sans.iter().any(|s| s.contains(want)),
+                    "round {round}: {want} missing from {sans:?}"
+                );
+            }
+            ca.serving_certificate().rotate().await.expect("rotate");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_serving_name_names_the_flag() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut options = CaOptions::new(tmp.path().join("ca"), "cluster.local");
+        options.serving_names.push("bad name".into());
+        let err = ControlPlaneCa::start(options).await.expect_err("bad name");
+        assert!(
+            err.to_string().starts_with("--tls-san \"bad name\""),
+            "{err}"
+        );
     }
 }

@@ -4,7 +4,9 @@
 //! sidecar-injection webhook on `--webhook-addr`. It runs the mesh CA
 //! (`--ca-dir` or `--cacerts`): `IstioCertificateService/CreateCertificate`
 //! is served next to ADS on `--xds-addr` (plaintext) and on
-//! `--xds-tls-addr` (TLS with weftd's certificate from the same CA).
+//! `--xds-tls-addr` (TLS with weftd's certificate from the same CA, valid
+//! for istiod's SPIFFE ID, weftd's and istiod's Service names and every
+//! `--tls-san`).
 
 use anyhow::Context;
 use clap::Parser;
@@ -51,8 +53,12 @@ struct Args {
     /// the MutatingWebhookConfiguration's caBundle (`weft manifest generate --ca-bundle-file`).
     #[arg(long = "ca-bundle-out", value_name = "FILE")]
     ca_bundle_out: Option<PathBuf>,
-    /// Extra DNS names / IPs for a generated certificate.
-    #[arg(long = "tls-san", value_name = "NAME")]
+    /// Extra DNS name or IP address (repeatable) for weftd's certificates:
+    /// the 15012 xDS/CA certificate (which always has weftd.weft-system.svc,
+    /// istiod.istio-system.svc and their .cluster.local forms, kept on
+    /// rotation) and a generated webhook certificate. Proxies that dial weftd
+    /// by IP need that IP here.
+    #[arg(long = "tls-san", value_name = "NAME_OR_IP")]
     tls_san: Vec<String>,
     /// Injection config (policy, selectors, templates).
     #[arg(long = "injectConfigFile", value_name = "FILE")]
@@ -161,6 +167,9 @@ async fn main() -> anyhow::Result<()> {
     let mut ca_options = CaOptions::new(&args.ca_dir, trust_domain(&args, &settings));
     ca_options.cacerts = args.cacerts.clone();
     ca_options.bootstrap_tokens = args.bootstrap_tokens.clone();
+    ca_options
+        .serving_names
+        .extend(args.tls_san.iter().cloned());
     let ca = ControlPlaneCa::start(ca_options).await?;
     if let Some(out) = &args.root_cert_out {
         std::fs::write(out, ca.root_cert_pem())

@@ -7,7 +7,9 @@
 //! authorized [`SpiffeId`] (see `service`), and a CSR asking for any other
 //! identity is refused here as a second line of defence.
 
+use std::fmt;
 use std::fs;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -60,6 +62,56 @@ pub enum CaError {
     },
     #[error("signing failed: {0}")]
     Signing(String),
+}
+
+/// A DNS name or IP address a control-plane serving certificate carries
+/// besides its SPIFFE ID, so clients that verify host names (Istio's agent
+/// dialing `istiod.istio-system.svc:15012`, or an IP) accept it. Only the
+/// control plane's own certificate gets these, through
+/// [`CertificateAuthority::sign_server_csr`]; names in a workload CSR are
+/// always refused.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ServerSan {
+    Dns(String),
+    Ip(IpAddr),
+}
+
+impl ServerSan {
+    /// An IP address (`10.88.0.1`, `::1`, `[::1]`) or a DNS name
+    /// (`weftd.weft-system.svc`); the error says why `value` is neither.
+    pub fn parse(value: &str) -> Result<ServerSan, String> {
+        let v = value.trim();
+        let unbracketed = v
+            .strip_prefix('[')
+            .and_then(|x| x.strip_suffix(']'))
+            .unwrap_or(v);
+        if let Ok(ip) = unbracketed.parse::<IpAddr>() {
+            return Ok(ServerSan::Ip(ip));
+        }
+        rustls_pki_types::DnsName::try_from(v)
+            .map(|_| ServerSan::Dns(v.to_ascii_lowercase()))
+            .map_err(|_| format!("{value:?} is neither an IP address nor a DNS name"))
+    }
+
+    fn san_type(&self) -> Result<SanType, CaError> {
+        match self {
+            ServerSan::Ip(ip) => Ok(SanType::IpAddress(*ip)),
+            ServerSan::Dns(name) => name
+                .as_str()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(|e| CaError::Signing(format!("DNS SAN {name:?}: {e}"))),
+        }
+    }
+}
+
+impl fmt::Display for ServerSan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerSan::Dns(name) => write!(f, "DNS:{name}"),
+            ServerSan::Ip(ip) => write!(f, "IP:{ip}"),
+        }
+    }
 }
 
 /// A leaf certificate chain as the CA returns it.
@@ -373,6 +425,32 @@ impl CertificateAuthority {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<IssuedChain, CaError> {
+        self.sign_leaf(csr_pem, identity, not_before, not_after, &[])
+    }
+
+    /// Signs the control plane's own serving certificate: like
+    /// [`Self::sign_csr`] (the CSR may ask only for `identity`), plus the
+    /// DNS and IP `names` clients verify as host names. For in-process use
+    /// by weftd; the `CreateCertificate` service never calls it.
+    pub fn sign_server_csr(
+        &self,
+        csr_pem: &str,
+        identity: &SpiffeId,
+        ttl: Duration,
+        names: &[ServerSan],
+    ) -> Result<IssuedChain, CaError> {
+        let now = SystemTime::now();
+        self.sign_leaf(csr_pem, identity, now, now + ttl, names)
+    }
+
+    fn sign_leaf(
+        &self,
+        csr_pem: &str,
+        identity: &SpiffeId,
+        not_before: SystemTime,
+        not_after: SystemTime,
+        names: &[ServerSan],
+    ) -> Result<IssuedChain, CaError> {
         let not_after = not_after.min(self.ca_not_after);
         if not_after <= not_before {
             return Err(CaError::Signing(format!(
@@ -413,6 +491,9 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = vec![SanType::URI(uri)];
+        for name in names {
+            params.subject_alt_names.push(name.san_type()?);
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -493,5 +574,72 @@ mod tests {
         assert_eq!(pem, ca.root_cert_pem().replace("\r\n", "\n"));
         let back = parse_pem_certs(Path::new("x"), &pem).unwrap();
         assert_eq!(&back[0], ca.root_cert_der());
+    }
+
+    #[test]
+    fn server_names_parse_as_ip_or_dns() {
+        assert_eq!(
+            ServerSan::parse("10.88.0.1"),
+            Ok(ServerSan::Ip("10.88.0.1".parse().unwrap()))
+        );
+        assert_eq!(
+            ServerSan::parse("[::1]"),
+            Ok(ServerSan::Ip("::1".parse().unwrap()))
+        );
+        assert_eq!(
+            ServerSan::parse("Weftd.weft-system.svc"),
+            Ok(ServerSan::Dns("weftd.weft-system.svc".into()))
+        );
+        let e = ServerSan::parse("not a name!").unwrap_err();
+        assert!(e.contains("\"not a name!\""), "{e}");
+    }
+
+    #[test]
+    fn server_certificates_carry_dns_and_ip_names_but_workload_csrs_cannot() {
+        let ca = CertificateAuthority::generate_self_signed("cluster.local").unwrap();
+        let id = SpiffeId::new("cluster.local", "istio-system", "istiod").unwrap();
+        let (key, csr) = crate::workload::generate_key_and_csr(&id).unwrap();
+        let names = [
+            ServerSan::parse("istiod.istio-system.svc").unwrap(),
+            ServerSan::parse("127.0.0.1").unwrap(),
+        ];
+        let issued = ca
+            .sign_server_csr(&csr, &id, Duration::from_secs(3600), &names)
+            .unwrap();
+        let der = CertificateDer::from_pem_slice(issued.chain_pem[0].as_bytes()).unwrap();
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        let sans: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| format!("{n}"))
+            .collect();
+        assert_eq!(sans.len(), 3, "{sans:?}");
+        assert!(sans.iter().any(|s| s.contains(&id.uri())), "{sans:?}");
+        assert!(
+            sans.iter().any(|s| s.contains("istiod.istio-system.svc")),
+            "{sans:?}"
+        );
+        // x509-parser prints IP SANs as hex bytes.
+        assert!(
+            sans.iter().any(|s| s == "IPAddress(7f:00:00:01)"),
+            "{sans:?}"
+        );
+        drop(key);
+        // The same names asked for in a CSR are refused.
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![
+            SanType::URI(id.uri().try_into().unwrap()),
+            SanType::DnsName("istiod.istio-system.svc".try_into().unwrap()),
+        ];
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let e = ca
+            .sign_csr(&csr, &id, Duration::from_secs(3600))
+            .unwrap_err();
+        assert!(matches!(e, CaError::IdentityNotAuthorized { .. }), "{e}");
     }
 }

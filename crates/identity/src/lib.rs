@@ -37,7 +37,7 @@ pub use auth::{
     AuthError, Authenticator, BootstrapTokenAuthenticator, CallerIdentity, Credentials,
     PeerCertificateAuthenticator, TokenStore,
 };
-pub use ca::{CaError, CertificateAuthority, IssuedChain};
+pub use ca::{CaError, CertificateAuthority, IssuedChain, ServerSan};
 pub use grpc::{
     CaClient, IstioCertificateRequest, IstioCertificateResponse, IstioCertificateServer,
 };

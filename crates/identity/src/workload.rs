@@ -20,7 +20,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::watch;
 
-use crate::ca::CertificateAuthority;
+use crate::ca::{CertificateAuthority, ServerSan};
 use crate::grpc::{CaClient, IstioCertificateRequest};
 use crate::spiffe::SpiffeId;
 
@@ -142,11 +142,24 @@ impl CertificateProvider for GrpcCertificateProvider {
 pub struct LocalCertificateProvider {
     ca: Arc<CertificateAuthority>,
     default_ttl: Duration,
+    /// DNS/IP names every certificate also carries (a serving certificate).
+    server_names: Vec<ServerSan>,
 }
 
 impl LocalCertificateProvider {
     pub fn new(ca: Arc<CertificateAuthority>, default_ttl: Duration) -> Self {
-        Self { ca, default_ttl }
+        Self {
+            ca,
+            default_ttl,
+            server_names: Vec::new(),
+        }
+    }
+
+    /// Every certificate (the first and each rotation) also carries
+    /// `names` as DNS/IP SANs: the control plane's serving certificate.
+    pub fn with_server_names(mut self, names: Vec<ServerSan>) -> Self {
+        self.server_names = names;
+        self
     }
 }
 
@@ -158,8 +171,14 @@ impl CertificateProvider for LocalCertificateProvider {
         ttl: Option<Duration>,
     ) -> ProvideFuture<'a> {
         Box::pin(async move {
-            self.ca
-                .sign_csr(csr_pem, id, ttl.unwrap_or(self.default_ttl))
+            let ttl = ttl.unwrap_or(self.default_ttl);
+            let issued = if self.server_names.is_empty() {
+                self.ca.sign_csr(csr_pem, id, ttl)
+            } else {
+                self.ca
+                    .sign_server_csr(csr_pem, id, ttl, &self.server_names)
+            };
+            issued
                 .map(|issued| issued.chain_pem)
                 .map_err(|e| WorkloadCertError::Provider {
                     id: id.to_string(),

@@ -13,7 +13,9 @@
 //! certificate keeps serving and fetching is retried with back-off.
 //!
 //! Environment (as Istio's agent reads it): `CA_ADDR` (HOST:PORT, default:
-//! the xDS address's host with port 15012), `WEFT_TOKEN_FILE`,
+//! the xDS address's host with port 15012; a port 15010 CA is spoken to in
+//! plaintext, Istio's "IP-secure network" case), `CA_ROOT_CA` (a PEM file
+//! of roots for the CA connection instead of the mesh root), `WEFT_TOKEN_FILE`,
 //! `WEFT_ROOT_CERT_FILE`, `POD_NAMESPACE` (default `default`),
 //! `SERVICE_ACCOUNT` (default `default`), `TRUST_DOMAIN` (default
 //! `cluster.local`), `SECRET_TTL` (requested lifetime, e.g. `24h`, `90s`),
@@ -149,6 +151,8 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 #[derive(Debug, Clone)]
 pub struct CaSettings {
     pub ca_addr: String,
+    /// `CA_ROOT_CA`: roots for verifying the CA instead of the mesh root.
+    pub ca_roots_file: Option<PathBuf>,
     pub token_file: Option<PathBuf>,
     pub id: SpiffeId,
     pub trust_domain: String,
@@ -228,8 +232,10 @@ pub fn from_env(
             })?;
     }
     let token_file = get("WEFT_TOKEN_FILE").map(PathBuf::from);
+    let ca_roots_file = get("CA_ROOT_CA").map(PathBuf::from);
     let settings = ca_addr.map(|ca_addr| CaSettings {
         ca_addr,
+        ca_roots_file,
         token_file,
         id: id.clone(),
         trust_domain,
@@ -291,11 +297,30 @@ async fn connect(w: &WorkloadIdentity, s: &CaSettings) -> Result<CaClient, Strin
         .map_err(|e| format!("CA_ADDR {:?}: {e}", s.ca_addr))?
         .next()
         .ok_or_else(|| format!("CA_ADDR {:?}: no address", s.ca_addr))?;
-    if w.roots.is_empty() {
-        return Err("WEFT_ROOT_CERT_FILE is required to verify the CA".into());
+    if s.ca_addr.ends_with(":15010") {
+        // Istio's agent speaks plaintext to a CA on 15010 (debugging or an
+        // IP-secure network).
+        return CaClient::connect(&format!("http://{addr}"))
+            .await
+            .map_err(|e| e.to_string());
     }
-    let trust =
-        MeshTrust::new(&w.roots, vec![s.trust_domain.clone()]).map_err(|e| e.to_string())?;
+    let roots = match &s.ca_roots_file {
+        Some(path) => {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("CA_ROOT_CA {}: {e}", path.display()))?;
+            CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("CA_ROOT_CA {}: not PEM certificates: {e}", path.display()))?
+        }
+        None => w.roots.clone(),
+    };
+    if roots.is_empty() {
+        return Err(match &s.ca_roots_file {
+            Some(p) => format!("CA_ROOT_CA {}: no certificate in the file", p.display()),
+            None => "WEFT_ROOT_CERT_FILE is required to verify the CA".into(),
+        });
+    }
+    let trust = MeshTrust::new(&roots, vec![s.trust_domain.clone()]).map_err(|e| e.to_string())?;
     let config = weft_identity::tls::bootstrap_client_config(&trust, Vec::new())
         .map_err(|e| e.to_string())?;
     let host = s

@@ -19,7 +19,8 @@
 //! - `admin`, `stats`, `accesslog`, `agent`, `logging`, `sniff`: the control
 //!   thread's ports, metrics, Envoy-format access logs, pilot-agent commands,
 //!   log levels, and the protocol sniffer.
-//! - `xds`: the sidecar mode, an ADS client of weftd (`weft-proxy run --xds-address`).
+//! - `xds`: the sidecar mode, an ADS client of weftd (`weft-proxy run --xds-address`),
+//!   plaintext to 15010 or mutual TLS to 15012 as Istio's agent does it.
 //! - `dns`: the sidecar DNS proxy on 15053 (mesh names from weftd's NDS
 //!   table, other names forwarded to the pod's resolvers).
 

@@ -28,6 +28,10 @@ struct Cli {
 struct RunArgs {
     /// weftd's xDS address (HOST:PORT): the sidecar mode. Without --config it
     /// defaults to $XDS_ADDRESS, $PILOT_ADDRESS or PROXY_CONFIG's discoveryAddress.
+    /// Port 15012 (or PROXY_CONFIG controlPlaneAuthPolicy MUTUAL_TLS, or
+    /// https://) is mutual TLS: weftd verified against XDS_ROOT_CA or
+    /// WEFT_ROOT_CERT_FILE as ISTIOD_SAN or the host, the workload
+    /// certificate presented; 15010 and other ports are plaintext.
     #[arg(long, value_name = "HOST:PORT")]
     xds_address: Option<String>,
     /// Envoy v3 bootstrap file (YAML or JSON) with static_resources to serve.
@@ -204,8 +208,10 @@ fn start_identity(
     Ok(())
 }
 
-/// The sidecar mode: waits for the first listeners and clusters from weftd,
-/// then serves until a signal while the client keeps applying updates.
+/// The sidecar mode: starts the proxy with no listeners (admin, health and
+/// metrics ports up, not ready), connects to weftd (plaintext, or mutual TLS
+/// through the local relay, see `weft_proxy::xds::tls`), applies what it
+/// sends, and serves until a signal.
 fn run_xds(
     address: &str,
     env: &std::collections::HashMap<String, String>,
@@ -214,34 +220,58 @@ fn run_xds(
     let md = weft_proxy::xds::metadata_from_env(env).map_err(anyhow::Error::msg)?;
     let node = md.to_node();
     weft_proxy::istio_metrics::set_default_node(&node);
+    let transport =
+        weft_proxy::xds::transport_from_env(address, env).map_err(anyhow::Error::msg)?;
     if opts.admin_address.is_none() {
         opts.admin_address = Some(SocketAddr::from(([127, 0, 0, 1], 15000)));
     }
     opts.ready_on_start = false;
     let drain_timeout = opts.drain_timeout;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let applier = weft_proxy::xds::XdsApplier::new(node.id.clone(), opts, tx);
+    let proxy = weft_proxy::Proxy::start(weft_proxy::xds::empty_bootstrap(&node), opts)?;
+    let applier = weft_proxy::xds::XdsApplier::new(node.id.clone(), proxy.shared.clone())
+        .map_err(anyhow::Error::msg)?;
     let warmed = applier.warmed();
+    let mut configured = applier.configured();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("weft:xds")
         .enable_all()
         .build()
         .context("starting the xDS client runtime")?;
-    let url = weft_proxy::xds::address_url(address);
-    tracing::info!(%url, node = %node.id, "connecting to weftd over ADS");
+    let url = match transport {
+        weft_proxy::xds::XdsTransport::Plaintext { url } => url,
+        weft_proxy::xds::XdsTransport::MutualTls(tls) => {
+            let local = rt
+                .block_on(weft_proxy::xds::relay::start(tls))
+                .map_err(anyhow::Error::msg)?;
+            format!("http://{local}")
+        }
+    };
+    weft_proxy::xds::status::set_address(address);
+    tracing::info!(%address, node = %node.id, "connecting to weftd over ADS");
     let config = weft_xds::ClientConfig::new(url, node);
     let handle = rt
         .block_on(async { weft_xds::AdsClient::spawn(config, applier) })
         .with_context(|| format!("--xds-address {address:?}"))?;
-    let proxy = rx
-        .recv()
-        .context("the xDS client stopped before the first configuration")?
-        .map_err(anyhow::Error::msg)?;
-    // Like Envoy's initial_fetch_timeout: ready after 15 s even if some
-    // route or endpoint set never arrived.
+    // The stream's state, for the readiness reason.
+    let mut state = handle.state();
+    rt.spawn(async move {
+        loop {
+            let s = state.borrow_and_update().clone();
+            weft_proxy::xds::status::set_stream(s.connected, s.last_error);
+            if state.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    // Like Envoy's initial_fetch_timeout: ready 15 s after the first
+    // listeners and clusters even if some route or endpoint set never
+    // arrived (secrets are still waited for, see admin::readiness).
     let shared = proxy.shared.clone();
     rt.spawn(async move {
+        if configured.wait_for(|c| *c).await.is_err() {
+            return;
+        }
         tokio::time::sleep(Duration::from_secs(15)).await;
         if !warmed.swap(true, std::sync::atomic::Ordering::SeqCst) && !*shared.drain_rx.borrow() {
             tracing::warn!("routes or endpoints still missing after 15 s; reporting ready anyway");

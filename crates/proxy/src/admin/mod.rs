@@ -1,8 +1,12 @@
-//! The control thread: Envoy's admin API (15000: `/ready`, `/server_info`,
+//! The control thread: Envoy's admin API (15000: `/ready`, `/server_info`, `/certs`,
 //! `/config_dump`, `/clusters`, `/stats`, `/stats/prometheus`, `/logging`,
 //! `/quitquitquit`, `/drain_listeners`), Istio's health port
 //! (`/healthz/ready`) and Prometheus port, and STRICT_DNS refresh. It runs on
 //! its own runtime so that control traffic never competes with workers.
+//! When the proxy counts as ready is [`readiness`]'s.
+
+pub mod certs;
+pub mod readiness;
 
 use crate::Body;
 use crate::model::cluster::now_ms;
@@ -12,13 +16,13 @@ use crate::server::http::{full, local_reply};
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use readiness::ReadyGate;
 use serde_json::json;
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::TcpListener as StdListener;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// The version string reported by `/server_info` and `weft-proxy version`.
@@ -47,6 +51,7 @@ pub fn control(
             return;
         }
     };
+    let gate = Arc::new(ReadyGate::default());
     rt.block_on(async move {
         let mut stop = shared.stop_tx.subscribe();
         let mut tasks = tokio::task::JoinSet::new();
@@ -58,7 +63,7 @@ pub fn control(
             if let Some(sock) = sock {
                 match tokio::net::TcpListener::from_std(sock) {
                     Ok(l) => {
-                        tasks.spawn(serve(shared.clone(), l, port));
+                        tasks.spawn(serve(shared.clone(), gate.clone(), l, port));
                     }
                     Err(e) => tracing::error!("cannot register the {port:?} port: {e}"),
                 }
@@ -70,16 +75,23 @@ pub fn control(
     });
 }
 
-async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener, port: Port) {
+async fn serve(
+    shared: Arc<Shared>,
+    gate: Arc<ReadyGate>,
+    listener: tokio::net::TcpListener,
+    port: Port,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let shared = shared.clone();
+        let gate = gate.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, req, port).await) }
+                let gate = gate.clone();
+                async move { Ok::<_, Infallible>(handle(&shared, &gate, req, port).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -114,17 +126,18 @@ fn query<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
     })
 }
 
-async fn handle(shared: &Arc<Shared>, req: Request<Incoming>, port: Port) -> Response<Body> {
+async fn handle(
+    shared: &Arc<Shared>,
+    gate: &ReadyGate,
+    req: Request<Incoming>,
+    port: Port,
+) -> Response<Body> {
     let path = req.uri().path().to_owned();
-    let ready = shared.ready.load(Ordering::SeqCst);
     match (port, path.as_str()) {
         (Port::Health, "/healthz/ready") | (Port::Admin, "/ready") => {
-            if ready {
-                text(StatusCode::OK, "LIVE\n".into())
-            } else {
-                let state = if *shared.drain_rx.borrow() { "DRAINING\n" } else { "PRE_INITIALIZING\n" };
-                text(StatusCode::SERVICE_UNAVAILABLE, state.into())
-            }
+            let r = gate.check(shared);
+            let status = if r.is_live() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            text(status, r.body())
         }
         (Port::Admin | Port::Prometheus, "/stats/prometheus") => {
             let mut r = text(StatusCode::OK, shared.stats.prometheus());
@@ -135,9 +148,10 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>, port: Port) -> Res
             if query(&req, "format") == Some("prometheus") {
                 return text(StatusCode::OK, shared.stats.prometheus());
             }
-            text(StatusCode::OK, stats_text(shared))
+            text(StatusCode::OK, stats_text(shared, gate))
         }
-        (Port::Admin, "/server_info") => server_info(shared),
+        (Port::Admin, "/server_info") => server_info(shared, gate),
+        (Port::Admin, "/certs") => json_reply(certs::certs()),
         (Port::Admin, "/config_dump") => config_dump(shared),
         (Port::Admin, "/clusters") => {
             if query(&req, "format") == Some("json") {
@@ -180,22 +194,16 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>, port: Port) -> Res
         }
         (Port::Admin, "/") => text(
             StatusCode::OK,
-            "admin commands are:\n  /clusters\n  /config_dump\n  /drain_listeners\n  /logging\n  /quitquitquit\n  /ready\n  /server_info\n  /stats\n  /stats/prometheus\n".into(),
+            "admin commands are:\n  /certs\n  /clusters\n  /config_dump\n  /drain_listeners\n  /logging\n  /quitquitquit\n  /ready\n  /server_info\n  /stats\n  /stats/prometheus\n".into(),
         ),
         _ => local_reply(StatusCode::NOT_FOUND, ""),
     }
 }
 
-fn server_info(shared: &Shared) -> Response<Body> {
+fn server_info(shared: &Shared, gate: &ReadyGate) -> Response<Body> {
     let snap = shared.snapshot.load();
     let uptime = shared.started.elapsed().unwrap_or_default().as_secs();
-    let state = if shared.ready.load(Ordering::SeqCst) {
-        "LIVE"
-    } else if *shared.drain_rx.borrow() {
-        "DRAINING"
-    } else {
-        "PRE_INITIALIZING"
-    };
+    let state = gate.check(shared).state();
     json_reply(json!({
         "version": format!("weft-proxy/{VERSION}"),
         "state": state,
@@ -307,7 +315,7 @@ fn clusters_json(shared: &Shared) -> Response<Body> {
     json_reply(json!({ "cluster_statuses": statuses }))
 }
 
-fn stats_text(shared: &Shared) -> String {
+fn stats_text(shared: &Shared, gate: &ReadyGate) -> String {
     let snap = shared.snapshot.load();
     let mut out = String::new();
     for name in &snap.cluster_order {
@@ -346,7 +354,7 @@ fn stats_text(shared: &Shared) -> String {
     let _ = writeln!(
         out,
         "server.live: {}",
-        u8::from(shared.ready.load(Ordering::SeqCst))
+        u8::from(gate.check(shared).is_live())
     );
     let _ = writeln!(
         out,

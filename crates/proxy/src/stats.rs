@@ -1,16 +1,19 @@
 //! Metrics: one `prometheus-client` registry per process with Envoy's stat
 //! names (`envoy_cluster_upstream_rq_total{envoy_cluster_name=..}` and so
 //! on). Label sets are resolved when a cluster, listener or connection
-//! manager is compiled; the request path only bumps atomics it already holds.
+//! manager is compiled; the request path only bumps atomics it already holds
+//! (durations go to the lock-free [`Histogram`] of `histogram`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
+
+mod histogram;
+pub use histogram::Histogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClusterLabel {

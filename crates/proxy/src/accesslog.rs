@@ -7,7 +7,7 @@
 //! owns formats and entries.
 
 use crate::config::ConfigError;
-use crate::model::common::Ctx;
+use crate::model::common::{Ctx, split_format};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -93,6 +93,16 @@ fn header_index(list: &mut Vec<HeaderName>, name: &str) -> Option<usize> {
 const PSEUDO: [&str; 4] = [":method", ":path", ":scheme", ":authority"];
 
 impl Format {
+    /// A format with no segments yet and these header slots.
+    fn empty(req_headers: Vec<HeaderName>, resp_headers: Vec<HeaderName>) -> Format {
+        Format {
+            segs: Vec::new(),
+            json: None,
+            req_headers,
+            resp_headers,
+        }
+    }
+
     pub fn compile(ctx: &Ctx<'_>, text: &str) -> Result<Format, ConfigError> {
         Self::compile_with(ctx, text, Vec::new(), Vec::new())
     }
@@ -105,12 +115,7 @@ impl Format {
         req: Vec<HeaderName>,
         resp: Vec<HeaderName>,
     ) -> Result<Format, ConfigError> {
-        let mut f = Format {
-            segs: Vec::new(),
-            json: None,
-            req_headers: req,
-            resp_headers: resp,
-        };
+        let mut f = Format::empty(req, resp);
         f.segs = f.parse(ctx, text)?;
         Ok(f)
     }
@@ -122,45 +127,16 @@ impl Format {
         req: Vec<HeaderName>,
         resp: Vec<HeaderName>,
     ) -> Result<Format, ConfigError> {
-        let mut f = Format {
-            segs: Vec::new(),
-            json: None,
-            req_headers: req,
-            resp_headers: resp,
-        };
+        let mut f = Format::empty(req, resp);
         f.json = Some(JsonTemplate::compile(&mut f, ctx, object)?);
         Ok(f)
     }
 
     /// Splits a format string into literal and operator segments.
     fn parse(&mut self, ctx: &Ctx<'_>, text: &str) -> Result<Vec<Seg>, ConfigError> {
-        let mut segs = Vec::new();
-        let mut rest = text;
-        let mut lit = String::new();
-        while let Some(i) = rest.find('%') {
-            lit.push_str(&rest[..i]);
-            rest = &rest[i + 1..];
-            if let Some(r) = rest.strip_prefix('%') {
-                lit.push('%');
-                rest = r;
-                continue;
-            }
-            let Some(end) = rest.find('%') else {
-                return Err(ctx.invalid(format!("unterminated operator in {text:?}")));
-            };
-            let op_text = &rest[..end];
-            rest = &rest[end + 1..];
-            if !lit.is_empty() {
-                segs.push(Seg::Lit(std::mem::take(&mut lit)));
-            }
-            let op = self.operator(ctx, op_text)?;
-            segs.push(Seg::Op(op));
-        }
-        lit.push_str(rest);
-        if !lit.is_empty() {
-            segs.push(Seg::Lit(lit));
-        }
-        Ok(segs)
+        split_format(ctx, text, Seg::Lit, |op| {
+            self.operator(ctx, op).map(Seg::Op)
+        })
     }
 
     fn operator(&mut self, ctx: &Ctx<'_>, op: &str) -> Result<Op, ConfigError> {

@@ -275,40 +275,54 @@ pub struct ValueCtx {
     pub local: std::net::SocketAddr,
 }
 
-fn compile_template(ctx: &Ctx<'_>, text: &str) -> Result<Vec<ValueSeg>, ConfigError> {
+/// Splits an Envoy format string (access logs, header values) into its
+/// literal text, made into segments by `lit`, and its `%OPERATOR%`s, made
+/// by `op` from the text between the `%`s; `%%` is a literal `%`.
+pub fn split_format<T>(
+    ctx: &Ctx<'_>,
+    text: &str,
+    lit: impl Fn(String) -> T,
+    mut op: impl FnMut(&str) -> Result<T, ConfigError>,
+) -> Result<Vec<T>, ConfigError> {
     let mut segs = Vec::new();
     let mut rest = text;
-    let mut lit = String::new();
+    let mut pending = String::new();
     while let Some(i) = rest.find('%') {
-        lit.push_str(&rest[..i]);
+        pending.push_str(&rest[..i]);
         rest = &rest[i + 1..];
         if let Some(r) = rest.strip_prefix('%') {
-            lit.push('%');
+            pending.push('%');
             rest = r;
             continue;
         }
         let end = rest
             .find('%')
             .ok_or_else(|| ctx.invalid(format!("unterminated operator in {text:?}")))?;
-        let op = &rest[..end];
+        let op_text = &rest[..end];
         rest = &rest[end + 1..];
-        if !lit.is_empty() {
-            segs.push(ValueSeg::Lit(std::mem::take(&mut lit)));
+        if !pending.is_empty() {
+            segs.push(lit(std::mem::take(&mut pending)));
         }
-        segs.push(match op {
+        segs.push(op(op_text)?);
+    }
+    pending.push_str(rest);
+    if !pending.is_empty() {
+        segs.push(lit(pending));
+    }
+    Ok(segs)
+}
+
+fn compile_template(ctx: &Ctx<'_>, text: &str) -> Result<Vec<ValueSeg>, ConfigError> {
+    split_format(ctx, text, ValueSeg::Lit, |op| {
+        Ok(match op {
             "DOWNSTREAM_REMOTE_ADDRESS" => ValueSeg::RemoteAddr(true),
             "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => ValueSeg::RemoteAddr(false),
             "DOWNSTREAM_LOCAL_ADDRESS" => ValueSeg::LocalAddr(true),
             "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => ValueSeg::LocalAddr(false),
             "HOSTNAME" => ValueSeg::Hostname,
             other => return Err(ctx.unsupported(format!("header format operator %{other}%"))),
-        });
-    }
-    lit.push_str(rest);
-    if !lit.is_empty() {
-        segs.push(ValueSeg::Lit(lit));
-    }
-    Ok(segs)
+        })
+    })
 }
 
 fn render(segs: &[ValueSeg], conn: Option<&ValueCtx>) -> String {
@@ -361,5 +375,43 @@ impl Fraction {
     pub fn hit(&self) -> bool {
         self.per_million >= 1_000_000
             || (self.per_million > 0 && fastrand::u32(0..1_000_000) < self.per_million)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    enum Piece {
+        Lit(String),
+        Op(String),
+    }
+
+    fn split(text: &str) -> Result<Vec<Piece>, String> {
+        let ctx = Ctx::new("test.yaml", "log_format");
+        split_format(&ctx, text, Piece::Lit, |op| Ok(Piece::Op(op.to_owned())))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn format_strings_split_into_literals_and_operators() {
+        use Piece::{Lit, Op};
+        assert_eq!(
+            split("[%START_TIME%] 100%% %REQ(:PATH)%\n"),
+            Ok(vec![
+                Lit("[".into()),
+                Op("START_TIME".into()),
+                Lit("] 100% ".into()),
+                Op("REQ(:PATH)".into()),
+                Lit("\n".into()),
+            ])
+        );
+        assert_eq!(split("%A%%B%"), Ok(vec![Op("A".into()), Op("B".into())]));
+        assert_eq!(split(""), Ok(vec![]));
+        assert_eq!(
+            split("x %OPEN"),
+            Err("test.yaml: log_format: unterminated operator in \"x %OPEN\"".into())
+        );
     }
 }

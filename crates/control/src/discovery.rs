@@ -25,7 +25,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as PromRegistry;
 use weft_api::store::{Snapshot, Store, StoreError, StoreOptions};
 use weft_api::watch::{self, WatchError, Watcher};
-use weft_xds::{AdsServer, DebounceConfig, PushRequest, Pusher, ServerOptions, XdsMetrics};
+use weft_xds::{
+    AdsServer, DebounceConfig, PushRequest, Pusher, ServerOptions, XdsMetrics, XdsType,
+};
 
 use crate::sds::SecretGenerator;
 use crate::translate::{MeshView, TranslateOptions, TranslationGenerator};
@@ -134,7 +136,9 @@ impl ConfigMetrics {
 /// VIPs and every changed service is EDS-resolved or passthrough (then
 /// only the changed services' assignments are rebuilt, once per scope),
 /// with NDS as well when a passthrough service's endpoints (which name
-/// tables list) changed; everything otherwise. weftd's config watch and
+/// tables list) changed, and CDS/LDS when a changed service selects a
+/// connected proxy's workload (its inbound ports; only those proxies'
+/// listeners and clusters are recomputed); everything otherwise. weftd's config watch and
 /// the control benchmark both use it.
 pub fn apply_snapshot(
     generator: &TranslationGenerator,
@@ -155,11 +159,22 @@ pub fn apply_snapshot(
         prev.registry.services().eq(next.registry.services()) && prev.mesh == next.mesh;
     if !changes.is_empty() && changes.only_workloads() && same_services {
         match generator.update_endpoints(next) {
-            ViewChange::Endpoints { hosts, name_tables } => {
-                let request = PushRequest::endpoints(format!(
-                    "{reason}; endpoints of {} service(s)",
-                    hosts.len()
-                ));
+            ViewChange::Endpoints {
+                hosts,
+                name_tables,
+                own_parts,
+            } => {
+                let reason = format!("{reason}; endpoints of {} service(s)", hosts.len());
+                let request = if own_parts {
+                    // Inbound listeners and clusters of the selected
+                    // workloads' proxies follow; the rest are unchanged.
+                    PushRequest::types(
+                        [XdsType::Endpoint, XdsType::Cluster, XdsType::Listener],
+                        reason,
+                    )
+                } else {
+                    PushRequest::endpoints(reason)
+                };
                 if name_tables {
                     request.with_type_url(weft_xds::nds::NAME_TABLE)
                 } else {

@@ -18,9 +18,11 @@
 //! structs), and a proxy's clusters and listeners are a union sharing the
 //! scope part's resources and names.
 //!
-//! On an endpoints-only change ([`XdsCache::update_endpoints`]) the scope
-//! parts are carried over and only the ClusterLoadAssignments of services
-//! whose endpoints changed are rebuilt (lazily, once per scope key), so an
+//! On an endpoints-only change ([`XdsCache::update_endpoints`], what it
+//! touches decided in `endpoints.rs`) the scope parts are carried over,
+//! and so are the own parts of proxies no changed service selects; only
+//! the ClusterLoadAssignments of services whose endpoints changed are
+//! rebuilt (lazily, once per scope key), so an
 //! EDS push costs a map lookup per proxy and the diff against what the
 //! proxy holds is by pointer for unchanged assignments.
 //!
@@ -42,12 +44,14 @@
 //! a translation change that makes the scope part depend on something the
 //! key misses fails there.
 
+mod endpoints;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
-use weft_api::registry::{Resolution, labels_match, sidecar_for_workload};
+use weft_api::registry::{labels_match, sidecar_for_workload};
 use weft_xds::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use weft_xds::{Node, ResourceSet};
 
@@ -55,7 +59,6 @@ use crate::translate::cluster::{build_clusters, parse_outbound};
 use crate::translate::endpoint::build_endpoints;
 use crate::translate::listener::build_listeners;
 use crate::translate::scope::ProxyScope;
-use crate::translate::tls::{TLS_MODE_ISTIO, TLS_MODE_LABEL};
 use crate::translate::{MeshView, NodeError, ProxyNode, ProxyResources};
 
 /// What makes two proxies' scope parts equal.
@@ -228,63 +231,15 @@ pub enum ViewChange {
     /// Everything is recomputed on demand.
     Full,
     /// Only endpoints of these service hostnames changed: their
-    /// assignments, and when `name_tables` the NameTables of proxies that
-    /// see them (a headless or `resolution: NONE` service among them).
+    /// assignments; when `name_tables` the NameTables of proxies that see
+    /// them (a headless or `resolution: NONE` service among them); when
+    /// `own_parts` the listeners and clusters of proxies whose workload
+    /// one of them selects (inbound ports follow the endpoints).
     Endpoints {
         hosts: BTreeSet<String>,
         name_tables: bool,
+        own_parts: bool,
     },
-}
-
-/// Whether some DestinationRule load-balances with `PASSTHROUGH` (its
-/// clusters' auto mTLS then depends on endpoints, as headless ones do).
-fn passthrough_lb(view: &MeshView) -> bool {
-    use weft_api::networking::{SimpleLb, TrafficPolicy};
-    let in_policy = |p: &TrafficPolicy| {
-        let lbs = p.load_balancer.iter();
-        lbs.chain(p.port_level_settings.iter().flat_map(|s| &s.load_balancer))
-            .any(|lb| lb.simple == Some(SimpleLb::Passthrough))
-    };
-    view.destination_rules
-        .iter()
-        .filter_map(|o| o.as_destination_rule())
-        .any(|dr| {
-            let subsets = dr.subsets.iter().filter_map(|s| s.traffic_policy.as_ref());
-            dr.traffic_policy.iter().chain(subsets).any(in_policy)
-        })
-}
-
-/// What clusters read from a service's endpoints: its service accounts
-/// (SANs) and, per port, whether every endpoint runs a sidecar (auto mTLS
-/// of original-destination clusters: passthrough services, or any service
-/// when `lb_passthrough` says a DestinationRule may make it one).
-fn cluster_inputs<'v>(
-    view: &'v MeshView,
-    host: &str,
-    lb_passthrough: bool,
-) -> (&'v [String], Vec<bool>) {
-    let accounts = view
-        .service_accounts
-        .get(host)
-        .map_or(&[][..], Vec::as_slice);
-    let sidecars = view
-        .registry
-        .service(host)
-        .filter(|svc| lb_passthrough || svc.resolution == Resolution::Passthrough)
-        .map(|svc| {
-            svc.ports
-                .iter()
-                .map(|p| {
-                    let eps = view.registry.endpoints(host, p.port);
-                    !eps.is_empty()
-                        && eps.iter().all(|e| {
-                            e.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO)
-                        })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    (accounts, sidecars)
 }
 
 /// The cache; see the module docs.
@@ -342,23 +297,26 @@ impl XdsCache {
             })
             .map(|s| s.hostname.clone())
             .collect();
-        let mut name_tables = false;
-        let lb_passthrough = passthrough_lb(&view);
-        let endpoints_only = changed.iter().all(|h| {
-            let resolution = view.registry.service(h).map(|s| s.resolution);
-            name_tables |= resolution == Some(Resolution::Passthrough);
-            matches!(
-                resolution,
-                Some(Resolution::ClientSideLb | Resolution::Passthrough)
-            ) && cluster_inputs(&prev.view, h, lb_passthrough)
-                == cluster_inputs(&view, h, lb_passthrough)
-        });
-        if !endpoints_only {
+        let Some(name_tables) = endpoints::classify(&prev.view, &view, &changed) else {
             *guard = Arc::new(State::new(view));
             return ViewChange::Full;
-        }
+        };
+        // Own parts read the endpoints of the services selecting the
+        // proxy's workload (its inbound ports): others carry over.
+        let selectors = endpoints::Selectors::of(&prev.view, &view, &changed);
+        let mut own_parts = false;
+        let proxies = lock(&prev.proxies)
+            .iter()
+            .filter(|(_, e)| {
+                let hit = selectors.select(&e.node);
+                own_parts |= hit;
+                !hit
+            })
+            .map(|(id, e)| (id.clone(), Arc::clone(e)))
+            .collect();
         let next = State::new(view);
         *lock(&next.keys) = lock(&prev.keys).clone();
+        *lock(&next.proxies) = proxies;
         if !name_tables {
             *lock(&next.names) = lock(&prev.names).clone();
         }
@@ -385,6 +343,7 @@ impl XdsCache {
         ViewChange::Endpoints {
             hosts: Arc::unwrap_or_clone(changed),
             name_tables,
+            own_parts,
         }
     }
 

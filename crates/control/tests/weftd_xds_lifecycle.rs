@@ -274,7 +274,7 @@ metadata: {name: productpage, namespace: default}
 spec:
   clusterIP: 10.96.0.10
   selector: {app: productpage}
-  ports: [{name: http, port: 9080}]
+  ports: [{name: http, port: 9080, targetPort: 8080}]
 "#;
 
 fn pod(app: &str, ip: &str) -> String {
@@ -408,17 +408,21 @@ fn endpoint_changes_push_what_they_change() {
     use weft_control::translate::TranslationGenerator;
     use weft_xds::{NodeInfo, PushScope, XdsType};
 
-    let files = |db: &str, reviews: &str| {
+    let files = |db: &str, reviews: &str, pp: &str| {
         BTreeMap::from([
             ("services.yaml".to_string(), HEADLESS.to_string()),
             ("db.yaml".to_string(), db.to_string()),
             ("reviews.yaml".to_string(), reviews.to_string()),
+            ("pp.yaml".to_string(), pp.to_string()),
         ])
     };
+    // Another productpage pod, so adding the sidecar's own pod later does
+    // not change productpage's service accounts.
+    let pp1 = pod("productpage", "10.1.0.11").replace("productpage-0", "productpage-1");
     let opts = StoreOptions::default();
     let topts = TranslateOptions::default();
     let mut snap = build_snapshot(
-        &files(&pod("db", "10.1.0.50"), &pod("reviews", "10.1.0.21")),
+        &files(&pod("db", "10.1.0.50"), &pod("reviews", "10.1.0.21"), &pp1),
         Vec::new(),
         None,
         &opts,
@@ -433,15 +437,26 @@ fn endpoint_changes_push_what_they_change() {
         t.table["db.default.svc.cluster.local"].ips.clone()
     };
     assert_eq!(table(&generator), ["10.1.0.50"]);
+    let inbound = |g: &TranslationGenerator, node: &NodeInfo| {
+        let set = weft_xds::Generator::generate(g, node, CLUSTER);
+        let names = set.names().filter(|n| n.starts_with("inbound|"));
+        names.map(str::to_string).collect::<Vec<_>>()
+    };
+    let reviews_node =
+        NodeInfo::from_node(Some(sidecar("default", "reviews", "10.1.0.21").to_node())).unwrap();
+    assert_eq!(inbound(&generator, &node), ["inbound|9080||"]);
+    let reviews_cds = weft_xds::Generator::generate(&generator, &reviews_node, CLUSTER);
+    assert_eq!(generator.cache().detail().proxies, 2);
     let eds = PushScope::Types([XdsType::Endpoint].into());
-    let mut step = |db: String, reviews: String| {
-        let next = build_snapshot(&files(&db, &reviews), Vec::new(), Some(&snap), &opts);
+    let mut step = |db: String, reviews: String, pp: &str| {
+        let next = build_snapshot(&files(&db, &reviews, pp), Vec::new(), Some(&snap), &opts);
         let request = apply_snapshot(&generator, &snap, &next, &topts);
         snap = next;
         request
     };
 
-    let r = step(pod("db", "10.1.0.51"), pod("reviews", "10.1.0.21"));
+    // A headless pod moves: EDS and NDS; the cached table follows.
+    let r = step(pod("db", "10.1.0.51"), pod("reviews", "10.1.0.21"), &pp1);
     assert_eq!(r.scope, eds, "{}", r.reason);
     assert_eq!(r.type_urls, [NAME_TABLE.to_string()].into());
     assert_eq!(table(&generator), ["10.1.0.51"]);
@@ -450,16 +465,35 @@ fn endpoint_changes_push_what_they_change() {
         weft_xds::Generator::generate(&generator, &node, NAME_TABLE).version(),
         fresh.version()
     );
+    // Nobody's own part is touched: both proxies' entries carried over.
+    assert_eq!(generator.cache().detail().proxies, 2);
 
-    let r = step(pod("db", "10.1.0.51"), pod("reviews", "10.1.0.22"));
-    assert_eq!(r.scope, eds, "{}", r.reason);
+    // An ordinary pod moves away from the reviews sidecar's address: EDS,
+    // and CDS/LDS for that sidecar (its inbound ports read its endpoint);
+    // productpage's own part is kept.
+    let own = PushScope::Types([XdsType::Endpoint, XdsType::Cluster, XdsType::Listener].into());
+    let r = step(pod("db", "10.1.0.51"), pod("reviews", "10.1.0.22"), &pp1);
+    assert_eq!(r.scope, own, "{}", r.reason);
     assert!(r.type_urls.is_empty(), "{:?}", r.type_urls);
+    assert_eq!(generator.cache().detail().proxies, 1);
+    assert_eq!(
+        weft_xds::Generator::generate(&generator, &reviews_node, CLUSTER).version(),
+        reviews_cds.version(),
+        "reviews' inbound port did not change"
+    );
+
+    // productpage's own pod appears: its inbound port follows the
+    // endpoint (targetPort 8080), so CDS and LDS are pushed too.
+    let pp = format!("{pp1}---\n{}", pod("productpage", "10.1.0.10"));
+    let r = step(pod("db", "10.1.0.51"), pod("reviews", "10.1.0.22"), &pp);
+    assert_eq!(r.scope, own, "{}", r.reason);
+    assert_eq!(inbound(&generator, &node), ["inbound|8080||"]);
 
     let with_sa = pod("reviews", "10.1.0.22").replace(
         "spec: {containers",
         "spec: {serviceAccountName: bookinfo-reviews, containers",
     );
-    let r = step(pod("db", "10.1.0.51"), with_sa.clone());
+    let r = step(pod("db", "10.1.0.51"), with_sa.clone(), &pp);
     assert_eq!(
         r.scope,
         PushScope::Full,
@@ -471,7 +505,7 @@ fn endpoint_changes_push_what_they_change() {
         "labels: {app: db}",
         "labels: {app: db, security.istio.io/tlsMode: istio}",
     );
-    let r = step(with_sidecar, with_sa);
+    let r = step(with_sidecar, with_sa, &pp);
     assert_eq!(
         r.scope,
         PushScope::Full,

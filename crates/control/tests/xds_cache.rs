@@ -142,9 +142,12 @@ fn endpoint_change_rebuilds_only_changed_assignments() {
     let moved = base.replace("podIP: 10.1.0.22", "podIP: 10.1.0.122");
     let snap2 = build_snapshot(&files(&moved), Vec::new(), Some(&snap1), &opts);
     let request = apply_snapshot(&generator, &snap1, &snap2, &TranslateOptions::default());
+    // CDS and LDS too: one of the proxies is reviews-v2's own sidecar
+    // (10.1.0.22), whose inbound ports follow its endpoint.
+    use weft_xds::XdsType::{Cluster, Endpoint, Listener};
     assert_eq!(
         request.scope,
-        PushScope::Types([weft_xds::XdsType::Endpoint].into()),
+        PushScope::Types([Endpoint, Cluster, Listener].into()),
         "{}",
         request.reason
     );

@@ -9,7 +9,7 @@ use crate::image::Program;
 use crate::plan::{PlanOptions, plan_files};
 
 fn opts() -> PlanOptions {
-    PlanOptions::local("10.88.0.1:15010", "10.88.0.1:15012", true)
+    PlanOptions::local("10.88.0.1:15012", "10.88.0.1:15012", true)
 }
 
 fn demo_files() -> BTreeMap<String, String> {
@@ -97,7 +97,7 @@ fn demo_plans_every_pod_injected_with_mapped_programs() {
         panic!("PROXY_CONFIG")
     };
     assert!(
-        pc.contains("\"discoveryAddress\":\"10.88.0.1:15010\""),
+        pc.contains("\"discoveryAddress\":\"10.88.0.1:15012\""),
         "{pc}"
     );
 

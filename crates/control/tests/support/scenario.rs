@@ -231,6 +231,11 @@ pub fn start_reviews(pod: &Pod, rt: &tokio::runtime::Runtime) {
 /// Starts weftd in the pod, in `workdir` (where anything it writes by
 /// default, such as its CA directory, lands).
 pub fn start_weftd(pod: &Pod, workdir: &Path, config: &Path) -> Killed {
+    start_weftd_with(pod, workdir, config, &[])
+}
+
+/// [`start_weftd`] with `extra` flags after the defaults.
+pub fn start_weftd_with(pod: &Pod, workdir: &Path, config: &Path, extra: &[&str]) -> Killed {
     let mut child = pod
         .command(env!("CARGO_BIN_EXE_weftd"))
         .expect("command in pod")
@@ -242,6 +247,7 @@ pub fn start_weftd(pod: &Pod, workdir: &Path, config: &Path) -> Killed {
         .args(["--ready-addr", "127.0.0.1:8080", "--debounce-ms", "50"])
         .args(["--ca-dir"])
         .arg(workdir.join("ca"))
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -150,13 +150,15 @@ impl Mesh {
         ));
         let node = NodeRuntime::start(&prefix, opts.subnet, weftd, mirror.dir().to_owned(), &dir)?;
         let gw = node.gateway;
+        // Sidecars reach weftd as Istio's reach istiod: xDS and the CA over
+        // mutual TLS on 15012 (weftd's certificate carries the node IP).
         let plan_opts = PlanOptions::local(
-            &format!("{gw}:{XDS_PORT}"),
+            &format!("{gw}:{XDS_TLS_PORT}"),
             &format!("{gw}:{XDS_TLS_PORT}"),
             dns_capture,
         );
         report(&format!(
-            "weftd up: xDS {gw}:{XDS_PORT}, CA {gw}:{XDS_TLS_PORT}, metrics and debug http://{gw}:{MONITORING_PORT}/metrics (inside the node namespace); DNS capture by sidecars: {}",
+            "weftd up: xDS and CA over mTLS {gw}:{XDS_TLS_PORT} (plaintext xDS {gw}:{XDS_PORT}), metrics and debug http://{gw}:{MONITORING_PORT}/metrics (inside the node namespace); DNS capture by sidecars: {}",
             if dns_capture {
                 "on"
             } else {

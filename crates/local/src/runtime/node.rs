@@ -15,9 +15,9 @@ use crate::error::{Error, Result};
 use crate::runtime::process::{in_netns, terminate};
 use crate::sandbox::Sandbox;
 
-/// weftd's ports on the node bridge (Istio's).
+/// weftd's ports on the node bridge (Istio's): plaintext xDS (for tools).
 pub const XDS_PORT: u16 = 15010;
-/// CA and xDS over TLS.
+/// xDS and the CA over mutual TLS: what the pods' sidecars use.
 pub const XDS_TLS_PORT: u16 = 15012;
 /// Metrics and debug.
 pub const MONITORING_PORT: u16 = 15014;
@@ -133,6 +133,9 @@ impl NodeRuntime {
             .arg(format!("{gw}:{XDS_PORT}"))
             .arg("--xds-tls-addr")
             .arg(format!("{gw}:{XDS_TLS_PORT}"))
+            // Pods dial the node IP: weftd's certificate must be valid for it.
+            .arg("--tls-san")
+            .arg(gw.to_string())
             .arg("--monitoring-addr")
             .arg(format!("{gw}:{MONITORING_PORT}"))
             .arg("--webhook-addr")
@@ -202,10 +205,11 @@ impl NodeRuntime {
         self.weftd.as_ref().map(|(c, _)| c.id())
     }
 
-    /// Waits until weftd accepts on its xDS port and wrote the root cert.
+    /// Waits until weftd accepts on its xDS-over-mTLS port (the pods') and
+    /// wrote the root cert.
     pub(crate) fn wait_weftd(&mut self, limit: Duration) -> Result<()> {
         let start = Instant::now();
-        let addr = SocketAddr::from((self.gateway, XDS_PORT));
+        let addr = SocketAddr::from((self.gateway, XDS_TLS_PORT));
         let netns = self.netns_path();
         loop {
             if let Some(event) = self.tend_weftd() {

@@ -205,11 +205,12 @@ impl NodeRuntime {
         self.weftd.as_ref().map(|(c, _)| c.id())
     }
 
-    /// Waits until weftd accepts on its xDS-over-mTLS port (the pods') and
-    /// wrote the root cert.
+    /// Waits until weftd accepts on its xDS port and wrote the root cert
+    /// (probing the plaintext port: weftd binds both ports before serving
+    /// either, and a bare connect to 15012 would log a failed handshake).
     pub(crate) fn wait_weftd(&mut self, limit: Duration) -> Result<()> {
         let start = Instant::now();
-        let addr = SocketAddr::from((self.gateway, XDS_TLS_PORT));
+        let addr = SocketAddr::from((self.gateway, XDS_PORT));
         let netns = self.netns_path();
         loop {
             if let Some(event) = self.tend_weftd() {

@@ -81,7 +81,8 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
-fn parse_url(url: &str) -> Result<(SocketAddr, String, String), AgentError> {
+/// The URL's addresses (every one its host resolves to), `HOST:PORT` and path.
+fn parse_url(url: &str) -> Result<(Vec<SocketAddr>, String, String), AgentError> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| AgentError::Url(url.to_owned()))?;
@@ -89,24 +90,33 @@ fn parse_url(url: &str) -> Result<(SocketAddr, String, String), AgentError> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let addr = hostport
+    let addrs: Vec<SocketAddr> = hostport
         .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| AgentError::Url(url.to_owned()))?;
-    Ok((addr, hostport.to_owned(), path.to_owned()))
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    if addrs.is_empty() {
+        return Err(AgentError::Url(url.to_owned()));
+    }
+    Ok((addrs, hostport.to_owned(), path.to_owned()))
 }
 
-/// Polls `url` until it answers 200 or the timeout passes.
+/// Polls `url` until it answers 200 or the timeout passes. Each attempt
+/// tries every address the host resolves to (`localhost` may be `::1`
+/// first while the health port listens on IPv4 only).
 pub fn wait(url: &str, timeout: Duration, period: Duration) -> Result<(), AgentError> {
-    let (addr, host, path) = parse_url(url)?;
+    let (addrs, host, path) = parse_url(url)?;
     let start = Instant::now();
-    let mut last;
+    let mut last = String::new();
     loop {
-        match http_call("GET", addr, &host, &path, Duration::from_secs(1)) {
-            Ok((200, _)) => return Ok(()),
-            Ok((s, b)) => last = format!("{s} {}", b.trim()),
-            Err(e) => last = e.to_string(),
+        for addr in &addrs {
+            match http_call("GET", *addr, &host, &path, Duration::from_secs(1)) {
+                Ok((200, _)) => return Ok(()),
+                Ok((s, b)) => {
+                    last = format!("{s} {}", b.trim());
+                    break;
+                }
+                Err(e) => last = e.to_string(),
+            }
         }
         if start.elapsed() >= timeout {
             return Err(AgentError::Timeout {
@@ -133,4 +143,53 @@ pub fn request(admin: SocketAddr, method: &str, path: &str) -> Result<(u16, Stri
         &path,
         Duration::from_secs(10),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+
+    /// Answers every request on `l` with `status` and `body`.
+    fn serve(l: TcpListener, status: &'static str, body: &'static str) {
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                let mut r = BufReader::new(conn);
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = r.get_mut().write_all(reply.as_bytes());
+            }
+        });
+    }
+
+    #[test]
+    fn wait_tries_every_address_of_localhost() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        serve(l, "200 OK", "LIVE\n");
+        let url = format!("http://localhost:{port}/healthz/ready");
+        wait(&url, Duration::from_secs(5), Duration::from_millis(50)).expect("ready");
+    }
+
+    #[test]
+    fn wait_gives_up_with_the_last_reason() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        serve(
+            l,
+            "503 Service Unavailable",
+            "PRE_INITIALIZING\nwaiting for secret default: no CA\n",
+        );
+        let url = format!("http://127.0.0.1:{port}/healthz/ready");
+        let e = wait(&url, Duration::from_millis(300), Duration::from_millis(50)).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("waiting for secret default: no CA"), "{text}");
+    }
 }

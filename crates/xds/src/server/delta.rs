@@ -16,8 +16,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
 use tokio::time::Instant;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
+use super::requests::Requests;
 use super::{ResponseTx, Shared, StreamCtx, first_request, nack_message};
 use crate::names::eds_names;
 use crate::push::PushState;
@@ -32,7 +33,7 @@ struct Closed;
 
 pub(super) async fn run(
     shared: Arc<Shared>,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
+    mut requests: Requests<DeltaDiscoveryRequest>,
     tx: ResponseTx,
 ) {
     let mut closed = shared.closed.subscribe();

@@ -8,9 +8,10 @@
 //! encode each response once, straight from the shared resources (no copy
 //! of each `Any` into a response message first), into its own exact-size
 //! gRPC frame ([`sotw_frame`], [`delta_frame`]) that HTTP/2 frees once
-//! written. Requests are decoded with tonic's `Streaming`; state-of-the-world
-//! ones into [`SotwRequest`] (resource names in one buffer, not one
-//! `String` each).
+//! written. Requests are read by [`Requests`] (a large buffer is released
+//! once drained, not kept per stream as tonic's `Streaming` does);
+//! state-of-the-world ones decode into [`SotwRequest`] (resource names in
+//! one buffer, not one `String` each).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -23,12 +24,12 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use http_body::Frame;
 use tokio::sync::mpsc;
-use tonic::codec::{Codec, Streaming};
 use tonic::codegen::{BoxFuture, http};
 use tonic::server::NamedService;
 use tonic::{Status, body::Body};
 
 use super::request::SotwRequest;
+use super::requests::Requests;
 use super::{AdsServer, delta, sotw};
 
 const SOTW: &str =
@@ -202,26 +203,18 @@ impl tonic::codegen::Service<http::Request<Body>> for AdsService {
                     "xDS server is shutting down",
                 )));
             }
-            let max = Some(shared.options.max_request_bytes);
+            let max = shared.options.max_request_bytes;
             let buffer = shared.options.response_buffer;
             Ok(match path.as_str() {
                 SOTW => {
                     // Requests keep their resource names in one buffer.
-                    let mut codec =
-                        tonic_prost::ProstCodec::<DiscoveryResponse, SotwRequest>::default();
-                    let requests =
-                        Streaming::new_request(codec.decoder(), req.into_body(), None, max);
+                    let requests = Requests::<SotwRequest>::new(req.into_body(), max);
                     let (tx, rx) = mpsc::channel(buffer);
                     tokio::spawn(sotw::run(shared, requests, tx));
                     grpc_response(rx)
                 }
                 DELTA => {
-                    let mut codec = tonic_prost::ProstCodec::<
-                        DeltaDiscoveryResponse,
-                        DeltaDiscoveryRequest,
-                    >::default();
-                    let requests =
-                        Streaming::new_request(codec.decoder(), req.into_body(), None, max);
+                    let requests = Requests::<DeltaDiscoveryRequest>::new(req.into_body(), max);
                     let (tx, rx) = mpsc::channel(buffer);
                     tokio::spawn(delta::run(shared, requests, tx));
                     grpc_response(rx)

@@ -14,6 +14,7 @@
 mod delta;
 mod grpc;
 mod request;
+mod requests;
 mod sotw;
 
 pub use grpc::AdsService;
@@ -26,7 +27,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Status, Streaming};
+use tonic::Status;
+
+use self::requests::Requests;
 
 use crate::error::XdsError;
 use crate::metrics::XdsMetrics;
@@ -359,7 +362,7 @@ impl Drop for StreamCtx {
 
 /// Reads the first request of a stream, waiting also for shutdown.
 async fn first_request<T: prost::Message + Default>(
-    requests: &mut Streaming<T>,
+    requests: &mut Requests<T>,
     closed: &mut watch::Receiver<bool>,
 ) -> Option<T> {
     tokio::select! {

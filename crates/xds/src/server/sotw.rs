@@ -29,9 +29,10 @@ use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use envoy_types::pb::google::protobuf::Any;
 use tokio::time::Instant;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::request::SotwRequest;
+use super::requests::Requests;
 use super::{ResponseTx, Shared, StreamCtx, first_request, nack_message};
 use crate::names::eds_names;
 use crate::push::PushState;
@@ -42,7 +43,7 @@ use crate::types::{XdsType, short_name};
 /// The proxy went away; the stream's task ends.
 struct Closed;
 
-pub(super) async fn run(shared: Arc<Shared>, mut requests: Streaming<SotwRequest>, tx: ResponseTx) {
+pub(super) async fn run(shared: Arc<Shared>, mut requests: Requests<SotwRequest>, tx: ResponseTx) {
     let mut closed = shared.closed.subscribe();
     let Some(first) = first_request(&mut requests, &mut closed).await else {
         return;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use weft_local::runtime::{MONITORING_PORT, XDS_PORT};
+use weft_local::runtime::{MONITORING_PORT, XDS_PORT, XDS_TLS_PORT};
 use weft_local::{Mesh, UpOptions};
 
 /// The default mesh name.
@@ -189,7 +189,7 @@ pub fn print_summary(mesh: &Mesh, name: &str) {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     println!(
-        "  weftd: xDS {gw}:{XDS_PORT}, log {}",
+        "  weftd: xDS and CA over mTLS {gw}:{XDS_TLS_PORT} (plaintext xDS {gw}:{XDS_PORT}), log {}",
         mesh.weftd_log().display()
     );
     println!(

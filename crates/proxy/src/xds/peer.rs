@@ -4,8 +4,10 @@
 //! process's file descriptors (`/proc/self/fd`). Used by the xDS relay so
 //! that only weft-proxy's own ADS client rides on its certificate.
 //!
-//! A connection is refused only when its socket is positively found to
-//! belong to someone else; if `/proc` cannot tell, it is let through.
+//! It fails closed: a connection is carried only when its socket is
+//! positively found among this process's own; if `/proc` cannot tell (an
+//! unreadable table, a socket already gone), the connection is refused and
+//! the ADS client retries with its usual backoff.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -35,7 +37,7 @@ pub fn find_inode(table: &str, local: &str, remote: &str) -> Option<u64> {
 }
 
 /// Whether the connection from `peer` to our `listener` address comes from
-/// a socket this process holds (true when `/proc` cannot tell).
+/// a socket this process holds (false when `/proc` cannot tell).
 pub fn is_own_socket(listener: SocketAddr, peer: SocketAddr) -> bool {
     let table = if peer.is_ipv4() {
         "/proc/net/tcp"
@@ -43,13 +45,13 @@ pub fn is_own_socket(listener: SocketAddr, peer: SocketAddr) -> bool {
         "/proc/net/tcp6"
     };
     let Ok(text) = std::fs::read_to_string(table) else {
-        return true;
+        return false;
     };
     let Some(inode) = find_inode(&text, &proc_net_addr(peer), &proc_net_addr(listener)) else {
-        return true;
+        return false;
     };
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
-        return true;
+        return false;
     };
     let want = format!("socket:[{inode}]");
     fds.flatten().any(|fd| {

@@ -119,7 +119,7 @@ pub async fn start(s: TlsSettings) -> Result<SocketAddr, String> {
                 }
             };
             if !super::peer::is_own_socket(local, peer) {
-                tracing::warn!(%peer, "local xDS relay: refused a connection from another process");
+                tracing::warn!(%peer, "local xDS relay: refused a connection not shown to come from this process");
                 continue;
             }
             tokio::spawn(carry(conn, connector.clone(), name.clone(), s.clone()));

@@ -101,7 +101,8 @@ struct InFlight {
 #[derive(Default)]
 struct DeltaWatch {
     wildcard: bool,
-    names: BTreeSet<String>,
+    /// Shared with the status entry's list, not copied into it.
+    names: BTreeSet<Arc<str>>,
     sent: BTreeMap<String, String>,
     acked: BTreeMap<String, String>,
     rejected: BTreeMap<String, String>,
@@ -110,11 +111,9 @@ struct DeltaWatch {
 
 impl DeltaWatch {
     fn subscribed_list(&self) -> Names {
-        let star = self.wildcard.then_some("*");
-        crate::status::names(
-            star.into_iter()
-                .chain(self.names.iter().map(String::as_str)),
-        )
+        // Sorted: "*" sorts before any resource name.
+        let star = self.wildcard.then(|| Arc::from("*"));
+        star.into_iter().chain(self.names.iter().cloned()).collect()
     }
 
     fn restore(&mut self, name: &str) {
@@ -160,13 +159,13 @@ impl DeltaStream {
                     .resource_names_subscribe
                     .iter()
                     .filter(|n| *n != "*")
-                    .cloned()
+                    .map(|n| Arc::from(n.as_str()))
                     .collect(),
                 ..DeltaWatch::default()
             };
             // A reconnecting proxy says what it holds; send only the difference.
             for (name, version) in &req.initial_resource_versions {
-                if watch.wildcard || watch.names.contains(name) {
+                if watch.wildcard || watch.names.contains(name.as_str()) {
                     watch.sent.insert(name.clone(), version.clone());
                     watch.acked.insert(name.clone(), version.clone());
                 }
@@ -177,7 +176,7 @@ impl DeltaStream {
                 s.initial_version = initial;
                 s.subscribed = subscribed;
             });
-            let announce: Vec<String> = watch.names.iter().cloned().collect();
+            let announce: Vec<String> = watch.names.iter().map(|n| n.to_string()).collect();
             self.watches.insert(type_url.clone(), watch);
             self.respond(&type_url, Mode::Full, None, &announce, &[])
                 .await?;
@@ -252,7 +251,7 @@ impl DeltaStream {
             if name == "*" {
                 changed |= !watch.wildcard;
                 watch.wildcard = true;
-            } else if watch.names.insert(name.clone()) {
+            } else if watch.names.insert(Arc::from(name.as_str())) {
                 changed = true;
                 added.push(name.clone());
             }
@@ -261,7 +260,7 @@ impl DeltaStream {
             if name == "*" {
                 changed |= watch.wildcard;
                 watch.wildcard = false;
-            } else if watch.names.remove(name) {
+            } else if watch.names.remove(name.as_str()) {
                 changed = true;
             }
         }
@@ -270,10 +269,10 @@ impl DeltaStream {
         }
         if !watch.wildcard {
             // The proxy drops what it unsubscribed from.
-            let names = watch.names.clone();
-            watch.sent.retain(|k, _| names.contains(k));
-            watch.acked.retain(|k, _| names.contains(k));
-            watch.rejected.retain(|k, _| names.contains(k));
+            let names = &watch.names;
+            watch.sent.retain(|k, _| names.contains(k.as_str()));
+            watch.acked.retain(|k, _| names.contains(k.as_str()));
+            watch.rejected.retain(|k, _| names.contains(k.as_str()));
         }
         let subscribed = watch.subscribed_list();
         self.ctx
@@ -343,7 +342,7 @@ impl DeltaStream {
         let desired = if watch.wildcard {
             all
         } else {
-            all.filtered(watch.names.iter().map(String::as_str))
+            all.filtered(watch.names.iter().map(|n| &**n))
         };
         // A rejection stands only while the rejected version is current.
         watch

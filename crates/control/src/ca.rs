@@ -9,7 +9,9 @@
 //! and IP names clients dial, [`default_serving_names`] and `--tls-san`,
 //! kept on every rotation), and the two gRPC servers that
 //! carry ADS and `istio.v1.auth.IstioCertificateService` together:
-//! plaintext (15010) and TLS with optional client certificates (15012).
+//! plaintext (15010) and TLS with optional client certificates (15012),
+//! where ADS and SDS need a mesh client certificate or a bearer token
+//! ([`crate::xds_auth`]).
 //!
 //! Envoy's SDS is split as in Istio: the trust bundle (`ROOTCA`) needs no
 //! key and is served by weftd over ADS; the workload
@@ -24,7 +26,6 @@ use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use weft_identity::auth::Authenticator;
-use weft_identity::grpc_tls::mtls_incoming;
 use weft_identity::tls::control_plane_server_config;
 use weft_identity::workload::RotationPolicy;
 use weft_identity::{
@@ -154,6 +155,7 @@ pub struct ControlPlaneCa {
     service: Arc<CertificateService>,
     identity: Arc<CertificateManager>,
     trust: MeshTrust,
+    xds_auth: Arc<crate::xds_auth::XdsAuthenticator>,
     rotation: tokio::task::JoinHandle<()>,
 }
 
@@ -212,6 +214,9 @@ impl ControlPlaneCa {
         let mut signing = options.signing.clone();
         signing.trust_domain = options.trust_domain.clone();
         let default_ttl = signing.default_ttl;
+        let xds_auth = Arc::new(crate::xds_auth::XdsAuthenticator::new(
+            authenticators.clone(),
+        ));
         let service = Arc::new(CertificateService::new(ca.clone(), authenticators, signing));
         let serving_err = |reason: String| CaSetupError::ServingCert {
             id: id.to_string(),
@@ -252,6 +257,7 @@ impl ControlPlaneCa {
             service,
             identity,
             trust,
+            xds_auth,
             rotation,
         })
     }
@@ -274,6 +280,12 @@ impl ControlPlaneCa {
     /// The signing service behind `CreateCertificate`.
     pub fn service(&self) -> &Arc<CertificateService> {
         &self.service
+    }
+
+    /// Who may use ADS and SDS on the TLS port: the same tokens and client
+    /// certificates `CreateCertificate` accepts ([`crate::xds_auth`]).
+    pub fn xds_authenticator(&self) -> &Arc<crate::xds_auth::XdsAuthenticator> {
+        &self.xds_auth
     }
 
     /// The tonic service `istio.v1.auth.IstioCertificateService`.
@@ -329,7 +341,8 @@ pub async fn serve_plaintext(
 
 /// Serves ADS, `CreateCertificate` and SDS (`ROOTCA`) over TLS on `listener` (15012); the
 /// client certificate's SPIFFE ID, when one is presented, authenticates
-/// certificate renewals.
+/// certificate renewals. ADS and SDS calls must be authenticated by a mesh
+/// client certificate or a bearer token ([`crate::xds_auth`]).
 pub async fn serve_tls(
     listener: TcpListener,
     ads: &AdsServer,
@@ -337,10 +350,11 @@ pub async fn serve_tls(
 ) -> Result<(), CaServeError> {
     let config = ca.tls_config().map_err(CaServeError::Setup)?;
     grpc_server()
+        .layer(crate::xds_auth::XdsAuthLayer::new(ca.xds_auth.clone()))
         .add_service(ads.service())
         .add_service(ca.grpc_service())
         .add_service(ca.sds_service())
-        .serve_with_incoming(mtls_incoming(listener, config))
+        .serve_with_incoming(crate::xds_auth::tls_incoming(listener, config))
         .await
         .map_err(CaServeError::Serve)
 }

@@ -7,8 +7,8 @@
 //! service account with the same token is refused with PermissionDenied;
 //! a restart on the same directory keeps the root; a renewal over 15012
 //! authenticated by the client certificate alone is signed for that identity
-//! only; `--cacerts` roots and MeshConfig's `trustDomain` are honoured; ADS answers over TLS,
-//! SDS included (`ROOTCA` carries the mesh root).
+//! only; `--cacerts` roots and MeshConfig's `trustDomain` are honoured; ADS answers over TLS to a
+//! caller presenting its token, SDS included (`ROOTCA` carries the mesh root).
 
 mod support;
 
@@ -270,8 +270,15 @@ async fn weftd_serves_ads_over_tls() {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(request).await.expect("queue CDS request");
     tx.send(sds).await.expect("queue SDS request");
+    // 15012 authenticates xDS clients: this one presents its bootstrap
+    // token (tests/weftd_xds_auth.rs covers the refusals).
+    let mut streamed = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    streamed.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", p.token).parse().expect("header value"),
+    );
     let mut responses = ads
-        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .stream_aggregated_resources(streamed)
         .await
         .expect("ADS stream over TLS")
         .into_inner();

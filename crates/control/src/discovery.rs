@@ -66,6 +66,9 @@ pub struct DiscoveryOptions {
     /// The mesh root (PEM): when set, SDS answers `ROOTCA` with it
     /// ([`crate::sds`]).
     pub root_ca_pem: Option<String>,
+    /// The TLS port's xDS authenticator, whose refusals `/metrics` shows
+    /// (`pilot_xds_auth_failures_total`, [`crate::xds_auth`]).
+    pub xds_auth: Option<Arc<crate::xds_auth::XdsAuthenticator>>,
 }
 
 impl Default for DiscoveryOptions {
@@ -75,6 +78,7 @@ impl Default for DiscoveryOptions {
             watch_debounce: watch::DEFAULT_DEBOUNCE,
             push_debounce: DebounceConfig::default(),
             root_ca_pem: None,
+            xds_auth: None,
         }
     }
 }
@@ -299,6 +303,9 @@ impl Discovery {
         let view = MeshView::new(&first, options.translate.clone());
         let generator = Arc::new(TranslationGenerator::new(view));
         register_cache_gauges(&mut prom, &generator);
+        if let Some(auth) = &options.xds_auth {
+            auth.register(&mut prom);
+        }
         let pusher = Pusher::spawn(options.push_debounce);
         let served: Arc<dyn weft_xds::Generator> = match &options.root_ca_pem {
             Some(root) => Arc::new(SecretGenerator::new(generator.clone(), root)),

@@ -177,6 +177,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut opts = DiscoveryOptions {
         root_ca_pem: Some(ca.root_cert_pem().to_string()),
+        xds_auth: Some(ca.xds_authenticator().clone()),
         ..DiscoveryOptions::default()
     };
     opts.push_debounce.after = std::time::Duration::from_millis(args.debounce_ms);

@@ -4,7 +4,8 @@
 //! reason; an unknown token is refused too; a client certificate issued by
 //! the mesh CA, or a token from the bootstrap token store, gets config; a
 //! certificate from another CA does not get past the TLS handshake. The
-//! plaintext port (15010) stays open, and `CreateCertificate` on 15012 keeps
+//! plaintext port (15010) stays open, refusals are counted on `/metrics`
+//! (`pilot_xds_auth_failures_total`), and `CreateCertificate` on 15012 keeps
 //! working with a token alone (how a proxy gets its first certificate).
 
 mod support;
@@ -34,6 +35,7 @@ struct Mesh {
     _weftd: support::Weftd,
     xds: SocketAddr,
     xds_tls: SocketAddr,
+    monitoring: SocketAddr,
     root: CertificateDer<'static>,
     token: String,
 }
@@ -63,11 +65,32 @@ fn start() -> Mesh {
     Mesh {
         xds: weftd.addr("xds-addr"),
         xds_tls: weftd.addr("xds-tls-addr"),
+        monitoring: weftd.addr("monitoring-addr"),
         _weftd: weftd,
         _tmp: tmp,
         root,
         token,
     }
+}
+
+/// `pilot_xds_auth_failures_total` on weftd's `/metrics`.
+fn auth_failures(monitoring: SocketAddr) -> u64 {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(monitoring).expect("connect to /metrics");
+    conn.set_read_timeout(Some(BOUND)).expect("timeout");
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: {monitoring}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request /metrics");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).expect("read /metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix("pilot_xds_auth_failures_total "))
+        .unwrap_or_else(|| panic!("no pilot_xds_auth_failures_total in /metrics: {text}"))
+        .trim()
+        .parse()
+        .expect("counter value")
 }
 
 fn weftd_id() -> SpiffeId {
@@ -234,6 +257,7 @@ async fn xds_on_15012_needs_a_certificate_or_a_token() {
         .await
         .expect("TLS without a client certificate is allowed (CreateCertificate)");
 
+    assert_eq!(auth_failures(mesh.monitoring), 0);
     // Neither: refused, ADS and SDS alike, with the reason.
     assert_unauthenticated(ads(anonymous.clone(), None).await, "no client certificate");
     assert_unauthenticated(sds(anonymous.clone(), None).await, "no client certificate");
@@ -242,6 +266,8 @@ async fn xds_on_15012_needs_a_certificate_or_a_token() {
         ads(anonymous.clone(), Some("not-a-token")).await,
         "token not recognised",
     );
+
+    assert_eq!(auth_failures(mesh.monitoring), 3, "three refusals counted");
 
     // A valid bootstrap token: config (and the ROOTCA secret).
     let response = ads(anonymous.clone(), Some(&mesh.token))
@@ -293,6 +319,11 @@ async fn xds_on_15012_needs_a_certificate_or_a_token() {
         .await
         .expect("plaintext channel");
     assert_config(&ads(plain, None).await.expect("plaintext ADS"), "15010");
+    assert_eq!(
+        auth_failures(mesh.monitoring),
+        3,
+        "accepted callers are not counted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -135,7 +135,10 @@ async fn carry(
     name: ServerName<'static>,
     s: Arc<TlsSettings>,
 ) {
-    let presented = crate::identity::current().is_some_and(|w| w.certified_key().is_some());
+    // weftd's 15012 refuses xDS without a client certificate or token, so
+    // while the first certificate is on its way, wait for it (bounded)
+    // rather than open a stream that is sure to be refused.
+    let presented = wait_for_certificate(CONNECT_TIMEOUT).await;
     let fail = |reason: String| {
         tracing::warn!(xds = %s.address, %reason, "cannot connect to weftd over TLS");
         status::set_transport_error(Some(reason));
@@ -168,6 +171,24 @@ async fn carry(
         // TLS 1.3 servers refuse a client certificate after the handshake:
         // the alert shows up on the first read.
         fail(describe(&e, &s, presented));
+    }
+}
+
+/// Whether a workload certificate is there to present, waiting up to
+/// `limit` for the first one when this proxy has a certificate source.
+async fn wait_for_certificate(limit: Duration) -> bool {
+    let Some(identity) = crate::identity::current() else {
+        return false;
+    };
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if identity.certified_key().is_some() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

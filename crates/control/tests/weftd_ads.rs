@@ -8,8 +8,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use prost::Message as _;
-use serde_json::Value;
+use support::{monitoring_get as get, monitoring_json as get_json};
 use weft_xds::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use weft_xds::{AdsClient, Any, ClientConfig, ClientState, ProxyMetadata};
 
@@ -38,32 +37,6 @@ fn start(dir: &Path) -> Weftd {
         monitoring: process.addr("monitoring-addr"),
         _process: process,
     }
-}
-
-/// A plain HTTP/1.1 GET; returns (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect monitoring");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: weftd\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .expect("status")
-        .parse()
-        .expect("code");
-    (status, body.to_string())
-}
-
-fn get_json(addr: SocketAddr, path: &str) -> Value {
-    let (status, body) = get(addr, path);
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
 }
 
 const BASE: &str = r#"

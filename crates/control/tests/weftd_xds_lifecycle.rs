@@ -14,13 +14,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::{monitoring_get as get, monitoring_json as get_json};
 use weft_api::store::{Store, StoreOptions};
 use weft_control::translate::{MeshView, ProxyNode, TranslateOptions};
 use weft_xds::nds::{NAME_TABLE, NameTable};
@@ -30,31 +30,6 @@ use weft_xds::{AdsClient, Any, ClientConfig, ClientHandle, ProxyMetadata};
 /// Generous bound for anything asynchronous (file watch, debounce, push).
 const BOUND: Duration = Duration::from_secs(60);
 const TYPES: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
-
-/// A plain HTTP/1.1 GET; returns (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect monitoring");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: weftd\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    (status, body.to_string())
-}
-
-fn get_json(addr: SocketAddr, path: &str) -> Value {
-    let (status, body) = get(addr, path);
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
-}
 
 /// The value of an unlabelled sample in weftd's `/metrics`.
 fn metric(addr: SocketAddr, name: &str) -> f64 {

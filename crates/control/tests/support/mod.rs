@@ -129,3 +129,33 @@ pub fn sds_grpc_cluster(addr: SocketAddr) -> serde_json::Value {
             "explicitHttpConfig": {"http2ProtocolOptions": {}}}}
     })
 }
+
+/// A plain HTTP/1.1 GET to weftd's monitoring port (15014's debug and
+/// metrics handlers); returns (status, body).
+pub fn monitoring_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect monitoring");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("read timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: weftd\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (status, body.to_string())
+}
+
+/// [`monitoring_get`] of a JSON document that must be served with 200.
+pub fn monitoring_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let (status, body) = monitoring_get(addr, path);
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}

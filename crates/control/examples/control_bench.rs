@@ -412,19 +412,7 @@ async fn ads(
         snap = next;
         rebuilds.push(t0.elapsed());
         pusher.trigger(request);
-        let mut done = vec![false; clients];
-        let mut got = 0;
-        let mut latencies = Vec::with_capacity(clients);
-        while got < clients {
-            let (c, _, at) = rx.recv().await.expect("clients report");
-            // The first new EDS version after t0 is this round's.
-            if at > t0 && !done[c] {
-                done[c] = true;
-                got += 1;
-                latencies.push(at - t0);
-            }
-        }
-        latencies.sort();
+        let latencies = round_latencies(&mut rx, clients, t0).await;
         totals.push(*latencies.last().expect("clients"));
         all.extend(latencies);
     }
@@ -642,18 +630,7 @@ async fn against_weftd(
             .find(|t| *t != current)
             .expect("some generation differs");
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let mut done = vec![false; clients];
-        let mut got = 0;
-        let mut latencies = Vec::with_capacity(clients);
-        while got < clients {
-            let (k, _, at) = rx.recv().await.expect("clients report");
-            if at > t0 && !done[k] {
-                done[k] = true;
-                got += 1;
-                latencies.push(at - t0);
-            }
-        }
-        latencies.sort();
+        let latencies = round_latencies(&mut rx, clients, t0).await;
         totals.push(*latencies.last().expect("clients"));
         all.extend(latencies);
         // Let late ACK traffic settle before the next round.
@@ -672,4 +649,24 @@ async fn against_weftd(
     );
     println!("weftd_cpu_s_per_push={:.2}", cpu / rounds as f64);
     println!("weftd_rss_after_pushes_mib={:.1}", proc_rss_mib(pid));
+}
+
+/// One round's ACK latencies, sorted: for each of `clients`, the time from
+/// `t0` to the first new EDS version it reports after `t0` (that round's).
+async fn round_latencies(
+    rx: &mut mpsc::UnboundedReceiver<(usize, String, Instant)>,
+    clients: usize,
+    t0: Instant,
+) -> Vec<Duration> {
+    let mut done = vec![false; clients];
+    let mut latencies = Vec::with_capacity(clients);
+    while latencies.len() < clients {
+        let (c, _, at) = rx.recv().await.expect("clients report");
+        if at > t0 && !done[c] {
+            done[c] = true;
+            latencies.push(at - t0);
+        }
+    }
+    latencies.sort();
+    latencies
 }

@@ -214,6 +214,16 @@ fn weft_proxy_gets_config_and_a_certificate_from_weftd_over_mtls() {
         "weft-proxy used TLS to {DISCOVERY}: {text}"
     );
     assert!(!text.contains("cannot connect to weftd over TLS"), "{text}");
+    // The proxy waited for its certificate before its first stream, so
+    // weftd never refused it as unauthenticated.
+    assert!(!text.contains("authentication failure"), "{text}");
+    let metrics = http_text(&s.mesh.pod, MONITORING, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.trim_end() == "pilot_xds_auth_failures_total 0"),
+        "weftd refused an xDS stream of the proxy: {metrics}"
+    );
     drop(proxy);
     drop(weftd);
 }

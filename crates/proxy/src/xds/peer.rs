@@ -44,19 +44,40 @@ pub fn is_own_socket(listener: SocketAddr, peer: SocketAddr) -> bool {
     } else {
         "/proc/net/tcp6"
     };
-    let Ok(text) = std::fs::read_to_string(table) else {
-        return false;
+    let fds = || {
+        let dir = std::fs::read_dir("/proc/self/fd").ok()?;
+        Some(
+            dir.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter_map(|t| t.into_os_string().into_string().ok())
+                .collect(),
+        )
     };
-    let Some(inode) = find_inode(&text, &proc_net_addr(peer), &proc_net_addr(listener)) else {
-        return false;
-    };
-    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+    owns(
+        std::fs::read_to_string(table).ok().as_deref(),
+        peer,
+        listener,
+        fds,
+    )
+}
+
+/// The decision of [`is_own_socket`] over what `/proc` showed: the TCP
+/// table (`None`: unreadable) and, read only when the socket is in it, the
+/// link targets of this process's file descriptors (`None`: unreadable).
+/// Anything it cannot establish counts as not ours.
+fn owns(
+    table: Option<&str>,
+    peer: SocketAddr,
+    listener: SocketAddr,
+    fds: impl FnOnce() -> Option<Vec<String>>,
+) -> bool {
+    let Some(inode) =
+        table.and_then(|t| find_inode(t, &proc_net_addr(peer), &proc_net_addr(listener)))
+    else {
         return false;
     };
     let want = format!("socket:[{inode}]");
-    fds.flatten().any(|fd| {
-        std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == want.as_str())
-    })
+    fds().is_some_and(|targets| targets.contains(&want))
 }
 
 #[cfg(test)]
@@ -85,6 +106,27 @@ mod tests {
             Some(2222)
         );
         assert_eq!(find_inode(table, "0100007F:9C41", "0100007F:3AA4"), None);
+    }
+
+    #[test]
+    fn what_proc_cannot_show_is_not_ours() {
+        let listener: SocketAddr = "127.0.0.1:15012".parse().unwrap();
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   1: 0100007F:9C40 0100007F:3AA4 01 00000000:00000000 00:00000000 00000000  1337        0 2222 1 0 20 4 30 10 -1\n";
+        let ours = || Some(vec!["pipe:[1]".to_string(), "socket:[2222]".to_string()]);
+        if cfg!(target_endian = "little") {
+            assert!(owns(Some(table), peer, listener, ours));
+        }
+        // An unreadable table, a socket not in it, unreadable descriptors,
+        // or a socket held by someone else: refused.
+        assert!(!owns(None, peer, listener, ours));
+        let other: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        assert!(!owns(Some(table), other, listener, ours));
+        assert!(!owns(Some(table), peer, listener, || None));
+        assert!(!owns(Some(table), peer, listener, || Some(vec![
+            "socket:[1]".into()
+        ])));
     }
 
     #[test]
